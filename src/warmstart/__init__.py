@@ -2,7 +2,14 @@
 
 __version__ = "0.1.0"
 
-from warmstart.arguments import DataArguments, FreezeArguments, ModelArguments, RegularizationArguments, parse_args
+from warmstart.arguments import (
+    DataArguments,
+    FreezeArguments,
+    ModelArguments,
+    PerformanceArguments,
+    RegularizationArguments,
+    parse_args,
+)
 from warmstart.data import (
     TextCollator,
     attach_image_transforms,
@@ -45,6 +52,7 @@ __all__ = [
     "FreezePolicy",
     "FreezeReport",
     "ModelArguments",
+    "PerformanceArguments",
     "RecipeArguments",
     "RegularizationArguments",
     "Run",

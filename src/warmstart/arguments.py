@@ -220,6 +220,37 @@ class RegularizationArguments:
         return self.mixup_alpha > 0 or self.cutmix_alpha > 0
 
 
+@dataclass
+class PerformanceArguments:
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = field(
+        default="auto",
+        metadata={
+            "help": "auto: bf16 autocast where the hardware runs it natively and faster (a GPU with bf16, a CPU with "
+            "AMX / AVX512-BF16 that measures faster), fp32 elsewhere; fp32 / bf16 / fp16 force one. --bf16 / --fp16 "
+            "and an accelerate config's mixed_precision count as a request."
+        },
+    )
+    cache_features: bool = field(
+        default=True,
+        metadata={
+            "help": "When the whole backbone is frozen (head_only, the probe of lp_ft), compute its features once per "
+            "split and train the head on them; false: run the backbone every step."
+        },
+    )
+    feature_cache_memory_mb: float = field(
+        default=2048.0,
+        metadata={"help": "Cached features larger than this many MiB are written to a memory-mapped file instead."},
+    )
+    channels_last: Literal["auto", "true", "false"] = field(
+        default="auto",
+        metadata={"help": "CNNs in channels_last memory format; auto: on a GPU, and on a CPU where it runs faster."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.feature_cache_memory_mb < 0:
+            raise WarmstartError(f"--feature_cache_memory_mb must not be negative, got {self.feature_cache_memory_mb}")
+
+
 class _Parser(HfArgumentParser):
     def error(self, message: str) -> None:  # argparse would print the usage of 200+ options first
         raise WarmstartError(f"{message} (see --help)")

@@ -32,11 +32,13 @@ _VOLATILE_KEYS = (
     "hub_token",
     "report_to",
     "run_name",
+    "feature_cache_memory_mb",  # where cached features live, not what they are
+    "precision_evidence",  # the measurement behind an automatic precision choice
 )
 
 
 _CARD_METRIC_PREFIXES = ("eval_", "test_", "train_loss", "train_runtime", "train_samples", "epoch")
-_COMPARED_SECTIONS = ("model", "data", "freeze", "regularization", "training")
+_COMPARED_SECTIONS = ("model", "data", "freeze", "regularization", "performance", "training")
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:

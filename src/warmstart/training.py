@@ -21,6 +21,7 @@ from warmstart.arguments import (
     DataArguments,
     FreezeArguments,
     ModelArguments,
+    PerformanceArguments,
     RegularizationArguments,
     parse_args,
     to_plain,
@@ -97,6 +98,7 @@ class RecipeArguments:
     data: DataArguments
     freeze: FreezeArguments
     regularization: RegularizationArguments
+    performance: PerformanceArguments
     training: TrainingArguments
     run: Run
 
@@ -109,14 +111,21 @@ def start_recipe(argv: Sequence[str] | None, modality: str) -> RecipeArguments:
         argv: the command line (``None``: ``sys.argv[1:]``).
         modality: ``image`` or ``text``.
     """
-    model_args, data_args, freeze_args, reg_args, training_args = parse_args(
-        (ModelArguments, DataArguments, FreezeArguments, RegularizationArguments, TrainingArguments), argv
+    sections = (ModelArguments, DataArguments, FreezeArguments, RegularizationArguments, PerformanceArguments)
+    model_args, data_args, freeze_args, reg_args, perf_args, training_args = parse_args(
+        (*sections, TrainingArguments), argv
     )
     check_regularization(reg_args, modality, "single_label_classification", training_args)
     _check_schedule_fits(freeze_args.policy(), training_args)
-    sections = {"model": model_args, "data": data_args, "freeze": freeze_args, "regularization": reg_args}
-    run = start_run(sections, training_args, overwrite_output_dir=model_args.overwrite_output_dir)
-    return RecipeArguments(model_args, data_args, freeze_args, reg_args, training_args, run)
+    named = {
+        "model": model_args,
+        "data": data_args,
+        "freeze": freeze_args,
+        "regularization": reg_args,
+        "performance": perf_args,
+    }
+    run = start_run(named, training_args, overwrite_output_dir=model_args.overwrite_output_dir)
+    return RecipeArguments(model_args, data_args, freeze_args, reg_args, perf_args, training_args, run)
 
 
 def _check_schedule_fits(policy: FreezePolicy, training_args: TrainingArguments) -> None:
