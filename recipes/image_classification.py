@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from warmstart import (
     attach_image_transforms,
     check_images,
+    feature_cache_settings,
     image_collate,
     image_transforms,
     load_image_model,
@@ -45,16 +46,22 @@ def main(argv: Sequence[str] | None = None) -> dict:
     model = load_image_model(
         args.model.model_name_or_path, labels, random_init=args.model.random_init, image_size=data_args.image_size
     )
+    feature_cache = feature_cache_settings(args, "image", image_collate)
     data_config, train_transform, eval_transform = image_transforms(
         model,
         data_args.image_size,
-        data_args.hflip,
+        0.5 if data_args.hflip is None else data_args.hflip,
         data_args.random_crop_scale,
         auto_augment=reg_args.auto_augment,
         random_erasing=reg_args.random_erasing,
     )
+    # cached features are computed once, so from the evaluation transform: an augmented view would be frozen in
     splits = attach_image_transforms(
-        splits, image_column, train_transform, eval_transform, mark_train=reg_args.mixes_labels
+        splits,
+        image_column,
+        eval_transform if feature_cache else train_transform,
+        eval_transform,
+        mark_train=reg_args.mixes_labels,
     )
     args.run.config.update(labels=labels, image_data_config=dict(data_config))
 
@@ -71,6 +78,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         compute_loss_func=regularization.loss_function,
         callbacks=regularization.callbacks,
         save_adapter=args.freeze.save_adapter,
+        feature_cache=feature_cache,
         save_model=lambda merged, output_dir: save_image_model(merged, output_dir, data_config),
         card={
             "modality": "image",

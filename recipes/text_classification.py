@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from warmstart import (
     TextCollator,
+    feature_cache_settings,
     load_labeled_splits,
     load_text_model,
     prepare_fine_tuning,
@@ -53,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         training_args.train_sampling_strategy = "group_by_length"
     args.run.config.update(labels=labels, text_columns=text_columns, max_seq_length=max_length)
 
+    # pad each batch to its longest sequence, not every text to max_seq_length
+    collator = TextCollator(tokenizer, data_args.pad_to_multiple_of)
     policy = args.freeze.policy()
     tuning = prepare_fine_tuning(model, policy, training_args)
     regularization = prepare_regularization(args.regularization, "text", model.config, splits["train"], training_args)
@@ -62,12 +65,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
         policy=policy,
         training_args=training_args,
         splits=splits,
-        # pad each batch to its longest sequence, not every text to max_seq_length
-        data_collator=TextCollator(tokenizer, data_args.pad_to_multiple_of),
+        data_collator=collator,
         processing_class=tokenizer,
         compute_loss_func=regularization.loss_function,
         callbacks=regularization.callbacks,
         save_adapter=args.freeze.save_adapter,
+        feature_cache=feature_cache_settings(args, "text", collator),
         save_model=lambda merged, output_dir: save_text_model(merged, tokenizer, output_dir),
         card={
             "modality": "text",

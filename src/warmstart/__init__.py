@@ -26,6 +26,14 @@ from warmstart.data import (
 )
 from warmstart.errors import WarmstartError, run_cli
 from warmstart.export import check_output_dir, save_image_model, save_text_model, write_model_card
+from warmstart.feature_cache import (
+    CachedRun,
+    CacheSettings,
+    FeatureTable,
+    backbone_features,
+    cache_features,
+    head_model,
+)
 from warmstart.fine_tuning import FineTuning, UnfreezeSchedule, build_param_groups, prepare_fine_tuning
 from warmstart.freezing import (
     STRATEGIES,
@@ -39,7 +47,15 @@ from warmstart.freezing import (
 from warmstart.metrics import classification_metrics, compute_metrics, roc_auc
 from warmstart.models import load_image_model, load_text_model
 from warmstart.precision import check_precision, cpu_has_native_bf16
-from warmstart.training import RecipeArguments, Run, push_output_dir, start_recipe, start_run, train_evaluate_save
+from warmstart.training import (
+    RecipeArguments,
+    Run,
+    feature_cache_settings,
+    push_output_dir,
+    start_recipe,
+    start_run,
+    train_evaluate_save,
+)
 
 __all__ = [
     "STRATEGIES",
@@ -51,6 +67,9 @@ __all__ = [
     "FreezeArguments",
     "FreezePolicy",
     "FreezeReport",
+    "CacheSettings",
+    "CachedRun",
+    "FeatureTable",
     "ModelArguments",
     "PerformanceArguments",
     "RecipeArguments",
@@ -76,6 +95,10 @@ __all__ = [
     "load_raw_splits",
     "load_text_model",
     "make_validation_split",
+    "backbone_features",
+    "cache_features",
+    "feature_cache_settings",
+    "head_model",
     "parse_args",
     "prepare_fine_tuning",
     "push_output_dir",

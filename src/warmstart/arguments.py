@@ -68,7 +68,13 @@ class DataArguments:
     image_size: int | None = field(
         default=None, metadata={"help": "Input resolution in pixels (default: the model's pretrained config)."}
     )
-    hflip: float = field(default=0.5, metadata={"help": "Probability of a horizontal flip in training (images)."})
+    hflip: float | None = field(
+        default=None,
+        metadata={
+            "help": "Probability of a horizontal flip in training (images); default 0.5, or none when the features of "
+            "a frozen backbone are cached (augmentation asked for explicitly turns the cache off)."
+        },
+    )
     group_by_length: bool = field(
         default=True,
         metadata={"help": "Text: batch training examples of similar length together (less padding, same data)."},
@@ -91,7 +97,7 @@ class DataArguments:
         ):
             shown = " ".join(map(str, self.random_crop_scale))
             raise WarmstartError(f"--random_crop_scale takes two numbers 0 < min <= max <= 1, got {shown}")
-        if not 0.0 <= self.hflip <= 1.0:
+        if self.hflip is not None and not 0.0 <= self.hflip <= 1.0:
             raise WarmstartError(f"--hflip is a probability in [0, 1], got {self.hflip}")
         for name in ("max_train_samples", "max_eval_samples", "max_seq_length", "image_size", "pad_to_multiple_of"):
             value = getattr(self, name)

@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import torch
 import transformers
 from datasets import DatasetDict
 from torch import nn
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
 
 import warmstart
 from warmstart.arguments import (
@@ -28,6 +29,7 @@ from warmstart.arguments import (
 )
 from warmstart.errors import WarmstartError
 from warmstart.export import check_output_dir, write_model_card, write_resolved_config
+from warmstart.feature_cache import CachedRun, CacheSettings, cache_features, default_cache_dir
 from warmstart.fine_tuning import FineTuning, UnfreezeSchedule
 from warmstart.freezing import FreezePolicy
 from warmstart.metrics import compute_metrics
@@ -35,7 +37,7 @@ from warmstart.regularization import check_regularization
 
 logger = logging.getLogger("warmstart")
 # The Hub upload leaves these behind: checkpoints are for resuming here, not part of the model.
-_NOT_PUSHED = ["checkpoint-*", "checkpoint-*/**", "runs/**", ".warmstart_write_test"]
+_NOT_PUSHED = ["checkpoint-*", "checkpoint-*/**", "runs/**", ".warmstart_write_test", ".feature_cache/**"]
 
 
 @dataclass
@@ -128,6 +130,44 @@ def start_recipe(argv: Sequence[str] | None, modality: str) -> RecipeArguments:
     return RecipeArguments(model_args, data_args, freeze_args, reg_args, perf_args, training_args, run)
 
 
+def feature_cache_settings(args: RecipeArguments, modality: str, collate: Callable) -> CacheSettings | None:
+    """Whether a recipe run trains its head on cached backbone features, and how (``None``: it does not).
+
+    The cache is on by default wherever it gives the same model: the whole backbone is frozen (``head_only``) and,
+    for images, no augmentation was asked for (features of augmented images differ every epoch; the default flip is
+    dropped instead). ``--cache_features false`` turns it off. The decision is logged and recorded.
+    """
+    policy, performance, data, reg = args.freeze.policy(), args.performance, args.data, args.regularization
+    reason = None
+    if not performance.cache_features:
+        reason = "--cache_features false"
+    elif policy.strategy != "head_only":
+        reason = f"--freeze_strategy {policy.strategy} trains more than the head"
+    elif modality == "image":
+        asked = {
+            "--hflip": (data.hflip or 0) > 0,
+            "--random_crop_scale": data.random_crop_scale is not None,
+            "--auto_augment": bool(reg.auto_augment) and reg.auto_augment.lower() != "none",
+            "--random_erasing": reg.random_erasing > 0,
+            "--mixup_alpha / --cutmix_alpha": reg.mixes_labels,
+        }
+        if any(asked.values()):
+            reason = f"augmentation was asked for ({', '.join(k for k, v in asked.items() if v)})"
+    args.run.config["feature_cache"] = {"used": reason is None, "reason": reason or "the backbone is frozen"}
+    if reason is not None:
+        if policy.strategy == "head_only":
+            logger.info("backbone features are not cached: %s; the frozen backbone runs every step", reason)
+        return None
+    training = args.training
+    autocast = torch.bfloat16 if training.bf16 else torch.float16 if training.fp16 else None
+    return CacheSettings(
+        collate=collate,
+        memory_budget_mb=performance.feature_cache_memory_mb,
+        cache_dir=default_cache_dir(args.run.output_dir),
+        autocast_dtype=autocast,
+    )
+
+
 def _check_schedule_fits(policy: FreezePolicy, training_args: TrainingArguments) -> None:
     """A probe that never ends is a linear probe, not LP-FT: refuse it while nothing has loaded."""
     epochs = training_args.num_train_epochs
@@ -152,6 +192,7 @@ def train_evaluate_save(
     compute_loss_func: Callable | None = None,
     callbacks: Sequence[TrainerCallback] = (),
     save_adapter: bool = False,
+    feature_cache: CacheSettings | None = None,
 ) -> dict[str, Any]:
     """Trains with the HF Trainer, evaluates on validation (and test), and saves in hub format with a model card.
 
@@ -172,6 +213,8 @@ def train_evaluate_save(
         compute_loss_func: a loss in place of the model's own (label smoothing, class weights, mixed labels).
         callbacks: more Trainer callbacks (early stopping).
         save_adapter: also save a LoRA adapter alone, in ``output_dir/adapter``.
+        feature_cache: train the head on the frozen backbone's features, computed once per split (see
+            :func:`feature_cache_settings`); the splits must then hold what the model takes after ``data_collator``.
 
     Returns:
         All metrics, as in ``all_results.json``.
@@ -181,6 +224,10 @@ def train_evaluate_save(
     if training_args.should_save:
         run.output_dir.mkdir(parents=True, exist_ok=True)
     _avoid_single_sample_batches(tuning.model, training_args, len(splits["train"]))
+    trained = tuning.model
+    cached = _cache_backbone_features(run, tuning.model, splits, feature_cache, training_args)
+    if cached is not None:
+        trained, splits, data_collator = cached.head, cached.splits, default_data_collator
     trainer = Trainer(
         args=training_args,
         train_dataset=splits["train"],
@@ -189,7 +236,7 @@ def train_evaluate_save(
         processing_class=processing_class,
         compute_metrics=compute_metrics,
         compute_loss_func=compute_loss_func,
-        **{**tuning.trainer_kwargs(), "callbacks": [*tuning.callbacks, *callbacks]},
+        **{**tuning.trainer_kwargs(), "model": trained, "callbacks": [*tuning.callbacks, *callbacks]},
     )
     run.config["param_groups"] = tuning.groups_as_dicts()
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
@@ -210,6 +257,8 @@ def train_evaluate_save(
         trainer.save_metrics(prefix, metrics)
         results.update(metrics)
     trainer.save_state()
+    if cached is not None:
+        cached.close()
 
     if trainer.is_world_process_zero():
         run.config["freeze_report"] = report.to_dict()
@@ -264,6 +313,37 @@ _CARD_TRAINING_KEYS = (
     "warmup_steps",
     "seed",
 )
+
+
+def _cache_backbone_features(
+    run: Run, model: nn.Module, splits: DatasetDict, settings: CacheSettings | None, training_args: TrainingArguments
+) -> CachedRun | None:
+    if settings is None:
+        return None
+    cached = cache_features(
+        model,
+        splits,
+        settings,
+        batch_size=training_args.per_device_eval_batch_size,
+        device=training_args.device,
+        num_workers=training_args.dataloader_num_workers,
+    )
+    if cached is None:
+        run.config["feature_cache"] = {"used": False, "reason": "the head on cached features did not match the model"}
+        return None
+    # features have one size: nothing to group by length, and nothing for a collator to pad
+    if training_args.train_sampling_strategy == "group_by_length":
+        training_args.train_sampling_strategy = "random"
+    record = run.config.setdefault("feature_cache", {"used": True})
+    record.update(seconds=round(cached.seconds, 2), splits=cached.stats)
+    on_disk = [name for name, table in cached.splits.items() if table.on_disk]
+    logger.info(
+        "backbone features cached once in %.1f s (%s); the head trains on them%s",
+        cached.seconds,
+        ", ".join(f"{name}: {len(table)}" for name, table in cached.splits.items()),
+        f" (memory-mapped: {', '.join(on_disk)})" if on_disk else "",
+    )
+    return cached
 
 
 def _avoid_single_sample_batches(model: nn.Module, training_args: TrainingArguments, train_size: int) -> None:

@@ -1,0 +1,327 @@
+"""The frozen-backbone fast path: compute the backbone's features once per split, then train only the head on them.
+
+With ``head_only`` the backbone computes the same function every epoch, so re-running it is pure waste (measured
+here: 19x to 82x over ten epochs). :func:`cache_features` runs it once per split, in eval and inference mode, in
+length-sorted batches for text, and returns a :class:`CachedRun`: the splits as feature tables and a *head model*
+that the HF Trainer trains in place of the full model, so logging, schedulers, early stopping, checkpoints and
+``accelerate launch`` work as usual. The head model shares the head's parameters with the full model: after
+training, the full model (backbone + trained head) is saved as always.
+
+The cut sits at the input of the trainable head, where every model in warmstart's tables computes
+``head(features(x))``:
+
+- timm (wrapped in transformers' ``TimmWrapperForImageClassification``): ``forward_head(forward_features(x),
+  pre_logits=True)``, the pooled features; the head is timm's dropout (``drop_rate``) and the classifier.
+- BERT-family ``...ForSequenceClassification``: the base model's first-token (or, for ModernBERT's mean pooling,
+  masked-mean) hidden state and its pooler output where it has one; the head is the model class's own code after
+  the base model (dropout, pooler / dense layers, classifier, loss), run by the model's own ``forward`` with the
+  base model replaced by a pass-through of the cached features.
+
+Before any training, one batch checks that the head on cached features reproduces the full model's logits; where
+it does not (an architecture whose head reads more than the cut keeps), the run trains without the cache and says
+why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import shutil
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from datasets import DatasetDict
+from torch import nn
+from torch.utils.data import DataLoader
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from warmstart.errors import WarmstartError
+
+logger = logging.getLogger(__name__)
+
+# under the output directory while a run trains; removed at its end, never pushed
+CACHE_DIR_NAME = ".feature_cache"
+# batches of this many examples at least: inference keeps no activations, and sorted lengths keep padding small
+_MIN_EXTRACTION_BATCH = 32
+# relative tolerance of the head-on-features check (the same arithmetic in another order; bf16 rounds more)
+_CHECK_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 1e-2}
+
+
+class FeatureTable(torch.utils.data.Dataset):
+    """One split as cached features: ``{key: features[i], "labels": labels[i]}`` per example.
+
+    ``features`` is a tensor in memory or a read-only ``np.memmap`` on disk (for features over the memory budget).
+    """
+
+    def __init__(self, key: str, features: torch.Tensor | np.ndarray, labels: torch.Tensor):
+        self.key, self.features, self.labels = key, features, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        row = self.features[index]
+        if isinstance(row, np.ndarray):  # a memory-mapped row: copied out, the file stays read-only
+            row = torch.from_numpy(np.array(row))
+        return {self.key: row, "labels": self.labels[index]}
+
+    @property
+    def on_disk(self) -> bool:
+        return isinstance(self.features, np.memmap)
+
+
+class _CachedEncoder(nn.Module):
+    """Stands in for a BERT-family base model: returns the cached features (given as ``inputs_embeds``) in the
+    places the model class's head reads them: ``outputs[0][:, 0]`` and, where present, ``outputs[1]``."""
+
+    def forward(self, *args: Any, inputs_embeds: torch.Tensor, **kwargs: Any) -> BaseModelOutputWithPooling:
+        pooled = inputs_embeds[:, 1] if inputs_embeds.shape[1] > 1 else None
+        return BaseModelOutputWithPooling(last_hidden_state=inputs_embeds[:, :1], pooler_output=pooled)
+
+
+class _TimmHead(nn.Module):
+    """A timm model's classification head alone, on pooled features: dropout (timm's ``drop_rate``), classifier."""
+
+    def __init__(self, timm_model: nn.Module):
+        super().__init__()
+        classifier = timm_model.get_classifier()
+        if not isinstance(classifier, nn.Module):  # e.g. DeiT's distilled pair of heads, averaged in forward_head
+            raise WarmstartError(f"{type(timm_model).__name__} has more than one classifier")
+        self.classifier = classifier
+        self.drop_rate = float(getattr(timm_model, "drop_rate", 0.0) or 0.0)
+
+    def forward(self, features: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return self.classifier(F.dropout(features, self.drop_rate, self.training))
+
+
+def _with_module(model: nn.Module, name: str, replacement: nn.Module) -> nn.Module:
+    # A shallow copy runs the model class's own forward (head code, loss, output type) with one child replaced; the
+    # other children (the head) are the same objects, so training the copy trains the model's head.
+    shell = copy.copy(model)
+    shell.__dict__["_modules"] = {**model._modules, name: replacement}
+    return shell
+
+
+def head_model(model: nn.Module) -> tuple[nn.Module, str]:
+    """The model's head alone, run by the model's own ``forward`` on cached features.
+
+    Args:
+        model: a transformers ``TimmWrapperForImageClassification`` or a BERT-family ``...ForSequenceClassification``.
+
+    Returns:
+        The head model (sharing the head's parameters with ``model``) and the input key its features go under
+        (``pixel_values`` or ``inputs_embeds``).
+    """
+    timm_model = getattr(model, "timm_model", None)
+    if timm_model is not None:
+        return _with_module(model, "timm_model", _TimmHead(timm_model)), "pixel_values"
+    prefix = getattr(model, "base_model_prefix", "")
+    if not prefix or not isinstance(getattr(model, prefix, None), nn.Module):
+        raise WarmstartError(f"{type(model).__name__} has no base model to cache features of")
+    return _with_module(model, prefix, _CachedEncoder()), "inputs_embeds"
+
+
+def backbone_features(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The input of the trainable head for one batch, as :func:`head_model` takes it (call in eval mode).
+
+    Returns:
+        ``(batch, dim)`` pooled features for timm models; ``(batch, 1 or 2, hidden)`` for text models (the
+        first-token or masked-mean hidden state, then the pooler output where the base model has a pooler).
+    """
+    timm_model = getattr(model, "timm_model", None)
+    if timm_model is not None:
+        return timm_model.forward_head(timm_model.forward_features(batch["pixel_values"]), pre_logits=True)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    out = getattr(model, model.base_model_prefix)(**inputs)
+    hidden = out.last_hidden_state
+    if getattr(model.config, "classifier_pooling", "cls") == "mean":  # ModernBERT's mean pooling
+        mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        first = (hidden * mask).sum(1) / mask.sum(1)
+    else:
+        first = hidden[:, 0]
+    pooled = getattr(out, "pooler_output", None)
+    return torch.stack([first, pooled], 1) if pooled is not None else first.unsqueeze(1)
+
+
+def head_inputs(key: str, features: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The keyword arguments of the head model for a batch of features."""
+    inputs = {key: features}
+    if key == "inputs_embeds":  # one position per example: a mask of ones makes mean pooling an identity
+        inputs["attention_mask"] = torch.ones(features.shape[:2], dtype=torch.long, device=features.device)
+    return inputs
+
+
+@dataclass
+class CacheSettings:
+    """How :func:`cache_features` reads the splits.
+
+    Attributes:
+        collate: batches examples of the splits as the model takes them (``image_collate``, a ``TextCollator``).
+        memory_budget_mb: features over this size go to a memory-mapped file under ``cache_dir``.
+        cache_dir: where such files go (a run's ``output_dir/.feature_cache``); removed by :meth:`CachedRun.close`.
+        autocast_dtype: compute the features under autocast to this dtype (``None``: the model's own dtype), as
+            the training precision would.
+    """
+
+    collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]
+    memory_budget_mb: float = 2048.0
+    cache_dir: Path | None = None
+    autocast_dtype: torch.dtype | None = None
+
+
+@dataclass
+class CachedRun:
+    """What :func:`cache_features` returns: the head model to train and the splits as :class:`FeatureTable`."""
+
+    head: nn.Module
+    key: str
+    splits: dict[str, FeatureTable]
+    seconds: float
+    cache_dir: Path | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def close(self) -> None:
+        """Drops the feature files on disk (if any)."""
+        if self.cache_dir is not None:
+            shutil.rmtree(self.cache_dir, ignore_errors=True)
+            if self.cache_dir.parent.name == CACHE_DIR_NAME:
+                with contextlib.suppress(OSError):  # other machines' folders are still in use
+                    self.cache_dir.parent.rmdir()
+
+
+def _extraction_order(dataset: Any) -> list[int]:
+    # text: longest first, so each batch pads to nearly its own length (and the largest batch comes first)
+    if hasattr(dataset, "column_names") and "length" in dataset.column_names:
+        lengths = dataset["length"]
+        return sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return list(range(len(dataset)))
+
+
+def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _check_head(model: nn.Module, head: nn.Module, key: str, batch: dict, features: torch.Tensor, dtype) -> str | None:
+    """Why the head on ``features`` does not reproduce the model's logits on ``batch`` (``None``: it does)."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    full = model(**inputs).logits.float()
+    cut = head(**head_inputs(key, features)).logits.float()
+    if full.shape != cut.shape:
+        return f"the head gives logits of shape {tuple(cut.shape)}, the model {tuple(full.shape)}"
+    scale = full.abs().max().clamp_min(1.0)
+    error = ((full - cut).abs().max() / scale).item()
+    tolerance = _CHECK_TOLERANCE.get(dtype or torch.float32, 1e-2)
+    if not error <= tolerance:
+        return f"the head on cached features is off by {error:.2g} (relative) from the full model's logits"
+    return None
+
+
+def cache_features(
+    model: nn.Module,
+    splits: DatasetDict | Mapping[str, Any],
+    settings: CacheSettings,
+    *,
+    batch_size: int,
+    device: torch.device | str = "cpu",
+    num_workers: int = 0,
+) -> CachedRun | None:
+    """Computes the frozen backbone's features once for every split.
+
+    Args:
+        model: the full model, its backbone frozen (its head may train).
+        splits: examples as the model takes them after ``settings.collate`` (images already transformed by the
+            evaluation transform for every split, tokenized text with a ``length`` column).
+        settings: collate function, memory budget, cache directory, autocast dtype.
+        batch_size: extraction batch size (at least 32).
+        device: where the backbone runs.
+        num_workers: data loader workers for reading the splits.
+
+    Returns:
+        A :class:`CachedRun`, or ``None`` where the head on cached features does not reproduce the model's logits
+        (the reason is logged; train the full model instead).
+    """
+    import time
+
+    start = time.perf_counter()
+    try:
+        head, key = head_model(model)
+    except WarmstartError as err:
+        logger.warning("feature cache off: %s", err)
+        return None
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    model.to(device)
+    batch_size = max(batch_size, _MIN_EXTRACTION_BATCH)
+    autocast = torch.autocast(device.type, dtype=settings.autocast_dtype, enabled=settings.autocast_dtype is not None)
+    tables: dict[str, FeatureTable] = {}
+    stats: dict[str, Any] = {}
+    try:
+        with torch.inference_mode(), autocast:
+            for name, dataset in splits.items():
+                order = _extraction_order(dataset)
+                loader = DataLoader(
+                    dataset, batch_size=batch_size, sampler=order, collate_fn=settings.collate, num_workers=num_workers
+                )
+                store: torch.Tensor | np.ndarray | None = None
+                labels = torch.empty(len(order), dtype=torch.long)
+                done = 0
+                for batch in loader:
+                    batch = _to_device(batch, device)
+                    features = backbone_features(model, batch).float()
+                    if store is None:
+                        if not tables:  # the first batch of all: does the cut reproduce the model?
+                            problem = _check_head(model, head, key, batch, features, settings.autocast_dtype)
+                            if problem is not None:
+                                logger.warning("feature cache off for %s: %s", type(model).__name__, problem)
+                                return None
+                        store = _allocate(name, len(order), features.shape[1:], settings)
+                    rows = order[done : done + len(features)]
+                    values = features.cpu()
+                    if isinstance(store, np.ndarray):
+                        store[rows] = values.numpy()
+                    else:
+                        store[rows] = values
+                    labels[rows] = batch["labels"].cpu().long()
+                    done += len(features)
+                if store is None:
+                    raise WarmstartError(f"the {name} split is empty: nothing to cache")
+                if isinstance(store, np.memmap):
+                    store.flush()
+                    store = np.load(store.filename, mmap_mode="r")  # read-only from here
+                tables[name] = FeatureTable(key, store, labels)
+                stats[name] = {"examples": len(order), "feature_shape": list(store.shape[1:]), "on_disk": False}
+                stats[name]["on_disk"] = tables[name].on_disk
+    finally:
+        model.train(was_training)
+    seconds = time.perf_counter() - start
+    return CachedRun(head, key, tables, seconds, settings.cache_dir, stats)
+
+
+def _allocate(split: str, rows: int, shape: torch.Size, settings: CacheSettings) -> torch.Tensor | np.ndarray:
+    size_mb = rows * math.prod(shape) * 4 / 2**20
+    if size_mb <= settings.memory_budget_mb:
+        return torch.empty((rows, *shape), dtype=torch.float32)
+    if settings.cache_dir is None:
+        raise WarmstartError(
+            f"the {split} features take {size_mb:.0f} MiB, over --feature_cache_memory_mb "
+            f"{settings.memory_budget_mb:g}, and no cache directory was given"
+        )
+    settings.cache_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.cache_dir / f"{split}.npy"
+    logger.info("the %s features take %.0f MiB: memory-mapped at %s", split, size_mb, path)
+    return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, *shape))
+
+
+def default_cache_dir(output_dir: Path) -> Path:
+    """Where a run spills features: under its output directory, one folder per machine (ranks on one machine
+    share it)."""
+    return output_dir / CACHE_DIR_NAME / socket.gethostname()

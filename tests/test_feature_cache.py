@@ -1,0 +1,204 @@
+"""The frozen-backbone fast path: the head on cached features is the model's head, and a run with the cache trains
+the same head (same weights, same accuracy) as the run that re-computes the backbone every step."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import yaml
+from conftest import tiny_text_config, trainer_flags
+from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from warmstart import CacheSettings, backbone_features, cache_features, head_model, image_collate
+from warmstart.feature_cache import CACHE_DIR_NAME, head_inputs
+from warmstart.freezing import TEXT_LAYOUTS
+from warmstart.models import wrap_timm_model
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "recipes"))
+import image_classification  # noqa: E402
+import text_classification  # noqa: E402
+
+
+@pytest.mark.parametrize("model_type", sorted(TEXT_LAYOUTS))
+def test_head_on_cached_features_reproduces_every_text_model(model_type):
+    torch.manual_seed(0)
+    config = tiny_text_config(model_type)
+    if model_type == "modernbert":
+        config.classifier_pooling = "mean"  # the pooling that reads the attention mask
+    model = AutoModelForSequenceClassification.from_config(config).eval()
+    ids = torch.randint(5, 60, (4, 12))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    mask[3, 4:] = 0
+    batch = {"input_ids": ids, "attention_mask": mask}
+    with torch.no_grad():
+        features = backbone_features(model, batch)
+        head, key = head_model(model)
+        torch.testing.assert_close(head(**head_inputs(key, features)).logits, model(**batch).logits)
+    assert {n for n, _ in head.named_parameters()} == {
+        n for n, _ in model.named_parameters() if not n.startswith(model.base_model_prefix + ".")
+    }
+
+
+@pytest.mark.parametrize("arch", ["test_resnet", "efficientnet_lite0", "vit_tiny_patch16_224", "convnext_atto"])
+def test_head_on_cached_features_reproduces_timm_models(arch):
+    torch.manual_seed(0)
+    kwargs = {"img_size": 32} if arch.startswith("vit") else {}
+    model = wrap_timm_model(timm.create_model(arch, pretrained=False, num_classes=3, **kwargs), ["a", "b", "c"]).eval()
+    pixels = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        features = backbone_features(model, {"pixel_values": pixels})
+        head, key = head_model(model)
+        torch.testing.assert_close(head(**head_inputs(key, features)).logits, model(pixel_values=pixels).logits)
+    assert features.ndim == 2  # pooled: the cache holds one vector per image, not a feature map
+
+
+def test_a_head_the_cut_cannot_reproduce_turns_the_cache_off(caplog):
+    # DeiT-distilled averages two classifiers: the cache declines rather than train something else
+    timm_model = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, num_classes=2, img_size=32)
+    model = wrap_timm_model(timm_model, ["a", "b"])
+    split = [{"pixel_values": torch.randn(3, 32, 32), "labels": 0}] * 4
+    assert cache_features(model, {"train": split}, CacheSettings(image_collate), batch_size=2) is None
+    assert "more than one classifier" in caplog.text
+
+
+def _head(out: Path) -> dict[str, torch.Tensor]:
+    weights = load_file(out / "model.safetensors")
+    return {k: v for k, v in weights.items() if k.startswith(("classifier.", "timm_model.fc."))}
+
+
+def _results(out: Path) -> dict:
+    return json.loads((out / "all_results.json").read_text())
+
+
+def _cache_record(out: Path) -> dict:
+    return yaml.safe_load((out / "warmstart_config.yaml").read_text())["feature_cache"]
+
+
+def _text_run(tiny_bert, text_files, out, *extra):
+    return text_classification.main(
+        [
+            "--model_name_or_path",
+            str(tiny_bert),
+            "--train_file",
+            str(text_files["train"]),
+            "--validation_file",
+            str(text_files["validation"]),
+            "--freeze_strategy",
+            "head_only",
+            "--precision",
+            "fp32",
+            *trainer_flags(out, "--max_steps", "12", "--learning_rate", "0.05", "--eval_strategy", "steps"),
+            "--eval_steps",
+            "6",
+            "--save_strategy",
+            "steps",
+            "--save_steps",
+            "6",
+            "--load_best_model_at_end",
+            *extra,
+        ]
+    )
+
+
+@pytest.mark.parametrize("grouping", ["false", "true"])
+def test_text_head_only_with_and_without_the_cache_trains_the_same_head(tiny_bert, text_files, tmp_path, grouping):
+    # grouping by length changes the order of the uncached run's batches, and the cache does not group (features
+    # have one size): the same head then needs random order on both sides; with grouping on, the run must agree on
+    # the outcome still
+    cached, plain = tmp_path / "cached", tmp_path / "plain"
+    _text_run(tiny_bert, text_files, cached, "--group_by_length", grouping)
+    _text_run(tiny_bert, text_files, plain, "--group_by_length", grouping, "--cache_features", "false")
+    assert _cache_record(cached)["used"] and not _cache_record(plain)["used"]
+    assert _cache_record(plain)["reason"] == "--cache_features false"
+    assert _cache_record(cached)["splits"]["train"]["feature_shape"] == [2, 32]  # [CLS] state and pooler output
+    a, b = _head(cached), _head(plain)
+    assert a.keys() == b.keys() == {"classifier.weight", "classifier.bias"}
+    if grouping == "false":
+        for name in a:
+            torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
+        assert _results(cached)["eval_loss"] == pytest.approx(_results(plain)["eval_loss"], rel=1e-5)
+    assert _results(cached)["eval_accuracy"] == _results(plain)["eval_accuracy"] or grouping == "true"
+    # the backbone is saved as loaded; the run left no feature files behind
+    assert not (cached / CACHE_DIR_NAME).exists()
+    full = load_file(cached / "model.safetensors")
+    start = load_file(tiny_bert / "model.safetensors")
+    for name, value in start.items():
+        torch.testing.assert_close(full["bert." + name.removeprefix("bert.")], value, rtol=0, atol=0)
+
+
+def test_cached_evaluation_is_the_saved_model_evaluated(tiny_bert, text_files, tmp_path):
+    """The metrics of the cached run are those of the full model it saves, evaluated on the raw validation text."""
+    out = tmp_path / "out"
+    results = _text_run(tiny_bert, text_files, out)
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    rows = list(csv.DictReader(text_files["validation"].open()))
+    with torch.no_grad():
+        batch = tokenizer([r["text"] for r in rows], padding=True, return_tensors="pt")
+        predicted = model(**batch).logits.argmax(-1).tolist()
+    truth = [model.config.label2id[r["label"]] for r in rows]
+    accuracy = sum(p == t for p, t in zip(predicted, truth)) / len(rows)
+    assert results["eval_accuracy"] == pytest.approx(accuracy)
+
+
+def _image_run(image_dirs, out, *extra):
+    return image_classification.main(
+        [
+            "--model_name_or_path",
+            "test_resnet",
+            "--random_init",
+            "--train_dir",
+            str(image_dirs["train"]),
+            "--validation_dir",
+            str(image_dirs["validation"]),
+            "--image_size",
+            "32",
+            "--freeze_strategy",
+            "head_only",
+            "--precision",
+            "fp32",
+            *trainer_flags(out, "--max_steps", "15", "--learning_rate", "0.05", "--per_device_train_batch_size", "6"),
+            *extra,
+        ]
+    )
+
+
+def test_image_head_only_with_and_without_the_cache_trains_the_same_head(image_dirs, tmp_path):
+    cached, plain, spilled = tmp_path / "cached", tmp_path / "plain", tmp_path / "spilled"
+    _image_run(image_dirs, cached)
+    _image_run(image_dirs, plain, "--cache_features", "false")
+    # features over the memory budget (0 MiB here) are memory-mapped from disk, with the same outcome
+    _image_run(image_dirs, spilled, "--feature_cache_memory_mb", "0")
+    assert _cache_record(cached)["used"] and not _cache_record(cached)["splits"]["train"]["on_disk"]
+    assert _cache_record(spilled)["splits"]["train"]["on_disk"]
+    assert not (spilled / CACHE_DIR_NAME).exists()
+    reference = _head(plain)
+    for out in (cached, spilled):
+        for name, value in _head(out).items():
+            torch.testing.assert_close(value, reference[name], rtol=1e-4, atol=1e-5)
+        assert _results(out)["eval_accuracy"] == _results(plain)["eval_accuracy"]
+    assert _results(cached)["eval_accuracy"] > 0.5  # three colours, chance is 1/3: the head learned on the cache
+
+
+@pytest.mark.parametrize(
+    "extra, reason",
+    [
+        (["--hflip", "0.5"], "--hflip"),
+        (["--random_crop_scale", "0.5", "1.0"], "--random_crop_scale"),
+        (["--auto_augment", "rand-m9-mstd0.5"], "--auto_augment"),
+        (["--freeze_strategy", "top_k", "--unfreeze_top_k", "1"], "trains more than the head"),
+    ],
+)
+def test_augmentation_or_a_trainable_backbone_runs_without_the_cache(image_dirs, tmp_path, extra, reason):
+    out = tmp_path / "out"
+    _image_run(image_dirs, out, "--max_steps", "2", *extra)
+    record = _cache_record(out)
+    assert not record["used"] and reason in record["reason"]
