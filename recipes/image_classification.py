@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from datasets import DatasetDict
+
 from warmstart import (
     attach_image_transforms,
     check_images,
@@ -55,13 +57,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         auto_augment=reg_args.auto_augment,
         random_erasing=reg_args.random_erasing,
     )
-    # cached features are computed once, so from the evaluation transform: an augmented view would be frozen in
+    if feature_cache:  # features are computed once, so from the evaluation transform: one augmented view would stick
+        raw = DatasetDict(splits)
+        feature_cache.source_splits = attach_image_transforms(raw, image_column, eval_transform, eval_transform)
     splits = attach_image_transforms(
-        splits,
-        image_column,
-        eval_transform if feature_cache else train_transform,
-        eval_transform,
-        mark_train=reg_args.mixes_labels,
+        splits, image_column, train_transform, eval_transform, mark_train=reg_args.mixes_labels
     )
     args.run.config.update(labels=labels, image_data_config=dict(data_config))
 

@@ -202,3 +202,34 @@ def test_augmentation_or_a_trainable_backbone_runs_without_the_cache(image_dirs,
     _image_run(image_dirs, out, "--max_steps", "2", *extra)
     record = _cache_record(out)
     assert not record["used"] and reason in record["reason"]
+
+
+def test_lp_ft_probes_on_cached_features_then_fine_tunes_the_same_model(tiny_bert, text_files, tmp_path):
+    """LP-FT's probe runs on the cache, the fine-tuning on the inputs, in one Trainer run; it ends where the run
+    without the cache ends (same weights within float rounding), with the backbone trained."""
+    cached, plain = tmp_path / "cached", tmp_path / "plain"
+    extra = ["--freeze_strategy", "lp_ft", "--num_train_epochs", "4", "--probe_epochs", "2", "--max_steps", "-1"]
+    extra += ["--group_by_length", "false", "--eval_strategy", "epoch", "--save_strategy", "epoch"]
+    extra += ["--load_best_model_at_end", "false"]  # the last epoch, whose backbone has trained
+    _text_run(tiny_bert, text_files, cached, *extra)
+    _text_run(tiny_bert, text_files, plain, *extra, "--cache_features", "false")
+    assert _cache_record(cached)["used"] and not _cache_record(plain)["used"]
+    a, b = load_file(cached / "model.safetensors"), load_file(plain / "model.safetensors")
+    start = load_file(tiny_bert / "model.safetensors")
+    assert not torch.equal(a["bert.encoder.layer.0.attention.self.query.weight"],
+                           start["encoder.layer.0.attention.self.query.weight"])  # fmt: skip
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert _results(cached)["eval_loss"] == pytest.approx(_results(plain)["eval_loss"], rel=1e-4)
+    schedule = yaml.safe_load((cached / "warmstart_config.yaml").read_text())["schedule"]
+    assert [entry["stage"] for entry in schedule] == [0, 1]
+
+
+def test_image_lp_ft_probes_on_features_of_the_evaluation_transform(image_dirs, tmp_path):
+    out = tmp_path / "out"
+    _image_run(image_dirs, out, "--max_steps", "-1", "--num_train_epochs", "2", "--freeze_strategy", "lp_ft",
+               "--probe_epochs", "1")  # fmt: skip
+    config = yaml.safe_load((out / "warmstart_config.yaml").read_text())
+    assert config["feature_cache"]["used"] and config["feature_cache"]["splits"]["train"]["examples"] == 24
+    assert [entry["stage"] for entry in config["schedule"]] == [0, 1]
+    assert 0.0 <= _results(out)["eval_accuracy"] <= 1.0

@@ -169,12 +169,15 @@ class CacheSettings:
         cache_dir: where such files go (a run's ``output_dir/.feature_cache``); removed by :meth:`CachedRun.close`.
         autocast_dtype: compute the features under autocast to this dtype (``None``: the model's own dtype), as
             the training precision would.
+        source_splits: the splits to compute features from where they differ from the training splits (images:
+            the evaluation transform on train too, when the full model later trains on augmented images).
     """
 
     collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]
     memory_budget_mb: float = 2048.0
     cache_dir: Path | None = None
     autocast_dtype: torch.dtype | None = None
+    source_splits: Mapping[str, Any] | None = None
 
 
 @dataclass
@@ -325,3 +328,62 @@ def default_cache_dir(output_dir: Path) -> Path:
     """Where a run spills features: under its output directory, one folder per machine (ranks on one machine
     share it)."""
     return output_dir / CACHE_DIR_NAME / socket.gethostname()
+
+
+FEATURES_KEY = "cached_features"
+
+
+class WithCachedFeatures(torch.utils.data.Dataset):
+    """A split's examples, each with its cached features under :data:`FEATURES_KEY` (for :class:`ProbeThenFull`)."""
+
+    def __init__(self, dataset: Any, table: FeatureTable):
+        if len(dataset) != len(table):
+            raise ValueError(f"{len(dataset)} examples but {len(table)} cached features")
+        self.dataset, self.table = dataset, table
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {**self.dataset[index], FEATURES_KEY: self.table[index][self.table.key]}
+
+
+@dataclass
+class CachedFeatureCollator:
+    """Batches examples of :class:`WithCachedFeatures`: the base collator for the examples, the features stacked."""
+
+    base: Callable[[list[dict[str, Any]]], dict[str, Any]]
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        features = torch.stack([example.pop(FEATURES_KEY) for example in examples])
+        return {**self.base(examples), FEATURES_KEY: features}
+
+
+class ProbeThenFull(nn.Module):
+    """LP-FT with cached features: while the backbone is frozen (the linear probe), the head runs on the cached
+    features; once the schedule unfreezes the backbone, the full model runs on the raw inputs.
+
+    The full model is the only registered child (checkpoints hold its weights under ``model.``); the head model
+    shares its head's modules.
+    """
+
+    def __init__(self, model: nn.Module, cached: CachedRun):
+        super().__init__()
+        self.model = model
+        head_params = {id(p) for p in cached.head.parameters()}
+        # not registered: its modules are the model's own, and a second name for them would be saved twice
+        object.__setattr__(self, "_probe", (cached.head, cached.key))
+        object.__setattr__(self, "_backbone", [p for p in model.parameters() if id(p) not in head_params])
+        self.config = getattr(model, "config", None)
+        self.accepts_loss_kwargs = False  # the Trainer normalises the loss, as for the model alone
+
+    def probing(self) -> bool:
+        """Whether the backbone is frozen now, so that its cached features are its output."""
+        return not any(p.requires_grad for p in self._backbone)
+
+    def forward(self, cached_features: torch.Tensor | None = None, labels: torch.Tensor | None = None, **inputs: Any):
+        if cached_features is not None and self.probing():
+            head, key = self._probe
+            head.train(self.training)
+            return head(**head_inputs(key, cached_features), labels=labels)
+        return self.model(**inputs, labels=labels)

@@ -29,7 +29,15 @@ from warmstart.arguments import (
 )
 from warmstart.errors import WarmstartError
 from warmstart.export import check_output_dir, write_model_card, write_resolved_config
-from warmstart.feature_cache import CachedRun, CacheSettings, cache_features, default_cache_dir
+from warmstart.feature_cache import (
+    CachedFeatureCollator,
+    CachedRun,
+    CacheSettings,
+    ProbeThenFull,
+    WithCachedFeatures,
+    cache_features,
+    default_cache_dir,
+)
 from warmstart.fine_tuning import FineTuning, UnfreezeSchedule
 from warmstart.freezing import FreezePolicy
 from warmstart.metrics import compute_metrics
@@ -133,15 +141,16 @@ def start_recipe(argv: Sequence[str] | None, modality: str) -> RecipeArguments:
 def feature_cache_settings(args: RecipeArguments, modality: str, collate: Callable) -> CacheSettings | None:
     """Whether a recipe run trains its head on cached backbone features, and how (``None``: it does not).
 
-    The cache is on by default wherever it gives the same model: the whole backbone is frozen (``head_only``) and,
-    for images, no augmentation was asked for (features of augmented images differ every epoch; the default flip is
-    dropped instead). ``--cache_features false`` turns it off. The decision is logged and recorded.
+    The cache is on by default wherever it gives the same model: the whole backbone is frozen (``head_only``, and
+    the probe of ``lp_ft``) and, for images, no augmentation was asked for (features of augmented images differ
+    every epoch; the default flip is dropped from what the head sees instead). ``--cache_features false`` turns it
+    off. The decision is logged and recorded.
     """
     policy, performance, data, reg = args.freeze.policy(), args.performance, args.data, args.regularization
     reason = None
     if not performance.cache_features:
         reason = "--cache_features false"
-    elif policy.strategy != "head_only":
+    elif policy.strategy not in ("head_only", "lp_ft"):
         reason = f"--freeze_strategy {policy.strategy} trains more than the head"
     elif modality == "image":
         asked = {
@@ -155,7 +164,7 @@ def feature_cache_settings(args: RecipeArguments, modality: str, collate: Callab
             reason = f"augmentation was asked for ({', '.join(k for k, v in asked.items() if v)})"
     args.run.config["feature_cache"] = {"used": reason is None, "reason": reason or "the backbone is frozen"}
     if reason is not None:
-        if policy.strategy == "head_only":
+        if policy.strategy in ("head_only", "lp_ft"):
             logger.info("backbone features are not cached: %s; the frozen backbone runs every step", reason)
         return None
     training = args.training
@@ -226,8 +235,17 @@ def train_evaluate_save(
     _avoid_single_sample_batches(tuning.model, training_args, len(splits["train"]))
     trained = tuning.model
     cached = _cache_backbone_features(run, tuning.model, splits, feature_cache, training_args)
-    if cached is not None:
+    if cached is not None and policy.strategy == "lp_ft":
+        # the probe trains the head on the features, then the schedule unfreezes the backbone and the full model
+        # trains on the inputs, in one Trainer run (one schedule, one optimizer, one set of checkpoints)
+        trained = ProbeThenFull(tuning.model, cached)
+        splits = {name: WithCachedFeatures(splits[name], table) for name, table in cached.splits.items()}
+        data_collator = CachedFeatureCollator(data_collator or default_data_collator)
+    elif cached is not None:
         trained, splits, data_collator = cached.head, cached.splits, default_data_collator
+        # features have one size: nothing to group by length, and nothing for a collator to pad
+        if training_args.train_sampling_strategy == "group_by_length":
+            training_args.train_sampling_strategy = "random"
     trainer = Trainer(
         args=training_args,
         train_dataset=splits["train"],
@@ -322,7 +340,7 @@ def _cache_backbone_features(
         return None
     cached = cache_features(
         model,
-        splits,
+        settings.source_splits or splits,
         settings,
         batch_size=training_args.per_device_eval_batch_size,
         device=training_args.device,
@@ -331,9 +349,6 @@ def _cache_backbone_features(
     if cached is None:
         run.config["feature_cache"] = {"used": False, "reason": "the head on cached features did not match the model"}
         return None
-    # features have one size: nothing to group by length, and nothing for a collator to pad
-    if training_args.train_sampling_strategy == "group_by_length":
-        training_args.train_sampling_strategy = "random"
     record = run.config.setdefault("feature_cache", {"used": True})
     record.update(seconds=round(cached.seconds, 2), splits=cached.stats)
     on_disk = [name for name, table in cached.splits.items() if table.on_disk]
