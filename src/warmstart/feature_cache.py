@@ -196,7 +196,7 @@ class CachedRun:
         if self.cache_dir is not None:
             shutil.rmtree(self.cache_dir, ignore_errors=True)
             if self.cache_dir.parent.name == CACHE_DIR_NAME:
-                with contextlib.suppress(OSError):  # other machines' folders are still in use
+                with contextlib.suppress(OSError):  # other processes' folders are still in use
                     self.cache_dir.parent.rmdir()
 
 
@@ -324,10 +324,10 @@ def _allocate(split: str, rows: int, shape: torch.Size, settings: CacheSettings)
     return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, *shape))
 
 
-def default_cache_dir(output_dir: Path) -> Path:
-    """Where a run spills features: under its output directory, one folder per machine (ranks on one machine
-    share it)."""
-    return output_dir / CACHE_DIR_NAME / socket.gethostname()
+def default_cache_dir(output_dir: Path, rank: int = 0) -> Path:
+    """Where a process of a run spills features: under the output directory, one folder per machine and rank (each
+    process computes its own; sharing them across ranks is for a later version)."""
+    return output_dir / CACHE_DIR_NAME / f"{socket.gethostname()}-rank{rank}"
 
 
 FEATURES_KEY = "cached_features"

@@ -172,7 +172,7 @@ def feature_cache_settings(args: RecipeArguments, modality: str, collate: Callab
     return CacheSettings(
         collate=collate,
         memory_budget_mb=performance.feature_cache_memory_mb,
-        cache_dir=default_cache_dir(args.run.output_dir),
+        cache_dir=default_cache_dir(args.run.output_dir, training.process_index),
         autocast_dtype=autocast,
     )
 
