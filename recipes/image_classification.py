@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from datasets import DatasetDict
 
 from warmstart import (
+    apply_devices,
     attach_image_transforms,
     check_images,
     feature_cache_settings,
@@ -57,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         auto_augment=reg_args.auto_augment,
         random_erasing=reg_args.random_erasing,
     )
+    apply_devices(args, model, "image", input_size=data_config["input_size"])
     if feature_cache:  # features are computed once, so from the evaluation transform: one augmented view would stick
         raw = DatasetDict(splits)
         feature_cache.source_splits = attach_image_transforms(raw, image_column, eval_transform, eval_transform)

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from warmstart import (
     TextCollator,
+    apply_devices,
     feature_cache_settings,
     load_labeled_splits,
     load_text_model,
@@ -45,6 +46,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         random_init=args.model.random_init,
         trust_remote_code=args.model.trust_remote_code,
     )
+    apply_devices(args, model, "text")
     max_length = max_sequence_length(model, tokenizer, data_args.max_seq_length)
     with training_args.main_process_first(desc="tokenizing"):
         splits = tokenize_splits(splits, tokenizer, text_columns, max_length)

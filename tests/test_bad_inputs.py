@@ -235,6 +235,10 @@ def _accelerate_fp16(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
 
 
+def _accelerate_bf16(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+
+
 POS, NEG = ("good movie", "pos"), ("bad movie", "neg")
 
 CASES = [
@@ -544,6 +548,39 @@ CASES = [
         lambda e: e.image("--bf16", "true"),
         ("bf16", "without native bf16"),
         setup=_no_native_bf16,
+    ),
+    Case(
+        "text-precision-bf16-on-cpu-without-native-bf16",
+        "text",
+        lambda e: e.text("--precision", "bf16"),
+        ("bf16", "without native bf16", "drop --precision bf16"),
+        setup=_no_native_bf16,
+    ),
+    Case(
+        "image-precision-fp16-without-gpu",
+        "image",
+        lambda e: e.image("--precision", "fp16"),
+        ("fp16", "needs a CUDA GPU", "drop --precision fp16"),
+    ),
+    Case(
+        "text-precision-fp32-with-bf16",
+        "text",
+        lambda e: e.text("--precision", "fp32", "--bf16"),
+        ("--precision fp32 contradicts --bf16", "give one of them"),
+        subprocess=True,
+    ),
+    Case(
+        "text-precision-fp32-with-accelerate-bf16",
+        "text",
+        lambda e: e.text("--precision", "fp32"),
+        ("--precision fp32 contradicts the accelerate config's mixed_precision: bf16",),
+        setup=_accelerate_bf16,
+    ),
+    Case(
+        "image-precision-unknown",
+        "image",
+        lambda e: e.image("--precision", "fp8"),
+        ("--precision", "'fp8'", "auto"),
     ),
     # ---- arguments and files
     Case(

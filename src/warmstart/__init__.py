@@ -46,10 +46,18 @@ from warmstart.freezing import (
 )
 from warmstart.metrics import classification_metrics, compute_metrics, roc_auc
 from warmstart.models import load_image_model, load_text_model
-from warmstart.precision import check_precision, cpu_has_native_bf16
+from warmstart.precision import (
+    DeviceFacts,
+    PrecisionChoice,
+    apply_device_settings,
+    check_precision,
+    choose_precision,
+    cpu_has_native_bf16,
+)
 from warmstart.training import (
     RecipeArguments,
     Run,
+    apply_devices,
     feature_cache_settings,
     push_output_dir,
     start_recipe,
@@ -63,6 +71,7 @@ __all__ = [
     "TextCollator",
     "BlockLayout",
     "DataArguments",
+    "DeviceFacts",
     "FineTuning",
     "FreezeArguments",
     "FreezePolicy",
@@ -72,6 +81,7 @@ __all__ = [
     "FeatureTable",
     "ModelArguments",
     "PerformanceArguments",
+    "PrecisionChoice",
     "RecipeArguments",
     "RegularizationArguments",
     "Run",
@@ -95,8 +105,11 @@ __all__ = [
     "load_raw_splits",
     "load_text_model",
     "make_validation_split",
+    "apply_device_settings",
+    "apply_devices",
     "backbone_features",
     "cache_features",
+    "choose_precision",
     "feature_cache_settings",
     "head_model",
     "parse_args",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -15,7 +15,13 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from warmstart.errors import WarmstartError
 from warmstart.freezing import FreezePolicy
-from warmstart.precision import check_precision, requested_precision, training_on_cpu
+from warmstart.precision import (
+    PrecisionChoice,
+    check_precision,
+    choose_precision,
+    requested_precision,
+    training_on_cpu,
+)
 
 CONFIG_FILE_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -251,6 +257,11 @@ class PerformanceArguments:
         default="auto",
         metadata={"help": "CNNs in channels_last memory format; auto: on a GPU, and on a CPU where it runs faster."},
     )
+    # Set by parse_args from --precision, the other precision flags and the hardware; recorded in the run's config.
+    resolved_precision: str | None = field(default=None, init=False, metadata={"help": "fp32, bf16 or fp16."})
+    precision_evidence: str | None = field(
+        default=None, init=False, metadata={"help": "What was asked, the CPU flags, the measured GFLOP/s, why."}
+    )
 
     def __post_init__(self) -> None:
         if self.feature_cache_memory_mb < 0:
@@ -288,17 +299,26 @@ def _config_to_argv(path: Path, known: set[str]) -> list[str]:
     return argv
 
 
-def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = None) -> tuple[Any, ...]:
+def parse_args(
+    dataclass_types: Sequence[type],
+    argv: Sequence[str] | None = None,
+    *,
+    precision_choice: Callable[..., PrecisionChoice] = choose_precision,
+) -> tuple[Any, ...]:
     """Parses the command line (optionally after a YAML / JSON config file) into the given dataclasses.
 
     ``TrainingArguments``, if among them, is checked for precision the hardware cannot run (fp16 without a GPU,
-    bf16 on a CPU without native bf16) before it is built.
+    bf16 on a CPU without native bf16) before it is built. With ``PerformanceArguments`` too, ``--precision`` is
+    resolved against ``--fp16`` / ``--bf16``, an accelerate config and the hardware (:func:`choose_precision`): the
+    result sets ``TrainingArguments``' ``bf16`` / ``fp16`` (and ``use_cpu`` for CPU bf16), and is recorded as
+    ``resolved_precision`` and ``precision_evidence`` on the ``PerformanceArguments``.
 
     Args:
         dataclass_types: the argument dataclasses, e.g. ``(ModelArguments, DataArguments, FreezeArguments,
             TrainingArguments)``.
         argv: the arguments (default: ``sys.argv[1:]``); a first argument ending in .yaml / .yml / .json is a
             config file whose values the rest of the command line overrides.
+        precision_choice: resolves the precision (:func:`choose_precision`, or a stand-in with given hardware).
 
     Returns:
         One instance per dataclass, in order.
@@ -315,11 +335,17 @@ def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = Non
     if remaining:
         raise WarmstartError(f"unrecognized arguments: {' '.join(remaining)} (see --help)")
     values = vars(namespace)
+    choice = None
     if TrainingArguments in dataclass_types:
         _check_training_values(values)
-        precision = requested_precision(values.get("fp16", False), values.get("bf16", False))
-        on_cpu = training_on_cpu(values.get("use_cpu", False))
-        check_precision(precision, on_cpu=on_cpu)
+        fp16, bf16, use_cpu = values.get("fp16", False), values.get("bf16", False), values.get("use_cpu", False)
+        if PerformanceArguments in dataclass_types:
+            choice = precision_choice(values["precision"], fp16=fp16, bf16=bf16, use_cpu=use_cpu)
+            values["fp16"], values["bf16"] = choice.precision == "fp16", choice.precision == "bf16"
+            precision, on_cpu = choice.precision, choice.on_cpu
+        else:
+            precision, on_cpu = requested_precision(fp16, bf16), training_on_cpu(use_cpu)
+            check_precision(precision, on_cpu=on_cpu)
         if precision == "bf16" and on_cpu:
             values["use_cpu"] = True  # TrainingArguments accepts CPU bf16 only when told it is on the CPU
     outputs = []
@@ -331,6 +357,8 @@ def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = Non
             raise
         except (ValueError, TypeError) as err:
             raise WarmstartError(" ".join(str(err).split())) from None
+        if choice is not None and dtype is PerformanceArguments:
+            outputs[-1].resolved_precision, outputs[-1].precision_evidence = choice.precision, choice.evidence
     return tuple(outputs)
 
 

@@ -41,6 +41,7 @@ from warmstart.feature_cache import (
 from warmstart.fine_tuning import FineTuning, UnfreezeSchedule
 from warmstart.freezing import FreezePolicy
 from warmstart.metrics import compute_metrics
+from warmstart.precision import apply_device_settings
 from warmstart.regularization import check_regularization
 
 logger = logging.getLogger("warmstart")
@@ -136,6 +137,18 @@ def start_recipe(argv: Sequence[str] | None, modality: str) -> RecipeArguments:
     }
     run = start_run(named, training_args, overwrite_output_dir=model_args.overwrite_output_dir)
     return RecipeArguments(model_args, data_args, freeze_args, reg_args, perf_args, training_args, run)
+
+
+def apply_devices(
+    args: RecipeArguments, model: nn.Module, modality: str, input_size: Sequence[int] | None = None
+) -> None:
+    """Fits the run to the machine (precision chosen at parsing, TF32, channels_last, loader workers): see
+    :func:`warmstart.precision.apply_device_settings` (``input_size``: the training images' ``(C, H, W)``). Each
+    decision is logged and recorded in the run's config."""
+    lines = apply_device_settings(model, args.training, args.performance, modality, input_size=input_size)
+    for line in lines:
+        logger.info("%s", line)
+    args.run.config["device_settings"] = lines
 
 
 def feature_cache_settings(args: RecipeArguments, modality: str, collate: Callable) -> CacheSettings | None:
