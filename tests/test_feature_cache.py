@@ -233,3 +233,25 @@ def test_image_lp_ft_probes_on_features_of_the_evaluation_transform(image_dirs, 
     assert config["feature_cache"]["used"] and config["feature_cache"]["splits"]["train"]["examples"] == 24
     assert [entry["stage"] for entry in config["schedule"]] == [0, 1]
     assert 0.0 <= _results(out)["eval_accuracy"] <= 1.0
+
+
+def test_cached_features_are_tensors_a_head_can_train_on(tmp_path):
+    """Features computed in inference mode are stored in ordinary tensors: autograd refuses inference tensors."""
+    model = wrap_timm_model(timm.create_model("test_resnet", pretrained=False, num_classes=2), ["a", "b"])
+    split = [{"pixel_values": torch.randn(3, 32, 32), "labels": i % 2} for i in range(6)]
+    for budget in (2048.0, 0.0):  # in memory, and memory-mapped from disk
+        settings = CacheSettings(image_collate, memory_budget_mb=budget, cache_dir=tmp_path / f"cache-{budget}")
+        cached = cache_features(model, {"train": split}, settings, batch_size=4)
+        table = cached.splits["train"]
+        assert table.on_disk == (budget == 0.0) and len(table) == 6
+        row = table[1]
+        assert not row["pixel_values"].is_inference() and row["labels"] == 1
+        with torch.no_grad():
+            expected = backbone_features(model.eval(), {"pixel_values": split[1]["pixel_values"][None]})[0]
+        torch.testing.assert_close(row["pixel_values"], expected)
+        loss = cached.head(pixel_values=row["pixel_values"][None], labels=torch.tensor([1])).loss
+        loss.backward()
+        assert model.timm_model.get_classifier().weight.grad is not None
+        model.zero_grad()
+        cached.close()
+        assert not settings.cache_dir.exists()

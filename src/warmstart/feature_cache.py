@@ -30,6 +30,7 @@ import logging
 import math
 import shutil
 import socket
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,8 +252,6 @@ def cache_features(
         A :class:`CachedRun`, or ``None`` where the head on cached features does not reproduce the model's logits
         (the reason is logged; train the full model instead).
     """
-    import time
-
     start = time.perf_counter()
     try:
         head, key = head_model(model)
@@ -268,41 +267,39 @@ def cache_features(
     tables: dict[str, FeatureTable] = {}
     stats: dict[str, Any] = {}
     try:
-        with torch.inference_mode(), autocast:
-            for name, dataset in splits.items():
-                order = _extraction_order(dataset)
-                loader = DataLoader(
-                    dataset, batch_size=batch_size, sampler=order, collate_fn=settings.collate, num_workers=num_workers
-                )
-                store: torch.Tensor | np.ndarray | None = None
-                labels = torch.empty(len(order), dtype=torch.long)
-                done = 0
-                for batch in loader:
-                    batch = _to_device(batch, device)
+        for name, dataset in splits.items():
+            order = _extraction_order(dataset)
+            loader = DataLoader(
+                dataset, batch_size=batch_size, sampler=order, collate_fn=settings.collate, num_workers=num_workers
+            )
+            # the stores are made outside inference mode: the head trains on them, and autograd refuses tensors made
+            # inside it
+            store: torch.Tensor | np.ndarray | None = None
+            labels = torch.empty(len(order), dtype=torch.long)
+            done = 0
+            for batch in loader:
+                batch = _to_device(batch, device)
+                with torch.inference_mode(), autocast:
                     features = backbone_features(model, batch).float()
-                    if store is None:
-                        if not tables:  # the first batch of all: does the cut reproduce the model?
-                            problem = _check_head(model, head, key, batch, features, settings.autocast_dtype)
-                            if problem is not None:
-                                logger.warning("feature cache off for %s: %s", type(model).__name__, problem)
-                                return None
-                        store = _allocate(name, len(order), features.shape[1:], settings)
-                    rows = order[done : done + len(features)]
-                    values = features.cpu()
-                    if isinstance(store, np.ndarray):
-                        store[rows] = values.numpy()
-                    else:
-                        store[rows] = values
-                    labels[rows] = batch["labels"].cpu().long()
-                    done += len(features)
+                    if not tables and store is None:  # the first batch of all: does the cut reproduce the model?
+                        problem = _check_head(model, head, key, batch, features, settings.autocast_dtype)
+                        if problem is not None:
+                            logger.warning("feature cache off for %s: %s", type(model).__name__, problem)
+                            return None
                 if store is None:
-                    raise WarmstartError(f"the {name} split is empty: nothing to cache")
-                if isinstance(store, np.memmap):
-                    store.flush()
-                    store = np.load(store.filename, mmap_mode="r")  # read-only from here
-                tables[name] = FeatureTable(key, store, labels)
-                stats[name] = {"examples": len(order), "feature_shape": list(store.shape[1:]), "on_disk": False}
-                stats[name]["on_disk"] = tables[name].on_disk
+                    store = _allocate(name, len(order), features.shape[1:], settings)
+                rows = order[done : done + len(features)]
+                store[rows] = features.cpu().numpy() if isinstance(store, np.ndarray) else features.cpu()
+                labels[rows] = batch["labels"].cpu().long()
+                done += len(features)
+            if store is None:
+                raise WarmstartError(f"the {name} split is empty: nothing to cache")
+            if isinstance(store, np.memmap):
+                store.flush()
+                store = np.load(store.filename, mmap_mode="r")  # read-only from here
+            tables[name] = FeatureTable(key, store, labels)
+            on_disk = tables[name].on_disk
+            stats[name] = {"examples": len(order), "feature_shape": list(store.shape[1:]), "on_disk": on_disk}
     finally:
         model.train(was_training)
     seconds = time.perf_counter() - start
