@@ -118,6 +118,7 @@ def test_text_head_only_with_and_without_the_cache_trains_the_same_head(tiny_ber
     _text_run(tiny_bert, text_files, plain, "--group_by_length", grouping, "--cache_features", "false")
     assert _cache_record(cached)["used"] and not _cache_record(plain)["used"]
     assert _cache_record(plain)["reason"] == "--cache_features false"
+    assert _results(cached)["feature_cache_seconds"] > 0 and "feature_cache_seconds" not in _results(plain)
     assert _cache_record(cached)["splits"]["train"]["feature_shape"] == [2, 32]  # [CLS] state and pooler output
     a, b = _head(cached), _head(plain)
     assert a.keys() == b.keys() == {"classifier.weight", "classifier.bias"}

@@ -275,6 +275,8 @@ def train_evaluate_save(
     results.update(
         train_samples=len(splits["train"]), trainable_params=report.trainable_params, total_params=report.total_params
     )
+    if cached is not None:  # before the Trainer's clock (train_runtime) started
+        results["feature_cache_seconds"] = round(cached.seconds, 3)
     trainer.log_metrics("train", results)
     trainer.save_metrics("train", results)
 
