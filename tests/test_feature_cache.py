@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from warmstart import CacheSettings, backbone_features, cache_features, head_model, image_collate
-from warmstart.feature_cache import CACHE_DIR_NAME, head_inputs
+from warmstart.feature_cache import CACHE_DIR_NAME, CacheDeclined, head_inputs
 from warmstart.freezing import TEXT_LAYOUTS
 from warmstart.models import wrap_timm_model
 
@@ -60,13 +60,34 @@ def test_head_on_cached_features_reproduces_timm_models(arch):
     assert features.ndim == 2  # pooled: the cache holds one vector per image, not a feature map
 
 
-def test_a_head_the_cut_cannot_reproduce_turns_the_cache_off(caplog):
+def test_a_head_the_cut_cannot_reproduce_turns_the_cache_off():
     # DeiT-distilled averages two classifiers: the cache declines rather than train something else
     timm_model = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, num_classes=2, img_size=32)
     model = wrap_timm_model(timm_model, ["a", "b"])
     split = [{"pixel_values": torch.randn(3, 32, 32), "labels": 0}] * 4
-    assert cache_features(model, {"train": split}, CacheSettings(image_collate), batch_size=2) is None
-    assert "more than one classifier" in caplog.text
+    with pytest.raises(CacheDeclined, match="more than one classifier"):
+        cache_features(model, {"train": split}, CacheSettings(image_collate), batch_size=2)
+
+
+def test_a_head_whose_logits_differ_is_declined_before_training(tmp_path):
+    """The first batch's check: a head that does not give the model's logits (here: the model's forward adds a
+    bias the head model does not know of) is refused, and no spilled file stays behind."""
+    model = wrap_timm_model(timm.create_model("test_resnet", pretrained=False, num_classes=2), ["a", "b"])
+    original = model.timm_model.forward
+    model.timm_model.forward = lambda x: original(x) + 1.0  # not the path forward_features -> forward_head
+    split = [{"pixel_values": torch.randn(3, 32, 32), "labels": 0}] * 4
+    settings = CacheSettings(image_collate, memory_budget_mb=0, cache_dir=tmp_path / "cache")
+    with pytest.raises(CacheDeclined, match="off by"):
+        cache_features(model, {"train": split}, settings, batch_size=2)
+    assert not settings.cache_dir.exists()
+
+
+def test_timm_head_dropout_is_the_models():
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=2, img_size=32, drop_rate=0.3)
+    resnet = timm.create_model("test_resnet", pretrained=False, num_classes=2, drop_rate=0.2)
+    for timm_model, rate in ((vit, 0.3), (resnet, 0.2)):
+        head, _ = head_model(wrap_timm_model(timm_model, ["a", "b"]))
+        assert head.timm_model.drop_rate == rate
 
 
 def _head(out: Path) -> dict[str, torch.Tensor]:
@@ -126,7 +147,12 @@ def test_text_head_only_with_and_without_the_cache_trains_the_same_head(tiny_ber
         for name in a:
             torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
         assert _results(cached)["eval_loss"] == pytest.approx(_results(plain)["eval_loss"], rel=1e-5)
-    assert _results(cached)["eval_accuracy"] == _results(plain)["eval_accuracy"] or grouping == "true"
+        assert _results(cached)["eval_accuracy"] == _results(plain)["eval_accuracy"]
+    else:  # features have one size: the plain run groups by length, the cached run samples at random
+        adjusted = yaml.safe_load((plain / "warmstart_config.yaml").read_text())["training_adjusted"]
+        assert adjusted["train_sampling_strategy"] == "group_by_length"
+        cached_config = yaml.safe_load((cached / "warmstart_config.yaml").read_text())
+        assert "train_sampling_strategy" not in cached_config["training_adjusted"]  # random, as given
     # the backbone is saved as loaded; the run left no feature files behind
     assert not (cached / CACHE_DIR_NAME).exists()
     full = load_file(cached / "model.safetensors")
@@ -226,14 +252,32 @@ def test_lp_ft_probes_on_cached_features_then_fine_tunes_the_same_model(tiny_ber
     assert [entry["stage"] for entry in schedule] == [0, 1]
 
 
-def test_image_lp_ft_probes_on_features_of_the_evaluation_transform(image_dirs, tmp_path):
+def test_image_lp_ft_on_the_cache_checkpoints_a_channels_last_cnn_and_trains_its_backbone(image_dirs, tmp_path):
+    """LP-FT on images: the probe on cached features, then the whole CNN; a checkpoint per epoch of a channels_last
+    model (the Trainer saves the wrapper with safetensors, which refuses strided tensors), and gradient
+    checkpointing reaches the model through the wrapper."""
     out = tmp_path / "out"
     _image_run(image_dirs, out, "--max_steps", "-1", "--num_train_epochs", "2", "--freeze_strategy", "lp_ft",
-               "--probe_epochs", "1")  # fmt: skip
+               "--probe_epochs", "1", "--channels_last", "true", "--save_strategy", "epoch",
+               "--gradient_checkpointing", "true")  # fmt: skip
     config = yaml.safe_load((out / "warmstart_config.yaml").read_text())
     assert config["feature_cache"]["used"] and config["feature_cache"]["splits"]["train"]["examples"] == 24
     assert [entry["stage"] for entry in config["schedule"]] == [0, 1]
-    assert 0.0 <= _results(out)["eval_accuracy"] <= 1.0
+    assert "channels_last: on (as given)" in config["device_settings"]
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-8"]
+    # the checkpoint at the end of the probe against the saved model: the fine-tuning phase moved the backbone
+    probe = load_file(out / "checkpoint-4" / "model.safetensors")
+    trained = load_file(out / "model.safetensors")
+    stem = next(name for name, value in trained.items() if value.ndim == 4)  # the first convolution
+    assert not torch.equal(probe["model.timm_model." + stem], trained[stem])
+
+
+def test_head_only_on_the_cache_with_gradient_checkpointing_asked_for(tiny_bert, text_files, tmp_path):
+    out = tmp_path / "out"
+    _text_run(tiny_bert, text_files, out, "--gradient_checkpointing", "true")
+    config = yaml.safe_load((out / "warmstart_config.yaml").read_text())
+    assert config["feature_cache"]["used"]
+    assert config["training_adjusted"]["activation_checkpointing"] is False  # nothing to checkpoint in a head
 
 
 def test_cached_features_are_tensors_a_head_can_train_on(tmp_path):

@@ -56,6 +56,10 @@ _MIN_EXTRACTION_BATCH = 32
 _CHECK_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 1e-2}
 
 
+class CacheDeclined(WarmstartError):
+    """The head on cached features would not be the model's head (the message says why): train without the cache."""
+
+
 class FeatureTable(torch.utils.data.Dataset):
     """One split as cached features: ``{key: features[i], "labels": labels[i]}`` per example.
 
@@ -95,9 +99,12 @@ class _TimmHead(nn.Module):
         super().__init__()
         classifier = timm_model.get_classifier()
         if not isinstance(classifier, nn.Module):  # e.g. DeiT's distilled pair of heads, averaged in forward_head
-            raise WarmstartError(f"{type(timm_model).__name__} has more than one classifier")
+            raise CacheDeclined(f"{type(timm_model).__name__} has more than one classifier")
         self.classifier = classifier
-        self.drop_rate = float(getattr(timm_model, "drop_rate", 0.0) or 0.0)
+        # the dropout timm applies right before the classifier: a module (ViT's head_drop) or a rate in forward_head
+        head_drop = getattr(timm_model, "head_drop", None)
+        rate = head_drop.p if isinstance(head_drop, nn.Dropout) else getattr(timm_model, "drop_rate", 0.0)
+        self.drop_rate = float(rate or 0.0)
 
     def forward(self, features: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         return self.classifier(F.dropout(features, self.drop_rate, self.training))
@@ -126,7 +133,7 @@ def head_model(model: nn.Module) -> tuple[nn.Module, str]:
         return _with_module(model, "timm_model", _TimmHead(timm_model)), "pixel_values"
     prefix = getattr(model, "base_model_prefix", "")
     if not prefix or not isinstance(getattr(model, prefix, None), nn.Module):
-        raise WarmstartError(f"{type(model).__name__} has no base model to cache features of")
+        raise CacheDeclined(f"{type(model).__name__} has no base model to cache features of")
     return _with_module(model, prefix, _CachedEncoder()), "inputs_embeds"
 
 
@@ -204,7 +211,7 @@ class CachedRun:
 def _extraction_order(dataset: Any) -> list[int]:
     # text: longest first, so each batch pads to nearly its own length (and the largest batch comes first)
     if hasattr(dataset, "column_names") and "length" in dataset.column_names:
-        lengths = dataset["length"]
+        lengths = list(dataset["length"])  # one read of the column, not one per row
         return sorted(range(len(lengths)), key=lambda i: -lengths[i])
     return list(range(len(dataset)))
 
@@ -249,15 +256,15 @@ def cache_features(
         num_workers: data loader workers for reading the splits.
 
     Returns:
-        A :class:`CachedRun`, or ``None`` where the head on cached features does not reproduce the model's logits
-        (the reason is logged; train the full model instead).
+        A :class:`CachedRun`.
+
+    Raises:
+        CacheDeclined: the head on cached features would not reproduce the model's logits (train the full model
+            instead).
     """
     start = time.perf_counter()
-    try:
-        head, key = head_model(model)
-    except WarmstartError as err:
-        logger.warning("feature cache off: %s", err)
-        return None
+    head, key = head_model(model)
+    head.eval()  # a head module made here (timm's) is not reached by model.eval()
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -266,6 +273,8 @@ def cache_features(
     autocast = torch.autocast(device.type, dtype=settings.autocast_dtype, enabled=settings.autocast_dtype is not None)
     tables: dict[str, FeatureTable] = {}
     stats: dict[str, Any] = {}
+    budget_mb = settings.memory_budget_mb  # for all splits together
+    completed = False
     try:
         for name, dataset in splits.items():
             order = _extraction_order(dataset)
@@ -284,10 +293,11 @@ def cache_features(
                     if not tables and store is None:  # the first batch of all: does the cut reproduce the model?
                         problem = _check_head(model, head, key, batch, features, settings.autocast_dtype)
                         if problem is not None:
-                            logger.warning("feature cache off for %s: %s", type(model).__name__, problem)
-                            return None
+                            raise CacheDeclined(problem)
                 if store is None:
-                    store = _allocate(name, len(order), features.shape[1:], settings)
+                    store = _allocate(name, len(order), features.shape[1:], budget_mb, settings.cache_dir)
+                    if isinstance(store, torch.Tensor):
+                        budget_mb -= store.numel() * 4 / 2**20
                 rows = order[done : done + len(features)]
                 store[rows] = features.cpu().numpy() if isinstance(store, np.ndarray) else features.cpu()
                 labels[rows] = batch["labels"].cpu().long()
@@ -300,23 +310,28 @@ def cache_features(
             tables[name] = FeatureTable(key, store, labels)
             on_disk = tables[name].on_disk
             stats[name] = {"examples": len(order), "feature_shape": list(store.shape[1:]), "on_disk": on_disk}
+        completed = True
     finally:
         model.train(was_training)
+        if not completed and settings.cache_dir is not None:
+            CachedRun(head, key, {}, 0.0, settings.cache_dir).close()  # nothing half-written stays behind
     seconds = time.perf_counter() - start
     return CachedRun(head, key, tables, seconds, settings.cache_dir, stats)
 
 
-def _allocate(split: str, rows: int, shape: torch.Size, settings: CacheSettings) -> torch.Tensor | np.ndarray:
+def _allocate(
+    split: str, rows: int, shape: torch.Size, budget_mb: float, cache_dir: Path | None
+) -> torch.Tensor | np.ndarray:
     size_mb = rows * math.prod(shape) * 4 / 2**20
-    if size_mb <= settings.memory_budget_mb:
+    if size_mb <= budget_mb:
         return torch.empty((rows, *shape), dtype=torch.float32)
-    if settings.cache_dir is None:
+    if cache_dir is None:
         raise WarmstartError(
-            f"the {split} features take {size_mb:.0f} MiB, over --feature_cache_memory_mb "
-            f"{settings.memory_budget_mb:g}, and no cache directory was given"
+            f"the {split} features take {size_mb:.0f} MiB, over the {max(budget_mb, 0):.0f} MiB left of the feature "
+            "cache's memory budget, and no cache directory was given"
         )
-    settings.cache_dir.mkdir(parents=True, exist_ok=True)
-    path = settings.cache_dir / f"{split}.npy"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path = cache_dir / f"{split}.npy"
     logger.info("the %s features take %.0f MiB: memory-mapped at %s", split, size_mb, path)
     return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, *shape))
 
@@ -368,8 +383,7 @@ class ProbeThenFull(nn.Module):
         super().__init__()
         self.model = model
         head_params = {id(p) for p in cached.head.parameters()}
-        # not registered: its modules are the model's own, and a second name for them would be saved twice
-        object.__setattr__(self, "_probe", (cached.head, cached.key))
+        # a plain list, not registered: the backbone's parameters are the model's own
         object.__setattr__(self, "_backbone", [p for p in model.parameters() if id(p) not in head_params])
         self.config = getattr(model, "config", None)
         self.accepts_loss_kwargs = False  # the Trainer normalises the loss, as for the model alone
@@ -380,7 +394,25 @@ class ProbeThenFull(nn.Module):
 
     def forward(self, cached_features: torch.Tensor | None = None, labels: torch.Tensor | None = None, **inputs: Any):
         if cached_features is not None and self.probing():
-            head, key = self._probe
+            # made per call from self.model (a shallow copy, cheap): a DataParallel replica gets its own modules
+            head, key = head_model(self.model)
             head.train(self.training)
             return head(**head_inputs(key, cached_features), labels=labels)
         return self.model(**inputs, labels=labels)
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        # the Trainer saves a model that is not a PreTrainedModel with safetensors' save_file, which refuses the
+        # strided tensors of a channels_last CNN (save_pretrained makes them contiguous itself)
+        state = super().state_dict(*args, **kwargs)
+        for name, value in state.items():
+            if isinstance(value, torch.Tensor) and not value.is_contiguous():
+                state[name] = value.contiguous()
+        return state
+
+    def activation_checkpointing_enable(self, **kwargs: Any) -> None:
+        """Checkpoints the full model's activations (the fine-tuning phase; the probe has none to save)."""
+        self.model.activation_checkpointing_enable(**kwargs)
+
+    @property
+    def is_activation_checkpointing(self) -> bool:
+        return bool(getattr(self.model, "is_activation_checkpointing", False))

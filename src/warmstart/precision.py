@@ -238,6 +238,11 @@ def choose_precision(
         return PrecisionChoice(
             "fp32", f"auto on the CPU{_flags_note(True, flags)}: no native bf16, so fp32 (not measured)", on_cpu
         )
+    if measure is None and _processes() > 1:
+        # ranks timing at once on shared cores could land on both sides of the threshold, and DDP ranks in
+        # different precisions disagree: several processes go by the flags alone
+        why = f"auto on the CPU{_flags_note(True, flags)}: native bf16 ({_processes()} processes: not timed)"
+        return PrecisionChoice("bf16", why, on_cpu)
     speed = (measure or cpu_matmul_speed)()
     precision = "bf16" if speed.bf16_speedup >= BF16_MIN_SPEEDUP else "fp32"
     compared = ">=" if precision == "bf16" else "<"
@@ -247,6 +252,14 @@ def choose_precision(
         f"({speed.bf16_speedup:.2f}x {compared} {BF16_MIN_SPEEDUP}x, so {precision})"
     )
     return PrecisionChoice(precision, evidence, on_cpu)
+
+
+def _processes() -> int:
+    """The processes of this run (``torchrun`` / ``accelerate launch`` set ``WORLD_SIZE``)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
 
 
 def _gflops(value: float) -> str:
@@ -467,6 +480,8 @@ def _apply_channels_last(
         return "channels_last: on (a CNN on a GPU)"
     if facts.device != "cpu":
         return f"channels_last: off (a CNN on {facts.device}, not measured)"
+    if training_args.world_size > 1:  # ranks must agree (DDP compares parameter strides): not timed per rank
+        return f"channels_last: off ({training_args.world_size} processes: not timed; --channels_last true forces it)"
     size = tuple(input_size) if input_size else _model_input_size(model)
     shape = (min(training_args.per_device_train_batch_size, 16), *size)
     bf16 = getattr(performance_args, "resolved_precision", None) == "bf16"

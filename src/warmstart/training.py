@@ -30,6 +30,7 @@ from warmstart.arguments import (
 from warmstart.errors import WarmstartError
 from warmstart.export import check_output_dir, write_model_card, write_resolved_config
 from warmstart.feature_cache import (
+    CacheDeclined,
     CachedFeatureCollator,
     CachedRun,
     CacheSettings,
@@ -254,11 +255,16 @@ def train_evaluate_save(
         trained = ProbeThenFull(tuning.model, cached)
         splits = {name: WithCachedFeatures(splits[name], table) for name, table in cached.splits.items()}
         data_collator = CachedFeatureCollator(data_collator or default_data_collator)
+        training_args.remove_unused_columns = False  # the wrapper's signature does not name the model's inputs
     elif cached is not None:
         trained, splits, data_collator = cached.head, cached.splits, default_data_collator
-        # features have one size: nothing to group by length, and nothing for a collator to pad
+        # features have one size: nothing to group by length, and nothing for a collator to pad; a row is a slice
+        # of a tensor, with nothing for loader workers to decode; and the head has no activations worth
+        # checkpointing (the head model has no layers to checkpoint)
         if training_args.train_sampling_strategy == "group_by_length":
             training_args.train_sampling_strategy = "random"
+        training_args.dataloader_num_workers = 0
+        training_args.activation_checkpointing = False
     trainer = Trainer(
         args=training_args,
         train_dataset=splits["train"],
@@ -270,28 +276,32 @@ def train_evaluate_save(
         **{**tuning.trainer_kwargs(), "model": trained, "callbacks": [*tuning.callbacks, *callbacks]},
     )
     run.config["param_groups"] = tuning.groups_as_dicts()
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    results: dict[str, Any] = dict(train_result.metrics)
-    results.update(
-        train_samples=len(splits["train"]), trainable_params=report.trainable_params, total_params=report.total_params
-    )
-    if cached is not None:  # before the Trainer's clock (train_runtime) started
-        results["feature_cache_seconds"] = round(cached.seconds, 3)
-    trainer.log_metrics("train", results)
-    trainer.save_metrics("train", results)
+    try:
+        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        results: dict[str, Any] = dict(train_result.metrics)
+        results.update(
+            train_samples=len(splits["train"]),
+            trainable_params=report.trainable_params,
+            total_params=report.total_params,
+        )
+        if cached is not None:  # before the Trainer's clock (train_runtime) started
+            results["feature_cache_seconds"] = round(cached.seconds, 3)
+        trainer.log_metrics("train", results)
+        trainer.save_metrics("train", results)
 
-    for split in ("validation", "test"):
-        if split not in splits:
-            continue
-        prefix = "eval" if split == "validation" else "test"
-        metrics = trainer.evaluate(splits[split], metric_key_prefix=prefix)
-        metrics[f"{prefix}_samples"] = len(splits[split])
-        trainer.log_metrics(prefix, metrics)
-        trainer.save_metrics(prefix, metrics)
-        results.update(metrics)
-    trainer.save_state()
-    if cached is not None:
-        cached.close()
+        for split in ("validation", "test"):
+            if split not in splits:
+                continue
+            prefix = "eval" if split == "validation" else "test"
+            metrics = trainer.evaluate(splits[split], metric_key_prefix=prefix)
+            metrics[f"{prefix}_samples"] = len(splits[split])
+            trainer.log_metrics(prefix, metrics)
+            trainer.save_metrics(prefix, metrics)
+            results.update(metrics)
+        trainer.save_state()
+    finally:
+        if cached is not None:  # also after a failure: spilled features can take gigabytes
+            cached.close()
 
     if trainer.is_world_process_zero():
         run.config["freeze_report"] = report.to_dict()
@@ -353,16 +363,18 @@ def _cache_backbone_features(
 ) -> CachedRun | None:
     if settings is None:
         return None
-    cached = cache_features(
-        model,
-        settings.source_splits or splits,
-        settings,
-        batch_size=training_args.per_device_eval_batch_size,
-        device=training_args.device,
-        num_workers=training_args.dataloader_num_workers,
-    )
-    if cached is None:
-        run.config["feature_cache"] = {"used": False, "reason": "the head on cached features did not match the model"}
+    try:
+        cached = cache_features(
+            model,
+            settings.source_splits or splits,
+            settings,
+            batch_size=training_args.per_device_eval_batch_size,
+            device=training_args.device,
+            num_workers=training_args.dataloader_num_workers,
+        )
+    except CacheDeclined as declined:
+        logger.warning("backbone features are not cached: %s; the frozen backbone runs every step", declined)
+        run.config["feature_cache"] = {"used": False, "reason": str(declined)}
         return None
     record = run.config.setdefault("feature_cache", {"used": True})
     record.update(seconds=round(cached.seconds, 2), splits=cached.stats)
