@@ -129,14 +129,20 @@ def timed_steps(*, strategy: str, steps: int, warmup: int, folder: str) -> dict[
     return time_strategy(strategies()[strategy], model_dir, data, tokenizer, steps, warmup)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_step_arguments(description: str) -> argparse.Namespace:
+    """The command line of a step-time benchmark: the common options, ``--steps`` and ``--warmup``."""
+    parser = argparse.ArgumentParser(description=description)
     add_common_arguments(parser)
     parser.add_argument("--steps", type=int, default=8, help="timed optimizer steps per run")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
     cli = parser.parse_args()
     if cli.quick:
         cli.pairs, cli.steps, cli.warmup = 1, 2, 1
+    return cli
+
+
+def main() -> None:
+    cli = parse_step_arguments(__doc__.splitlines()[0])
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from warmstart import load_text_model
 

@@ -14,10 +14,7 @@ untimed ones. The ratios are printed last.
 
 from __future__ import annotations
 
-import argparse
-
 from _common import (
-    add_common_arguments,
     function_side,
     print_header,
     print_ratios,
@@ -26,19 +23,14 @@ from _common import (
     run_pairs,
     spread,
 )
+from strategy_step_time import parse_step_arguments
 
 FULL = "full"
 TOP_K = "top_k (k=2)"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_arguments(parser)
-    parser.add_argument("--steps", type=int, default=8, help="timed optimizer steps per run")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
-    cli = parser.parse_args()
-    if cli.quick:
-        cli.pairs, cli.steps, cli.warmup = 1, 2, 1
+    cli = parse_step_arguments(__doc__.splitlines()[0])
     sides = [
         function_side(name, "strategy_step_time:timed_steps", strategy=name, steps=cli.steps, warmup=cli.warmup)
         for name in (FULL, TOP_K)
