@@ -47,7 +47,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     check_images(splits, image_column)
 
     model = load_image_model(
-        args.model.model_name_or_path, labels, random_init=args.model.random_init, image_size=data_args.image_size
+        args.model.model_name_or_path,
+        labels,
+        random_init=args.model.random_init,
+        image_size=data_args.image_size,
+        reset_head=args.model.reset_head,
     )
     feature_cache = feature_cache_settings(args, "image", image_collate)
     data_config, train_transform, eval_transform = image_transforms(

@@ -45,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         labels,
         random_init=args.model.random_init,
         trust_remote_code=args.model.trust_remote_code,
+        reset_head=args.model.reset_head,
     )
     apply_devices(args, model, "text")
     max_length = max_sequence_length(model, tokenizer, data_args.max_seq_length)

@@ -41,6 +41,13 @@ class ModelArguments:
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Replace a different model already saved in --output_dir."}
     )
+    reset_head: bool = field(
+        default=False,
+        metadata={
+            "help": "Start a new classification head even when the base model (an earlier run) has one for the same "
+            "labels; a head for other labels is always replaced."
+        },
+    )
 
     def __post_init__(self) -> None:
         if not self.model_name_or_path:
@@ -120,10 +127,7 @@ class DataArguments:
 
     def describe(self) -> str:
         """Where the data came from, for the model card (file names only: local paths stay private)."""
-        if self.dataset_name:
-            return f"`{self.dataset_name}`" + (f" ({self.dataset_config_name})" if self.dataset_config_name else "")
-        sources = {**self.data_files(), **self.data_dirs()}
-        return ", ".join(f"{split}: `{Path(p).name}`" for split, p in sources.items())
+        return describe_sources(self)
 
     def data_files(self) -> dict[str, str]:
         files = {"train": self.train_file, "validation": self.validation_file, "test": self.test_file}
@@ -131,6 +135,86 @@ class DataArguments:
 
     def data_dirs(self) -> dict[str, str]:
         dirs = {"train": self.train_dir, "validation": self.validation_dir, "test": self.test_dir}
+        return {split: d for split, d in dirs.items() if d}
+
+
+def describe_sources(data_args: Any) -> str:
+    """A data source for a model card: the hub id, or the file and folder names (local paths stay private)."""
+    if data_args.dataset_name:
+        config = data_args.dataset_config_name
+        return f"`{data_args.dataset_name}`" + (f" ({config})" if config else "")
+    sources = {**data_args.data_files(), **data_args.data_dirs()}
+    return ", ".join(f"{split}: `{Path(p).name}`" for split, p in sources.items())
+
+
+@dataclass
+class UnlabeledDataArguments:
+    """Data for the pretraining recipes: text or images, without labels (a label column is ignored)."""
+
+    dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset id (from the local cache)."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of --dataset_name."})
+    train_file: str | None = field(
+        default=None,
+        metadata={"help": "csv / tsv / json / jsonl / parquet file, or (text) a .txt file with one text per line."},
+    )
+    validation_file: str | None = field(default=None, metadata={"help": "Validation file (same format)."})
+    train_dir: str | None = field(
+        default=None, metadata={"help": "A folder of images (sub-folders allowed) or (text) of .txt files."}
+    )
+    validation_dir: str | None = field(default=None, metadata={"help": "Validation folder (same kind)."})
+    text_column_name: str | None = field(
+        default=None, metadata={"help": "Text: the column of texts (default: `text`, or the only text column)."}
+    )
+    image_column_name: str | None = field(default=None, metadata={"help": "Images: the image column (guessed)."})
+    train_val_split: float = field(
+        default=0.05, metadata={"help": "Fraction of train held out as validation when there is no validation split."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use a seeded subset of train."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use a seeded subset of validation."})
+    max_seq_length: int | None = field(
+        default=None,
+        metadata={"help": "Text: tokens per training sequence (packed block or truncation length; default <= 512)."},
+    )
+    image_size: int | None = field(
+        default=None, metadata={"help": "Images: input resolution in pixels (default: the model's pretrained config)."}
+    )
+    hflip: float = field(default=0.0, metadata={"help": "Images: probability of a horizontal flip in training."})
+    random_crop_scale: list[float] | None = field(
+        default=None,
+        metadata={"help": "Images: area range of a random-resized crop in training, e.g. 0.8 1.0 (default: none)."},
+    )
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.train_val_split < 1.0:
+            raise WarmstartError(f"--train_val_split must be between 0 and 1, got {self.train_val_split}")
+        for name in ("max_train_samples", "max_eval_samples", "max_seq_length", "image_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise WarmstartError(f"--{name} must be a positive integer, got {value}")
+        if not 0.0 <= self.hflip <= 1.0:
+            raise WarmstartError(f"--hflip is a probability in [0, 1], got {self.hflip}")
+        if self.random_crop_scale is not None and not (
+            len(self.random_crop_scale) == 2 and 0.0 < self.random_crop_scale[0] <= self.random_crop_scale[1] <= 1.0
+        ):
+            shown = " ".join(map(str, self.random_crop_scale))
+            raise WarmstartError(f"--random_crop_scale takes two numbers 0 < min <= max <= 1, got {shown}")
+        if sum(bool(s) for s in (self.dataset_name, self.train_file, self.train_dir)) > 1:
+            raise WarmstartError("give one data source: --dataset_name, --train_file or --train_dir")
+        if self.validation_file and not self.train_file:
+            raise WarmstartError("--validation_file needs --train_file")
+        if self.validation_dir and not self.train_dir:
+            raise WarmstartError("--validation_dir needs --train_dir")
+
+    def describe(self) -> str:
+        """Where the data came from, for the model card (file names only)."""
+        return describe_sources(self)
+
+    def data_files(self) -> dict[str, str]:
+        files = {"train": self.train_file, "validation": self.validation_file}
+        return {split: f for split, f in files.items() if f}
+
+    def data_dirs(self) -> dict[str, str]:
+        dirs = {"train": self.train_dir, "validation": self.validation_dir}
         return {split: d for split, d in dirs.items() if d}
 
 

@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 LABEL_COLUMN = "labels"  # what the Trainer and the models expect
 _SPLIT_ALIASES = {"validation": ("validation", "valid", "val", "dev"), "test": ("test",)}
 _FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+# plain text, one example per line, is a corpus for pretraining (classification needs a label column)
+_CORPUS_BUILDERS = {**_FILE_BUILDERS, ".txt": "text"}
 _TEXT_COLUMN_GUESSES = (
     ("sentence1", "sentence2"),
     ("question", "sentence"),
@@ -37,19 +39,18 @@ _TEXT_COLUMN_GUESSES = (
 )
 
 
-def _load_from_files(files: dict[str, str]) -> DatasetDict:
+def _load_from_files(files: dict[str, str], builders_by_suffix: dict[str, str] = _FILE_BUILDERS) -> DatasetDict:
     suffixes = {Path(f).suffix.lower() for f in files.values()}
     for split, file in files.items():
         if Path(file).is_dir():
             raise WarmstartError(f"--{split}_file {file} is a directory: give a data file (--{split}_dir for images)")
         if not Path(file).is_file():
             raise WarmstartError(f"--{split}_file {file} does not exist")
-    unknown = suffixes - set(_FILE_BUILDERS)
+    unknown = suffixes - set(builders_by_suffix)
     if unknown:
-        raise WarmstartError(
-            f"cannot read {', '.join(sorted(unknown))} files: use .csv, .tsv, .json, .jsonl or .parquet"
-        )
-    builders = {_FILE_BUILDERS[s] for s in suffixes}
+        known = ", ".join(builders_by_suffix)
+        raise WarmstartError(f"cannot read {', '.join(sorted(unknown))} files: use {known}")
+    builders = {builders_by_suffix[s] for s in suffixes}
     if len(builders) > 1:
         raise WarmstartError(
             f"the data files mix formats ({', '.join(sorted(suffixes))}): give them all in one format"
@@ -165,10 +166,7 @@ def load_raw_splits(
         raw = _load_from_dirs(data_dirs)
     else:
         raise WarmstartError("no data: give --dataset_name, --train_file or --train_dir")
-    splits = DatasetDict()
-    for split_name, data in raw.items():
-        canonical = next((c for c, aliases in _SPLIT_ALIASES.items() if split_name in aliases), split_name)
-        splits[canonical] = data
+    splits = DatasetDict({_canonical_split(name): data for name, data in raw.items()})
     if "train" not in splits:
         raise WarmstartError(f"the data has no train split (splits: {', '.join(raw)})")
     return splits
@@ -190,12 +188,18 @@ def _require_column(splits: DatasetDict, column: str, flag: str) -> None:
             )
 
 
-def resolve_image_column(splits: DatasetDict, image_column: str | None) -> str:
+def resolve_image_column(splits: DatasetDict, image_column: str | None, purpose: str = "training") -> str:
     """The image column: the one given, else the first ``Image`` feature, else ``image`` / ``img``."""
     if image_column is None:
         features = splits["train"].features
         image_column = next((name for name, f in features.items() if isinstance(f, datasets.Image)), None)
-        image_column = image_column or next((n for n in ("image", "img") if n in features), "image")
+        image_column = image_column or next((n for n in ("image", "img") if n in features), None)
+        if image_column is None:
+            shown = ", ".join(f"{n} ({f})" for n, f in features.items())
+            raise WarmstartError(
+                f"the data has no image column for {purpose} (columns: {shown}): set --image_column_name to a column "
+                "of images or image paths"
+            )
     _require_column(splits, image_column, "--image_column_name")
     feature = splits["train"].features[image_column]
     if not isinstance(feature, datasets.Image):
@@ -323,6 +327,94 @@ def check_not_empty(splits: DatasetDict) -> None:
     for split, data in splits.items():
         if len(data) == 0:
             raise WarmstartError(f"the {split} split is empty: check the data source and the sample limits")
+
+
+def load_unlabeled_splits(data_args: Any, modality: str, seed: int) -> tuple[DatasetDict, str]:
+    """Loads the pretraining data named by :class:`~warmstart.arguments.UnlabeledDataArguments`: one column of
+    texts or of images per split, anything else (labels included) dropped.
+
+    Text comes from a hub dataset, csv / json / parquet / .txt files (one text per line), or a folder of .txt
+    files; images from a hub dataset, files with an image (or image path) column, or a folder of images (class
+    sub-folders allowed, their names unused). A validation split is split off train (seeded) when there is none.
+
+    Args:
+        data_args: the data arguments.
+        modality: ``text`` or ``image``.
+        seed: seeds the validation split and the sample limits.
+
+    Returns:
+        The splits (``train``, ``validation``) and the name of their one column.
+
+    Raises:
+        WarmstartError: no readable source, no text / image column, or an empty split.
+    """
+    dirs = data_args.data_dirs()
+    if modality == "text" and dirs:
+        files = {}
+        for split, folder in dirs.items():
+            texts = sorted(str(f) for f in Path(folder).rglob("*.txt") if f.is_file()) if Path(folder).is_dir() else []
+            if not texts:
+                raise WarmstartError(f"--{split}_dir {folder} holds no .txt files: give a folder of text files")
+            files[split] = texts
+        try:
+            with _datasets_errors_not_logged():
+                raw = datasets.load_dataset("text", data_files=files)
+        except _LOAD_ERRORS as err:
+            raise WarmstartError(f"cannot read the text folders: {_root_cause(err)}") from None
+        splits = DatasetDict({_canonical_split(name): data for name, data in raw.items()})
+    elif data_args.data_files():
+        splits = _load_from_files(data_args.data_files(), _CORPUS_BUILDERS)
+    else:
+        splits = load_raw_splits(
+            dataset_name=data_args.dataset_name, dataset_config_name=data_args.dataset_config_name, data_dirs=dirs
+        )
+    splits = DatasetDict({name: data for name, data in splits.items() if name in ("train", "validation")})
+    check_not_empty(splits)
+    if modality == "text":
+        column = _resolve_corpus_text_column(splits, data_args.text_column_name)
+    else:
+        column = resolve_image_column(splits, data_args.image_column_name, purpose="pretraining")
+    for name, data in splits.items():
+        splits[name] = data.remove_columns([c for c in data.column_names if c != column])
+    if modality == "text":  # blank lines of .txt files (paragraph breaks) are not examples
+        splits = DatasetDict(
+            {
+                name: data.filter(_has_text, input_columns=column, desc=f"dropping empty {name} texts")
+                for name, data in splits.items()
+            }
+        )
+    if "validation" not in splits:
+        parts = splits["train"].train_test_split(test_size=data_args.train_val_split, seed=seed)
+        splits = DatasetDict({"train": parts["train"], "validation": parts["test"]})
+    splits = limit_samples(splits, data_args.max_train_samples, data_args.max_eval_samples, seed)
+    check_not_empty(splits)
+    return splits, column
+
+
+def _has_text(value: Any) -> bool:
+    return value is not None and bool(str(value).strip())
+
+
+def _canonical_split(name: str) -> str:
+    return next((c for c, aliases in _SPLIT_ALIASES.items() if name in aliases), name)
+
+
+def _resolve_corpus_text_column(splits: DatasetDict, column: str | None) -> str:
+    features = splits["train"].features
+    if column is None:
+        strings = [n for n, f in features.items() if isinstance(f, Value) and f.dtype in ("string", "large_string")]
+        column = "text" if "text" in strings else strings[0] if len(strings) == 1 else None
+        if column is None:
+            shown = ", ".join(f"{n} ({f})" for n, f in features.items())
+            raise WarmstartError(
+                f"the data has no text column to pretrain on (columns: {shown}): set --text_column_name to a "
+                "column of strings"
+            )
+    _require_column(splits, column, "--text_column_name")
+    feature = features[column]
+    if not (isinstance(feature, Value) and feature.dtype in ("string", "large_string")):
+        raise WarmstartError(f"column {column!r} holds {feature}, not text: set --text_column_name to a text column")
+    return column
 
 
 LENGTH_COLUMN = "length"  # tokens per example, computed once at tokenization (the Trainer's length_column_name)

@@ -135,71 +135,79 @@ def _metrics_table(metrics: dict[str, Any]) -> str:
 
 
 def write_model_card(output_dir: str | Path, card: dict[str, Any]) -> Path:
-    """Writes ``README.md``: what the model is, how it was trained, how well it does, and how to load it.
+    """Writes ``README.md``: what the model is, where it came from, how it was trained, how well it does, and how
+    to load it.
 
     Args:
         output_dir: the model directory.
-        card: ``modality`` (``image`` / ``text``), ``base_model``, ``data`` (a description), ``labels``,
-            ``policy`` (a :class:`FreezePolicy` dict), ``freeze_report``, ``metrics``, ``training`` (selected
-            training arguments).
+        card: ``modality`` (``image`` / ``text``), ``base_model``, ``data`` (a description), ``metrics``,
+            ``training`` (selected training arguments), optionally ``lineage`` (see :mod:`warmstart.lineage`) and
+            ``images`` (``(caption, file name)`` pairs of PNGs in the directory). A classifier's card has
+            ``labels``, ``policy`` (a :class:`FreezePolicy` dict), ``policy_description`` and ``freeze_report``; a
+            pretrained encoder's has ``objective`` (a paragraph), ``pipeline_tag`` and ``load`` (a code block).
     """
     image = card["modality"] == "image"
+    classifier = "policy" in card
     base = card["base_model"]
     if Path(base).exists():  # a local directory: its name only, the card may be published
         base = f"{Path(base).resolve().name} (a local model)"
-    report = card["freeze_report"]
     front = {
         "library_name": "timm" if image else "transformers",
-        "pipeline_tag": "image-classification" if image else "text-classification",
-        "tags": ["warmstart", "fine-tuned", card["policy"]["strategy"]],
+        "pipeline_tag": card.get("pipeline_tag") or ("image-classification" if image else "text-classification"),
+        "tags": ["warmstart", "fine-tuned" if classifier else "pretrained", card.get("tag") or _strategy(card)],
     }
-    if base and "/" in base and not Path(base).exists():
+    if base and "/" in base and not Path(base).exists() and " " not in base:
         front["base_model"] = base
-    if image:
-        load = (
-            '```python\nimport timm\nmodel = timm.create_model("local-dir:<this directory>", pretrained=True)\n\n'
-            'from transformers import pipeline\nclassify = pipeline("image-classification", '
-            'model="<this directory>")\n```'
-        )
-    else:
-        load = (
-            '```python\nfrom transformers import pipeline\nclassify = pipeline("text-classification", '
-            'model="<this directory>")\n\nfrom transformers import AutoModelForSequenceClassification\n'
-            'model = AutoModelForSequenceClassification.from_pretrained("<this directory>")\n```'
-        )
-    labels = card["labels"]
-    shown_labels = ", ".join(f"`{label}`" for label in labels[:50]) + (" ..." if len(labels) > 50 else "")
-    training = "\n".join(f"- {k}: `{v}`" for k, v in card["training"].items())
-    text = f"""---
-{yaml.safe_dump(front, sort_keys=False).strip()}
----
+    sections = [f"Trained with [warmstart](https://pypi.org/project/warmstart/) from **{base}**."]
+    lineage = card.get("lineage") or {}
+    if len(lineage.get("runs") or []) > 1:
+        from warmstart.lineage import lineage_markdown  # here: lineage reads this module's CONFIG_NAME
 
-# {Path(card.get("name") or "warmstart model").name}
-
-Fine-tuned with [warmstart](https://pypi.org/project/warmstart/) from **{base}**.
-
-## Data
-{card["data"]}
-
-{len(labels)} classes: {shown_labels}
-
-## Freezing policy
+        sections.append("## Lineage\n" + lineage_markdown(lineage))
+    data = card["data"]
+    if classifier:
+        labels = card["labels"]
+        shown = ", ".join(f"`{label}`" for label in labels[:50]) + (" ..." if len(labels) > 50 else "")
+        data += f"\n\n{len(labels)} classes: {shown}"
+    sections.append(f"## Data\n{data}")
+    if classifier:
+        report = card["freeze_report"]
+        sections.append(
+            f"""## Freezing policy
 {card["policy_description"]}: {report["trainable_params"]:,} of {report["total_params"]:,} parameters trained
 ({100.0 * report["trainable_params"] / max(report["total_params"], 1):.2f}%).
 
 - trainable groups: {", ".join(report["trainable_groups"]) or "none"}
 - frozen groups: {", ".join(report["frozen_groups"]) or "none"}
-- policy: `{json.dumps(card["policy"])}`
-
-## Results
-{_metrics_table(card["metrics"])}
-
-## Training
-{training}
-
-## How to load
-{load}
-"""
+- policy: `{json.dumps(card["policy"])}`"""
+        )
+    else:
+        sections.append(f"## Objective\n{card['objective']}")
+    sections.append(f"## Results\n{_metrics_table(card['metrics'])}")
+    for caption, file_name in card.get("images") or ():
+        sections.append(f"![{caption}]({file_name})")
+    sections.append("## Training\n" + "\n".join(f"- {k}: `{v}`" for k, v in card["training"].items()))
+    sections.append(f"## How to load\n{card.get('load') or _load_snippet(image)}")
+    title = Path(card.get("name") or "warmstart model").name
+    text = f"---\n{yaml.safe_dump(front, sort_keys=False).strip()}\n---\n\n# {title}\n\n" + "\n\n".join(sections)
     path = Path(output_dir) / "README.md"
-    path.write_text(text)
+    path.write_text(text + "\n")
     return path
+
+
+def _strategy(card: dict[str, Any]) -> str:
+    return card["policy"]["strategy"] if "policy" in card else "pretraining"
+
+
+def _load_snippet(image: bool) -> str:
+    if image:
+        return (
+            '```python\nimport timm\nmodel = timm.create_model("local-dir:<this directory>", pretrained=True)\n\n'
+            'from transformers import pipeline\nclassify = pipeline("image-classification", '
+            'model="<this directory>")\n```'
+        )
+    return (
+        '```python\nfrom transformers import pipeline\nclassify = pipeline("text-classification", '
+        'model="<this directory>")\n\nfrom transformers import AutoModelForSequenceClassification\n'
+        'model = AutoModelForSequenceClassification.from_pretrained("<this directory>")\n```'
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -141,17 +142,34 @@ def _load_checked(load, path: str, **kwargs: Any):
         raise WarmstartError(f"cannot load the model in {path}: {first_line[:200]}") from None
 
 
+def load_timm_backbone(
+    model_name_or_path: str, *, random_init: bool = False, image_size: int | None = None
+) -> nn.Module:
+    """Loads a timm model as it was saved (its own head, if any), rebuilt for ``image_size`` where the model has a
+    fixed input size (ViTs: timm resamples the position embeddings when it builds the model).
+
+    Raises:
+        WarmstartError: the model cannot be found or loaded, or it is not a timm model.
+    """
+    timm_model = _create_timm(model_name_or_path, pretrained=not random_init)
+    fixed_size = timm_model.pretrained_cfg.get("fixed_input_size")
+    if image_size and fixed_size and tuple(timm_model.pretrained_cfg["input_size"][1:]) != (image_size, image_size):
+        timm_model = _create_timm(model_name_or_path, pretrained=not random_init, img_size=image_size)
+    return timm_model
+
+
 def load_image_model(
     model_name_or_path: str,
     labels: list[str],
     *,
     random_init: bool = False,
     image_size: int | None = None,
+    reset_head: bool = False,
 ) -> TimmWrapperForImageClassification:
     """Loads a timm backbone as a transformers image classifier with a head for ``labels``.
 
     The pretrained head is kept when the checkpoint's label names equal ``labels`` (continuing a warmstart run on
-    the same task); otherwise it is replaced by a new one sized to ``labels``.
+    the same task) and ``reset_head`` is off; otherwise it is replaced by a new one sized to ``labels``.
 
     Args:
         model_name_or_path: a local hub-format directory, a hub id in the HF cache (``timm/resnet18.a1_in1k``)
@@ -159,6 +177,7 @@ def load_image_model(
         labels: class names, in id order.
         random_init: build the architecture only, with no pretrained weights.
         image_size: input resolution; models with a fixed input size (ViTs) are rebuilt for it.
+        reset_head: start a new head even for the same labels.
 
     Returns:
         A ``TimmWrapperForImageClassification`` whose ``config`` carries ``id2label`` / ``label2id``.
@@ -166,21 +185,34 @@ def load_image_model(
     Raises:
         WarmstartError: the model cannot be found or loaded.
     """
-    timm_model = _create_timm(model_name_or_path, pretrained=not random_init)
-    fixed_size = timm_model.pretrained_cfg.get("fixed_input_size")
-    if image_size and fixed_size and tuple(timm_model.pretrained_cfg["input_size"][1:]) != (image_size, image_size):
-        # position embeddings are resampled by timm at creation time, so the model is built again for the size
-        timm_model = _create_timm(model_name_or_path, pretrained=not random_init, img_size=image_size)
-    return wrap_timm_model(timm_model, labels)
+    timm_model = load_timm_backbone(model_name_or_path, random_init=random_init, image_size=image_size)
+    return wrap_timm_model(timm_model, labels, reset_head=reset_head)
 
 
-def wrap_timm_model(timm_model: nn.Module, labels: list[str]) -> TimmWrapperForImageClassification:
+def keeps_head(old_labels: Sequence[str] | None, labels: Sequence[str], *, reset_head: bool = False) -> bool:
+    """Whether a checkpoint's classifier is kept for ``labels`` (logged either way): only for the same label names,
+    in the same order, and without ``reset_head``."""
+    old = list(old_labels or [])
+    if not old:
+        return False  # no classifier, or one for nameless ImageNet-style classes: a new head, nothing to say
+    if old == list(labels) and not reset_head:
+        logger.info("the base model's head for the same %d labels is kept (--reset_head starts a new one)", len(old))
+        return True
+    reason = "--reset_head" if old == list(labels) else f"its {len(old)} labels differ from the data's {len(labels)}"
+    logger.info("the base model's head is replaced by a new one for %d labels (%s)", len(labels), reason)
+    return False
+
+
+def wrap_timm_model(
+    timm_model: nn.Module, labels: list[str], *, reset_head: bool = False
+) -> TimmWrapperForImageClassification:
     """Puts a timm model inside a transformers ``TimmWrapperForImageClassification`` for ``labels``.
 
-    The classifier is kept when the model's label names (``pretrained_cfg["label_names"]``) equal ``labels``, and
-    replaced by a new one sized to ``labels`` otherwise.
+    The classifier is kept when the model's label names (``pretrained_cfg["label_names"]``) equal ``labels`` (and
+    not ``reset_head``), and replaced by a new one sized to ``labels`` otherwise.
     """
-    if _label_names_of(timm_model) != list(labels) or timm_model.num_classes != len(labels):
+    keep = keeps_head(_label_names_of(timm_model), labels, reset_head=reset_head)
+    if not keep or timm_model.num_classes != len(labels):
         timm_model.reset_classifier(len(labels))
     timm_model.pretrained_cfg = dict(timm_model.pretrained_cfg, num_classes=len(labels), label_names=list(labels))
 
@@ -200,39 +232,12 @@ def wrap_timm_model(timm_model: nn.Module, labels: list[str]) -> TimmWrapperForI
     return model
 
 
-def load_text_model(
-    model_name_or_path: str,
-    labels: list[str],
-    *,
-    random_init: bool = False,
-    trust_remote_code: bool = False,
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Loads a BERT-family model with a sequence classification head for ``labels``, and its tokenizer.
-
-    The checkpoint's classifier is kept only when its label names equal ``labels``.
+def load_text_tokenizer(model_name_or_path: str, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """The tokenizer saved with a text model, refused when it is missing or has no vocabulary.
 
     Raises:
-        WarmstartError: the model or its tokenizer cannot be found or loaded, or it is an image model.
+        WarmstartError: no tokenizer files, or a tokenizer of special tokens only.
     """
-    local = read_model_config(model_name_or_path)
-    if local is not None and is_image_model_config(local):
-        raise WarmstartError(
-            f"{model_name_or_path} is a timm image model: fine-tune it with recipes/image_classification.py"
-        )
-    try:
-        config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as err:
-        raise WarmstartError(
-            f"cannot load the configuration of {model_name_or_path!r} ({type(err).__name__}): give a local model "
-            "directory or a hub id already in the Hugging Face cache (warmstart runs offline)"
-        ) from None
-    old_labels = [config.id2label[i] for i in sorted(config.id2label)] if config.id2label else []
-    had_classifier = any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
-    keep_head = had_classifier and old_labels == list(labels)
-    config.num_labels = len(labels)
-    config.id2label = dict(enumerate(labels))
-    config.label2id = {label: i for i, label in enumerate(labels)}
-    config.problem_type = "single_label_classification"
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
@@ -246,6 +251,53 @@ def load_text_model(
             f"the tokenizer of {model_name_or_path!r} has no vocabulary (only special tokens): the directory needs "
             "its tokenizer files (tokenizer.json, or vocab.txt / vocab.json ...) next to config.json"
         )
+    return tokenizer
+
+
+def load_text_config(model_name_or_path: str, *, trust_remote_code: bool = False, purpose: str = "fine-tune") -> Any:
+    """The transformers config of a text model, refusing a timm image model with the recipe to use instead.
+
+    Raises:
+        WarmstartError: an image model, or a configuration that cannot be found offline.
+    """
+    local = read_model_config(model_name_or_path)
+    if local is not None and is_image_model_config(local):
+        other = "pretrain_autoencoder.py" if purpose == "pretrain" else "image_classification.py"
+        raise WarmstartError(f"{model_name_or_path} is a timm image model: {purpose} it with recipes/{other}")
+    try:
+        return AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise WarmstartError(
+            f"cannot load the configuration of {model_name_or_path!r} ({type(err).__name__}): give a local model "
+            "directory or a hub id already in the Hugging Face cache (warmstart runs offline)"
+        ) from None
+
+
+def load_text_model(
+    model_name_or_path: str,
+    labels: list[str],
+    *,
+    random_init: bool = False,
+    trust_remote_code: bool = False,
+    reset_head: bool = False,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Loads a BERT-family model with a sequence classification head for ``labels``, and its tokenizer.
+
+    The checkpoint's classifier is kept only when its label names equal ``labels`` and ``reset_head`` is off; a
+    masked-LM or bare encoder checkpoint (a pretraining run) gets a new head.
+
+    Raises:
+        WarmstartError: the model or its tokenizer cannot be found or loaded, or it is an image model.
+    """
+    config = load_text_config(model_name_or_path, trust_remote_code=trust_remote_code)
+    old_labels = [config.id2label[i] for i in sorted(config.id2label)] if config.id2label else []
+    had_classifier = any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
+    keep_head = keeps_head(old_labels if had_classifier else None, labels, reset_head=reset_head)
+    config.num_labels = len(labels)
+    config.id2label = dict(enumerate(labels))
+    config.label2id = {label: i for i, label in enumerate(labels)}
+    config.problem_type = "single_label_classification"
+    tokenizer = load_text_tokenizer(model_name_or_path, trust_remote_code=trust_remote_code)
     if random_init:
         model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=trust_remote_code)
         _loss_is_a_batch_mean(model)
@@ -291,16 +343,21 @@ def _reinitialise_head(model: PreTrainedModel) -> None:
 
 
 class _DropLoadReport(logging.Filter):
+    def __init__(self, phrases: Sequence[str]):
+        super().__init__()
+        self._phrases = phrases
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return "LOAD REPORT" not in str(record.msg)
+        return not any(phrase in str(record.msg) for phrase in self._phrases)
 
 
 @contextmanager
-def _without_load_report():
+def _without_load_report(*also: str):
     """transformers reports the new classification head as MISSING weights on every fine-tune, in a multi-line
-    table on stderr: expected here, so dropped; :func:`_warn_about_backbone_keys` keeps what is worth a warning."""
+    table on stderr: expected here, so dropped; :func:`_warn_about_backbone_keys` keeps what is worth a warning.
+    ``also``: more messages (by a phrase in them) the caller reports better itself."""
     report_logger = logging.getLogger("transformers.modeling_utils")
-    drop = _DropLoadReport()
+    drop = _DropLoadReport(("LOAD REPORT", *also))
     report_logger.addFilter(drop)
     try:
         yield

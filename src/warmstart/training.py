@@ -24,6 +24,7 @@ from warmstart.arguments import (
     ModelArguments,
     PerformanceArguments,
     RegularizationArguments,
+    UnlabeledDataArguments,
     parse_args,
     to_plain,
 )
@@ -41,6 +42,7 @@ from warmstart.feature_cache import (
 )
 from warmstart.fine_tuning import FineTuning, UnfreezeSchedule
 from warmstart.freezing import FreezePolicy
+from warmstart.lineage import finish_lineage, start_lineage
 from warmstart.metrics import compute_metrics
 from warmstart.precision import apply_device_settings
 from warmstart.regularization import check_regularization
@@ -62,16 +64,23 @@ class Run:
     hub_private_repo: bool | None = None
 
 
-def start_run(sections: dict[str, Any], training_args: TrainingArguments, overwrite_output_dir: bool) -> Run:
+def start_run(
+    sections: dict[str, Any],
+    training_args: TrainingArguments,
+    overwrite_output_dir: bool,
+    task: str = "classification",
+) -> Run:
     """Sets up logging and the seed, checks the output directory, and takes Hub pushing out of the Trainer's hands.
 
     The Trainer would otherwise create the Hub repo when it is built, push its own model card, and pickle the
     token into every checkpoint's ``training_args.bin``; warmstart pushes once, at the end, and never writes it.
+    The run's lineage starts from the base model's (``sections["model"]``), when that is a warmstart output.
 
     Args:
         sections: the run's argument dataclasses by name (``model``, ``data``, ``freeze``).
         training_args: the Trainer's arguments; its hub settings are moved into the returned :class:`Run`.
         overwrite_output_dir: replace a different model in the output directory.
+        task: what the run does, for its lineage entry (``image classification``, ``masked-LM pretraining``).
 
     Raises:
         WarmstartError: the output directory holds another model or cannot be written.
@@ -86,7 +95,11 @@ def start_run(sections: dict[str, Any], training_args: TrainingArguments, overwr
 
     run = Run(
         output_dir=Path(training_args.output_dir),
-        config={"warmstart_version": warmstart.__version__, **{k: to_plain(v) for k, v in sections.items()}},
+        config={
+            "warmstart_version": warmstart.__version__,
+            "task": task,
+            **{k: to_plain(v) for k, v in sections.items()},
+        },
         push_to_hub=training_args.push_to_hub,
         hub_model_id=training_args.hub_model_id,
         hub_token=training_args.hub_token,
@@ -97,6 +110,12 @@ def start_run(sections: dict[str, Any], training_args: TrainingArguments, overwr
     run.config["training"] = to_plain(training_args)
     run.config["training"]["push_to_hub"] = run.push_to_hub
     run.config["precision"] = training_args.mixed_precision
+    data = sections.get("data")
+    if hasattr(data, "describe"):
+        run.config["data_description"] = data.describe()
+    model = sections.get("model")
+    if model is not None:
+        run.config["lineage"] = start_lineage(model.model_name_or_path, model.random_init)
     if training_args.should_save:
         check_output_dir(run.output_dir, run.config, overwrite_output_dir)
     return run
@@ -136,7 +155,9 @@ def start_recipe(argv: Sequence[str] | None, modality: str) -> RecipeArguments:
         "regularization": reg_args,
         "performance": perf_args,
     }
-    run = start_run(named, training_args, overwrite_output_dir=model_args.overwrite_output_dir)
+    run = start_run(
+        named, training_args, overwrite_output_dir=model_args.overwrite_output_dir, task=f"{modality} classification"
+    )
     return RecipeArguments(model_args, data_args, freeze_args, reg_args, perf_args, training_args, run)
 
 
@@ -324,24 +345,130 @@ def train_evaluate_save(
             if save_adapter:
                 save_lora_adapter(model, run.output_dir / "adapter")
             model = merge_lora(model)
-        save_model(model, run.output_dir)
-        write_resolved_config(run.output_dir, run.config)
-        training = {k: run.config["training"].get(k) for k in _CARD_TRAINING_KEYS}
-        training["precision"] = run.config["precision"]
-        write_model_card(
-            run.output_dir,
-            {
-                **card,
-                "policy": policy.to_dict(),
-                "policy_description": policy.describe(),
-                "freeze_report": report.to_dict(),
-                "metrics": results,
-                "training": training,
-            },
-        )
-        logger.info("model saved to %s", run.output_dir.resolve())
-        if run.push_to_hub:
-            push_output_dir(run)
+        card = {
+            **card,
+            "policy": policy.to_dict(),
+            "policy_description": policy.describe(),
+            "freeze_report": report.to_dict(),
+        }
+        _save_output(run, model, save_model, card, results)
+    return results
+
+
+def _save_output(
+    run: Run, model: nn.Module, save_model: Callable[[nn.Module, Path], None], card: dict[str, Any], results: dict
+) -> None:
+    """The end of every run, on the main process: the model files, the resolved config with the run's lineage, the
+    model card, and the Hub upload."""
+    lineage = finish_lineage(run.config, results)
+    save_model(model, run.output_dir)
+    write_resolved_config(run.output_dir, run.config)
+    training = {k: run.config["training"].get(k) for k in _CARD_TRAINING_KEYS}
+    training["precision"] = run.config["precision"]
+    write_model_card(run.output_dir, {**card, "lineage": lineage, "metrics": results, "training": training})
+    logger.info("model saved to %s", run.output_dir.resolve())
+    if run.push_to_hub:
+        push_output_dir(run)
+
+
+@dataclass
+class PretrainingArguments:
+    """A pretraining recipe's parsed arguments (``objective``: its own dataclass, e.g. the masking) and its
+    :class:`Run`."""
+
+    model: ModelArguments
+    data: UnlabeledDataArguments
+    objective: Any
+    performance: PerformanceArguments
+    training: TrainingArguments
+    run: Run
+
+
+def start_pretraining(argv: Sequence[str] | None, objective_type: type, task: str) -> PretrainingArguments:
+    """A pretraining recipe's first step: parse its arguments (command line or config file) and :func:`start_run`.
+
+    Args:
+        argv: the command line (``None``: ``sys.argv[1:]``).
+        objective_type: the dataclass of the objective's arguments (``MlmArguments``, ``AutoencoderArguments``).
+        task: the run's task for its lineage (``masked-LM pretraining``).
+
+    Raises:
+        WarmstartError: a bad argument, or one that only fine-tuning takes.
+    """
+    sections = (ModelArguments, UnlabeledDataArguments, objective_type, PerformanceArguments)
+    model_args, data_args, objective, perf_args, training_args = parse_args((*sections, TrainingArguments), argv)
+    if model_args.reset_head:
+        raise WarmstartError("--reset_head is for the fine-tuning recipes: pretraining trains no classification head")
+    named = {"model": model_args, "data": data_args, "objective": objective, "performance": perf_args}
+    run = start_run(named, training_args, overwrite_output_dir=model_args.overwrite_output_dir, task=task)
+    return PretrainingArguments(model_args, data_args, objective, perf_args, training_args, run)
+
+
+def pretrain_evaluate_save(
+    run: Run,
+    *,
+    model: nn.Module,
+    training_args: TrainingArguments,
+    splits: DatasetDict,
+    data_collator: Callable | None,
+    save_model: Callable[[nn.Module, Path], None],
+    card: dict[str, Any],
+    processing_class: Any = None,
+    derived_metrics: Callable[[dict[str, float], str], dict[str, float]] | None = None,
+    after_training: Callable[[nn.Module, Path], list[tuple[str, str]]] | None = None,
+) -> dict[str, Any]:
+    """Trains a self-supervised objective with the HF Trainer (the model returns its own loss), evaluates the loss
+    on validation, and saves what the next run fine-tunes, with a model card and the run's lineage.
+
+    Args:
+        run: from :func:`start_pretraining`.
+        model: the model being pretrained; its forward returns the loss.
+        training_args: the Trainer's arguments.
+        splits: ``train`` and ``validation``.
+        data_collator: batches examples (for masked-LM: draws the masks).
+        save_model: writes the part worth keeping (the encoder, the masked-LM model) into a directory.
+        card: model-card fields (see :func:`warmstart.export.write_model_card`) without metrics.
+        processing_class: the tokenizer, for text.
+        derived_metrics: metrics computed from the Trainer's (perplexity from the loss), given the metrics and their
+            prefix (``eval``).
+        after_training: writes more files into the output directory on the main process (a reconstruction grid),
+            given the trained model and the directory; returns ``(caption, file name)`` of PNGs for the card.
+
+    Returns:
+        All metrics, as in ``all_results.json``.
+    """
+    if training_args.should_save:
+        run.output_dir.mkdir(parents=True, exist_ok=True)
+    training_args.prediction_loss_only = True  # nothing to score but the loss: keep outputs out of memory
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=splits["train"],
+        eval_dataset=splits["validation"],
+        data_collator=data_collator,
+        processing_class=processing_class,
+    )
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    results: dict[str, Any] = dict(train_result.metrics)
+    results.update(
+        train_samples=len(splits["train"]),
+        trainable_params=trainable,
+        total_params=sum(p.numel() for p in model.parameters()),
+    )
+    trainer.log_metrics("train", results)
+    trainer.save_metrics("train", results)
+    metrics = trainer.evaluate(metric_key_prefix="eval")
+    metrics["eval_samples"] = len(splits["validation"])
+    if derived_metrics is not None:
+        metrics.update(derived_metrics(metrics, "eval"))
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
+    results.update(metrics)
+    trainer.save_state()
+    if trainer.is_world_process_zero():
+        images = after_training(model, run.output_dir) if after_training is not None else []
+        _save_output(run, model, save_model, {**card, "images": images}, results)
     return results
 
 
