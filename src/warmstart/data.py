@@ -403,12 +403,17 @@ def _resolve_corpus_text_column(splits: DatasetDict, column: str | None) -> str:
     features = splits["train"].features
     if column is None:
         strings = [n for n, f in features.items() if isinstance(f, Value) and f.dtype in ("string", "large_string")]
-        column = "text" if "text" in strings else strings[0] if len(strings) == 1 else None
-        if column is None:
+        common = [name for group in _TEXT_COLUMN_GUESSES if len(group) == 1 for name in group if name in strings]
+        column = common[0] if common else strings[0] if len(strings) == 1 else None
+        if not strings:
             shown = ", ".join(f"{n} ({f})" for n, f in features.items())
             raise WarmstartError(
                 f"the data has no text column to pretrain on (columns: {shown}): set --text_column_name to a "
                 "column of strings"
+            )
+        if column is None:
+            raise WarmstartError(
+                f"cannot tell which column to pretrain on (text columns: {', '.join(strings)}): set --text_column_name"
             )
     _require_column(splits, column, "--text_column_name")
     feature = features[column]
@@ -492,11 +497,11 @@ def check_images(splits: DatasetDict, image_column: str) -> None:
 
 
 def image_collate(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Stacks transformed images and labels into a batch."""
-    return {
-        "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
-        "labels": torch.tensor([e[LABEL_COLUMN] for e in examples], dtype=torch.long),
-    }
+    """Stacks transformed images and their labels (when they have them) into a batch."""
+    batch = {"pixel_values": torch.stack([e["pixel_values"] for e in examples])}
+    if LABEL_COLUMN in examples[0]:
+        batch[LABEL_COLUMN] = torch.tensor([e[LABEL_COLUMN] for e in examples], dtype=torch.long)
+    return batch
 
 
 def attach_image_transforms(
@@ -512,7 +517,7 @@ def attach_image_transforms(
     Images are decoded here rather than by ``datasets``, so that a file that breaks mid-epoch is named.
 
     Args:
-        splits: the splits, labels in ``labels``.
+        splits: the splits, labels (if any) in ``labels``.
         image_column: the column of images (or image paths).
         train_transform: for the ``train`` split.
         eval_transform: for every other split.
@@ -538,7 +543,9 @@ def attach_image_transforms(
                         f"image {value.get('path') or 'in ' + split} cannot be read ({err})"
                     ) from None
                 pixels.append(transform(image))
-            out = {"pixel_values": pixels, LABEL_COLUMN: batch[LABEL_COLUMN]}
+            out = {"pixel_values": pixels}
+            if LABEL_COLUMN in batch:  # unlabeled images (pretraining) have none
+                out[LABEL_COLUMN] = batch[LABEL_COLUMN]
             if marker is not None and split == "train":
                 out[marker] = [True] * len(pixels)
             return out
