@@ -279,10 +279,11 @@ def run_autoencoder(data_flags, out, *extra, model="test_resnet"):
     )
 
 
-def test_autoencoder_recipe_saves_an_encoder_both_libraries_load(tmp_path):
+@pytest.mark.parametrize("model", ["test_resnet", "test_vit"])
+def test_autoencoder_recipe_saves_an_encoder_both_libraries_load(model, tmp_path):
     out = tmp_path / "ae"
     folder = write_unlabeled_images(tmp_path / "unlabeled", 24, 0)
-    results = run_autoencoder(["--train_dir", str(folder)], out)
+    results = run_autoencoder(["--train_dir", str(folder)], out, model=model)
     assert math.isfinite(results["eval_loss"]) and results["train_samples"] > 0
     encoder = timm.create_model(f"local-dir:{out}", pretrained=True)
     assert encoder.num_classes == 0  # the encoder alone: no classifier, no decoder
@@ -323,6 +324,7 @@ def test_masked_autoencoder_on_an_image_column_with_labels_ignored(tmp_path):
         ("mask_ratio_negative", r"--mask_ratio must be in \[0, 1\)"),
         ("text_model", "not a timm image model"),
         ("no_image_column", "no image column for pretraining"),
+        ("no_spatial_map", "pit_ti_224 gives no spatial feature map"),
     ],
 )
 def test_autoencoder_bad_inputs(setup, message, bert_dir, tmp_path):
@@ -334,6 +336,8 @@ def test_autoencoder_bad_inputs(setup, message, bert_dir, tmp_path):
         extra = ["--mask_ratio", "-0.1"]
     elif setup == "text_model":
         model = str(bert_dir)
+    elif setup == "no_spatial_map":
+        model = "pit_ti_224"  # pooling-based ViT: forward_features gives its class token alone
     else:
         write_text_csv(tmp_path / "t.csv", text_rows(10, 0))
         data = ["--train_file", str(tmp_path / "t.csv")]
@@ -479,3 +483,53 @@ def test_lineage_of_an_output_made_before_lineage_was_recorded(tmp_path):
     assert entry["name"] == "old_run" and entry["strategy"] == "lp_ft" and entry["labels"] == 3
     assert entry["metrics"] == {"eval_accuracy": 0.875}
     assert start_lineage(str(old), random_init=True)["runs"] == []  # its weights unused: a new chain
+
+
+@pytest.mark.parametrize("recipe", ["pretrain_mlm", "pretrain_autoencoder"])
+def test_pretraining_recipes_run_under_two_process_ddp(recipe, bert_dir, tmp_path):
+    """torchrun with 2 CPU processes (gloo): one output, written once, and a finite validation loss."""
+    import os
+    import socket
+    import subprocess
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "out"
+    if recipe == "pretrain_mlm":
+        data = ["--model_name_or_path", str(bert_dir), "--train_file", str(write_corpus(tmp_path / "c.txt", 80))]
+    else:
+        folder = write_unlabeled_images(tmp_path / "u", 24, 0)
+        data = ["--model_name_or_path", "test_resnet", "--random_init", "--train_dir", str(folder)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(port),
+        str(Path(__file__).resolve().parents[1] / "recipes" / f"{recipe}.py"),
+        *data,
+        "--image_size",
+        "32",
+        "--max_seq_length",
+        "24",
+        *trainer_flags(out, "--max_steps", "3", "--per_device_train_batch_size", "4"),
+    ]
+    if recipe == "pretrain_mlm":
+        command.remove("--image_size")
+        command.remove("32")
+    else:
+        command.remove("--max_seq_length")
+        command.remove("24")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "all_results.json").read_text())
+    assert math.isfinite(results["eval_loss"])
+    # 3 steps of 2 processes x 4 examples: each process reads half of train per epoch
+    steps_per_epoch = math.ceil(math.ceil(results["train_samples"] / 2) / 4)
+    assert results["epoch"] == pytest.approx(3 / steps_per_epoch, rel=1e-3)
+    config = yaml.safe_load((out / "warmstart_config.yaml").read_text())
+    assert len(config["lineage"]["runs"]) == 1  # one entry: the main process wrote the output, once

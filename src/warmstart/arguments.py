@@ -368,6 +368,12 @@ def _config_to_argv(path: Path, known: set[str]) -> list[str]:
     unknown = sorted(set(values) - known)
     if unknown:
         raise WarmstartError(f"unknown key {unknown[0]!r} in {path}: check the spelling against --help")
+    return mapping_to_argv(values)
+
+
+def mapping_to_argv(values: dict[str, Any]) -> list[str]:
+    """Argument values by name as a command line (``{"learning_rate": 1e-4, "random_init": True}`` ->
+    ``--learning_rate 0.0001 --random_init true``); ``None`` values are left out."""
     argv: list[str] = []
     for key, value in values.items():
         if value is None:

@@ -3,6 +3,8 @@
 Both assets come from packages installed locally, so a warm-start experiment can run end to end without network access.
 """
 
+from pathlib import Path
+
 import datasets
 import numpy as np
 import timm
@@ -111,3 +113,37 @@ def digits_image_dataset(image_size: int = 64, seed: int = 0, val_fraction: floa
     dataset = datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
     splits = dataset.train_test_split(test_size=val_fraction, stratify_by_column="label", seed=seed)
     return datasets.DatasetDict({"train": splits["train"], "validation": splits["test"]})
+
+
+def write_digits_chain_data(
+    output_dir: str | Path, image_size: int = 32, labeled_fraction: float = 0.1, seed: int = 0
+) -> dict[str, Path]:
+    """Writes scikit-learn's digits as the three parquet files of a pretrain-then-fine-tune chain.
+
+    - ``unlabeled.parquet``: every training image, with no label column (autoencoder pretraining).
+    - ``labeled.parquet``: a stratified ``labeled_fraction`` of the same training images, with labels.
+    - ``validation.parquet``: the held-out 20 %, with labels, never seen in pretraining.
+
+    Returns:
+        The paths by name (``unlabeled``, ``labeled``, ``validation``).
+
+    Raises:
+        ValueError: ``labeled_fraction`` leaves a class without an example.
+    """
+    if not 0.0 < labeled_fraction <= 1.0:
+        raise ValueError(f"labeled_fraction must be in (0, 1], got {labeled_fraction}")
+    splits = digits_image_dataset(image_size=image_size, seed=seed)
+    train = splits["train"]
+    if labeled_fraction * len(train) < 10:
+        raise ValueError(f"labeled_fraction {labeled_fraction} leaves a digit without a labeled example: raise it")
+    if labeled_fraction < 1.0:
+        labeled = train.train_test_split(train_size=labeled_fraction, stratify_by_column="label", seed=seed)["train"]
+    else:
+        labeled = train
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths = {name: output_dir / f"{name}.parquet" for name in ("unlabeled", "labeled", "validation")}
+    train.remove_columns("label").to_parquet(paths["unlabeled"])
+    labeled.to_parquet(paths["labeled"])
+    splits["validation"].to_parquet(paths["validation"])
+    return paths
