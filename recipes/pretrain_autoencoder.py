@@ -45,7 +45,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     training_args.remove_unused_columns = False  # the image column is decoded by our transform
 
     timm_model = load_timm_backbone(
-        args.model.model_name_or_path, random_init=args.model.random_init, image_size=data_args.image_size
+        args.model.model_name_or_path,
+        random_init=args.model.random_init,
+        image_size=data_args.image_size,
+        purpose="pretrain",
     )
     splits, image_column = load_unlabeled_splits(data_args, "image", seed=training_args.seed)
     check_images(splits, image_column)
@@ -55,7 +58,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if not data_args.hflip and data_args.random_crop_scale is None:
         train_transform = eval_transform  # no augmentation asked for: the images as they are, resized
     timm_model.reset_classifier(0)  # a classifier gets no gradient from reconstruction, and is not saved
-    model = build_image_autoencoder(timm_model, data_config["input_size"], objective)
+    # each process masks its own patches: the Trainer seeds every process alike
+    mask_seed = training_args.seed + training_args.process_index
+    model = build_image_autoencoder(timm_model, data_config["input_size"], objective, mask_seed=mask_seed)
     apply_devices(args, model, "image", input_size=data_config["input_size"])
     splits = attach_image_transforms(splits, image_column, train_transform, eval_transform)
     args.run.config.update(

@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         model=model,
         training_args=training_args,
         splits=splits,
-        data_collator=MlmCollator(tokenizer, mlm),
+        data_collator=MlmCollator(tokenizer, mlm, seed=training_args.seed + training_args.process_index),
         processing_class=tokenizer,
         derived_metrics=perplexity,
         save_model=lambda trained, output_dir: save_mlm_model(trained, tokenizer, output_dir, carried),

@@ -435,5 +435,5 @@ def test_saved_encoder_round_trips_through_every_loader(tmp_path, arch, kwargs, 
 def test_saving_with_another_image_size_is_refused(tmp_path):
     timm_model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=1)
     data_config = timm.data.resolve_data_config({}, model=timm_model)  # timm's default: 224 pixels
-    with pytest.raises(WarmstartError, match="cannot save the encoder with this data config"):
+    with pytest.raises(WarmstartError, match="cannot save the model with this data config"):
         save_image_encoder(timm_model, tmp_path, data_config)

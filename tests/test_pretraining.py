@@ -136,6 +136,13 @@ def test_packing_keeps_every_token_and_fills_blocks(bert_dir, tmp_path):
     expected = [t for text in texts for t in tokenizer(text)["input_ids"]]
     assert [t for b in blocks for t in b] == expected
 
+    many = [" ".join(random.Random(i).choices(WORDS, k=2 + i % 5)) for i in range(2500)]  # three map batches
+    splits["train"] = datasets.Dataset.from_dict({"text": many})
+    blocks = tokenize_corpus(splits, tokenizer, "text", 16, packing=True, mlm=MlmArguments(), seed=0)["train"]
+    blocks = blocks["input_ids"]
+    assert [t for b in blocks for t in b] == [t for text in many for t in tokenizer(text)["input_ids"]]
+    assert sum(len(b) < 16 for b in blocks) <= 3  # one shorter block per 1,000 texts at most
+
     unpacked = tokenize_corpus(splits, tokenizer, "text", 8, packing=False, mlm=MlmArguments(), seed=0)
     assert max(len(ids) for ids in unpacked["train"]["input_ids"]) == 8  # truncated, one text per example
     assert unpacked["train"]["length"] == [len(ids) for ids in unpacked["train"]["input_ids"]]
@@ -325,6 +332,7 @@ def test_masked_autoencoder_on_an_image_column_with_labels_ignored(tmp_path):
         ("text_model", "not a timm image model"),
         ("no_image_column", "no image column for pretraining"),
         ("no_spatial_map", "pit_ti_224 gives no spatial feature map"),
+        ("text_model_hint", "pretrain it with recipes/pretrain_mlm.py"),
     ],
 )
 def test_autoencoder_bad_inputs(setup, message, bert_dir, tmp_path):
@@ -334,7 +342,7 @@ def test_autoencoder_bad_inputs(setup, message, bert_dir, tmp_path):
         extra = ["--mask_ratio", "1.0"]
     elif setup == "mask_ratio_negative":
         extra = ["--mask_ratio", "-0.1"]
-    elif setup == "text_model":
+    elif setup in ("text_model", "text_model_hint"):
         model = str(bert_dir)
     elif setup == "no_spatial_map":
         model = "pit_ti_224"  # pooling-based ViT: forward_features gives its class token alone
@@ -528,8 +536,78 @@ def test_pretraining_recipes_run_under_two_process_ddp(recipe, bert_dir, tmp_pat
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "all_results.json").read_text())
     assert math.isfinite(results["eval_loss"])
+    if recipe == "pretrain_mlm":  # a batch mean: not multiplied by the number of processes
+        assert results["train_loss"] < 1.5 * results["eval_loss"]
     # 3 steps of 2 processes x 4 examples: each process reads half of train per epoch
     steps_per_epoch = math.ceil(math.ceil(results["train_samples"] / 2) / 4)
     assert results["epoch"] == pytest.approx(3 / steps_per_epoch, rel=1e-3)
     config = yaml.safe_load((out / "warmstart_config.yaml").read_text())
     assert len(config["lineage"]["runs"]) == 1  # one entry: the main process wrote the output, once
+
+
+def test_mlm_loss_is_not_scaled_by_gradient_accumulation(bert_dir, tmp_path):
+    corpus = write_corpus(tmp_path / "c.txt", 80)
+    flags = ["--learning_rate", "0", "--precision", "fp32", "--per_device_train_batch_size", "4"]
+    once = run_mlm(bert_dir, corpus, tmp_path / "a", *flags, "--gradient_accumulation_steps", "1")
+    twice = run_mlm(bert_dir, corpus, tmp_path / "b", *flags, "--gradient_accumulation_steps", "2")
+    assert twice["train_loss"] < 1.3 * once["train_loss"]  # was 2x: the Trainer took the model to normalise
+
+
+def test_mlm_from_a_pytorch_bin_base_keeps_its_pooler(bert_dir, tmp_path):
+    base = tmp_path / "bin_base"
+    encoder = AutoModel.from_pretrained(bert_dir)
+    base.mkdir()
+    encoder.config.save_pretrained(base)  # transformers 5 saves safetensors only: an older checkpoint, by hand
+    torch.save(encoder.state_dict(), base / "pytorch_model.bin")
+    AutoTokenizer.from_pretrained(bert_dir).save_pretrained(base)
+    assert (base / "pytorch_model.bin").is_file() and not (base / "model.safetensors").exists()
+    out = tmp_path / "mlm"
+    run_mlm(base, write_corpus(tmp_path / "c.txt", 40), out, "--learning_rate", "0")
+    saved = load_file(out / "model.safetensors")
+    assert torch.equal(saved["bert.pooler.dense.weight"], encoder.pooler.dense.weight)
+
+
+def test_a_rerun_with_another_objective_does_not_overwrite(tmp_path):
+    folder = write_unlabeled_images(tmp_path / "u", 12, 0)
+    out = tmp_path / "ae"
+    run_autoencoder(["--train_dir", str(folder)], out)
+    before = (out / "model.safetensors").read_bytes()
+    with pytest.raises(WarmstartError, match="already holds a different model"):
+        run_autoencoder(["--train_dir", str(folder), "--mask_ratio", "0.5"], out)
+    assert (out / "model.safetensors").read_bytes() == before
+
+
+def test_too_little_data_to_hold_out_validation(bert_dir, tmp_path):
+    one_line = tmp_path / "one.txt"
+    one_line.write_text("the movie was good\n")
+    with pytest.raises(WarmstartError, match="too few to hold out --train_val_split"):
+        run_mlm(bert_dir, one_line, tmp_path / "out")
+
+
+def test_lineage_of_a_warmstart_output_in_the_hub_cache(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from warmstart.lineage import start_lineage
+
+    repo = tmp_path / "hub" / "models--someone--old-run"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    config = {"model": {"model_name_or_path": "resnet18"}, "freeze": {"freeze_strategy": "full"}, "labels": ["a"]}
+    (snapshot / "warmstart_config.yaml").write_text(yaml.safe_dump(config))
+    (snapshot / "all_results.json").write_text(json.dumps({"eval_accuracy": 0.5}))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.chdir(tmp_path)
+    lineage = start_lineage("someone/old-run")
+    assert lineage["base_model"] == "resnet18"
+    assert lineage["runs"] == [
+        {
+            "name": "someone/old-run",
+            "task": "classification",
+            "strategy": "full",
+            "labels": 1,
+            "metrics": {"eval_accuracy": 0.5},
+        }
+    ]

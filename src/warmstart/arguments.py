@@ -103,19 +103,9 @@ class DataArguments:
     )
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.train_val_split < 1.0:
-            raise WarmstartError(f"--train_val_split must be between 0 and 1, got {self.train_val_split}")
-        if self.random_crop_scale is not None and not (
-            len(self.random_crop_scale) == 2 and 0.0 < self.random_crop_scale[0] <= self.random_crop_scale[1] <= 1.0
-        ):
-            shown = " ".join(map(str, self.random_crop_scale))
-            raise WarmstartError(f"--random_crop_scale takes two numbers 0 < min <= max <= 1, got {shown}")
-        if self.hflip is not None and not 0.0 <= self.hflip <= 1.0:
-            raise WarmstartError(f"--hflip is a probability in [0, 1], got {self.hflip}")
-        for name in ("max_train_samples", "max_eval_samples", "max_seq_length", "image_size", "pad_to_multiple_of"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise WarmstartError(f"--{name} must be a positive integer, got {value}")
+        check_data_values(self, ("max_train_samples", "max_eval_samples", "max_seq_length", "image_size"))
+        if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
+            raise WarmstartError(f"--pad_to_multiple_of must be a positive integer, got {self.pad_to_multiple_of}")
         if self.dataset_name and (self.train_file or self.train_dir):
             raise WarmstartError("give one data source: --dataset_name, or --train_file, or --train_dir")
         if self.train_file and self.train_dir:
@@ -136,6 +126,27 @@ class DataArguments:
     def data_dirs(self) -> dict[str, str]:
         dirs = {"train": self.train_dir, "validation": self.validation_dir, "test": self.test_dir}
         return {split: d for split, d in dirs.items() if d}
+
+
+def check_data_values(data_args: Any, positive: Sequence[str]) -> None:
+    """The range checks both data dataclasses share: the validation fraction, the augmentation values and the
+    fields in ``positive`` (positive integers when given).
+
+    Raises:
+        WarmstartError: a value out of range.
+    """
+    if not 0.0 < data_args.train_val_split < 1.0:
+        raise WarmstartError(f"--train_val_split must be between 0 and 1, got {data_args.train_val_split}")
+    crop = data_args.random_crop_scale
+    if crop is not None and not (len(crop) == 2 and 0.0 < crop[0] <= crop[1] <= 1.0):
+        shown = " ".join(map(str, crop))
+        raise WarmstartError(f"--random_crop_scale takes two numbers 0 < min <= max <= 1, got {shown}")
+    if data_args.hflip is not None and not 0.0 <= data_args.hflip <= 1.0:
+        raise WarmstartError(f"--hflip is a probability in [0, 1], got {data_args.hflip}")
+    for name in positive:
+        value = getattr(data_args, name)
+        if value is not None and value < 1:
+            raise WarmstartError(f"--{name} must be a positive integer, got {value}")
 
 
 def describe_sources(data_args: Any) -> str:
@@ -185,19 +196,7 @@ class UnlabeledDataArguments:
     )
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.train_val_split < 1.0:
-            raise WarmstartError(f"--train_val_split must be between 0 and 1, got {self.train_val_split}")
-        for name in ("max_train_samples", "max_eval_samples", "max_seq_length", "image_size"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise WarmstartError(f"--{name} must be a positive integer, got {value}")
-        if not 0.0 <= self.hflip <= 1.0:
-            raise WarmstartError(f"--hflip is a probability in [0, 1], got {self.hflip}")
-        if self.random_crop_scale is not None and not (
-            len(self.random_crop_scale) == 2 and 0.0 < self.random_crop_scale[0] <= self.random_crop_scale[1] <= 1.0
-        ):
-            shown = " ".join(map(str, self.random_crop_scale))
-            raise WarmstartError(f"--random_crop_scale takes two numbers 0 < min <= max <= 1, got {shown}")
+        check_data_values(self, ("max_train_samples", "max_eval_samples", "max_seq_length", "image_size"))
         if sum(bool(s) for s in (self.dataset_name, self.train_file, self.train_dir)) > 1:
             raise WarmstartError("give one data source: --dataset_name, --train_file or --train_dir")
         if self.validation_file and not self.train_file:

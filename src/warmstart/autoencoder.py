@@ -12,7 +12,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,15 +20,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import transformers
 from PIL import Image
-from safetensors.torch import save_file
-from timm.models._hub import save_config_for_hf
 from torch import nn
 from torchvision.utils import make_grid
 from transformers.utils import ModelOutput
 
 from warmstart.errors import WarmstartError
+from warmstart.export import save_timm_for_hub
 
 __all__ = [
     "AutoencoderArguments",
@@ -307,20 +304,28 @@ class ImageAutoencoder(nn.Module):
 
     With ``mask_ratio > 0`` a random ``mask_ratio`` fraction of the ``mask_patch_size`` squares of each image is set
     to 0 (the dataset mean, after normalisation) before the encoder, and the loss covers the masked pixels only:
-    SimMIM's input masking, which CNNs and ViTs take alike, with MAE's loss. Training draws masks from torch's
-    global generator (seeded by the Trainer); evaluation from a generator seeded afresh each forward, so eval losses
-    compare across evaluations and runs.
+    SimMIM's input masking, which CNNs and ViTs take alike, with MAE's loss. Training draws masks from a generator
+    seeded with ``mask_seed`` (or torch's global one, seeded by the Trainer); evaluation from a generator seeded
+    afresh each forward, so eval losses compare across evaluations and runs.
 
     Args:
         encoder: the timm model.
         decoder: maps the encoder's feature map to pixels.
         mask_ratio: fraction of patches masked, in [0, 1).
         mask_patch_size: side of a masked square in pixels; it must divide the image size.
+        mask_seed: seeds the training masks.
     """
 
     main_input_name = "pixel_values"  # what the Trainer counts and logs as the input
 
-    def __init__(self, encoder: nn.Module, decoder: nn.Module, mask_ratio: float = 0.0, mask_patch_size: int = 1):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        mask_ratio: float = 0.0,
+        mask_patch_size: int = 1,
+        mask_seed: int | None = None,
+    ):
         super().__init__()
         if not 0.0 <= mask_ratio < 1.0:
             raise WarmstartError(f"--mask_ratio must be in [0, 1), got {mask_ratio}")
@@ -330,6 +335,7 @@ class ImageAutoencoder(nn.Module):
         self.decoder = decoder
         self.mask_ratio = mask_ratio
         self.mask_patch_size = mask_patch_size
+        self._train_masks = None if mask_seed is None else torch.Generator().manual_seed(mask_seed)
 
     # ``return_loss`` defaulting to True is how the Trainer knows to compute eval_loss from a batch with no labels.
     def forward(self, pixel_values: torch.Tensor, return_loss: bool = True) -> AutoencoderOutput:
@@ -350,7 +356,7 @@ class ImageAutoencoder(nn.Module):
                     f"--mask_patch_size {self.mask_patch_size} does not divide the image size {height}x{width}: use "
                     f"a divisor of {math.gcd(height, width)}"
                 )
-            generator = None if self.training else torch.Generator().manual_seed(_EVAL_MASK_SEED)
+            generator = self._train_masks if self.training else torch.Generator().manual_seed(_EVAL_MASK_SEED)
             mask = _draw_mask(pixel_values.shape[0], (height, width), self.mask_patch_size, self.mask_ratio, generator)
             mask = mask.to(device=pixel_values.device, dtype=pixel_values.dtype)
             inputs = pixel_values * (1 - mask)
@@ -379,7 +385,7 @@ def default_mask_patch_size(reduction: int, image_size: int) -> int:
 
 
 def build_image_autoencoder(
-    timm_model: nn.Module, input_size: tuple[int, int, int], args: AutoencoderArguments
+    timm_model: nn.Module, input_size: tuple[int, int, int], args: AutoencoderArguments, mask_seed: int | None = None
 ) -> ImageAutoencoder:
     """Wraps a timm model as the encoder of an :class:`ImageAutoencoder` for images of ``input_size``.
 
@@ -388,6 +394,8 @@ def build_image_autoencoder(
         input_size: ``(channels, height, width)`` of the training images.
         args: the autoencoder settings. Without ``mask_patch_size`` the default (:func:`default_mask_patch_size`) is
             lowered, where needed, to the largest size that divides both image sides.
+        mask_seed: seeds the training masks (``None``: torch's global generator); give each process its own
+            (``seed + process_index``), or every process masks the same patches at each step.
 
     Returns:
         The autoencoder, in the encoder's train / eval mode and on its device.
@@ -419,7 +427,9 @@ def build_image_autoencoder(
     if parameter is not None:
         decoder.to(parameter.device)
     decoder.train(timm_model.training)
-    return ImageAutoencoder(timm_model, decoder, mask_ratio=args.mask_ratio, mask_patch_size=patch_size)
+    return ImageAutoencoder(
+        timm_model, decoder, mask_ratio=args.mask_ratio, mask_patch_size=patch_size, mask_seed=mask_seed
+    )
 
 
 def save_reconstruction_grid(
@@ -494,7 +504,7 @@ def save_image_encoder(timm_model: nn.Module, output_dir: str | Path, data_confi
     only at the top level: timm also records ``num_classes`` in ``model_args``, which ``TimmWrapperModel`` passes
     to ``timm.create_model`` next to its own ``num_classes=0`` ("multiple values for keyword argument"). A
     ``TimmWrapperForImageClassification`` cannot hold a model without a head, so ``export.save_image_model`` (which
-    takes one) is not used.
+    takes one) is not used: :func:`warmstart.export.save_timm_for_hub` writes it as a ``TimmWrapperModel``.
 
     Args:
         timm_model: the encoder; it is copied, not changed.
@@ -509,23 +519,4 @@ def save_image_encoder(timm_model: nn.Module, output_dir: str | Path, data_confi
     encoder.reset_classifier(0)
     cfg = {k: v for k, v in encoder.pretrained_cfg.items() if k not in ("label_names", "label_descriptions")}
     encoder.pretrained_cfg = dict(cfg, num_classes=0)
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    config_path = output_dir / "config.json"
-    try:
-        save_config_for_hf(encoder, str(config_path), data_config=data_config)
-    except ValueError as err:  # timm: "Requested image size (224, 224), but the model requires (32, 32)."
-        raise WarmstartError(
-            f"cannot save the encoder with this data config ({err}): pass the data config of the training images"
-        ) from None
-    state = {k: v.detach().contiguous().cpu() for k, v in encoder.state_dict().items()}
-    save_file(state, output_dir / "model.safetensors", metadata={"format": "pt"})
-    config = json.loads(config_path.read_text())
-    config.get("model_args", {}).pop("num_classes", None)
-    config.update(
-        model_type="timm_wrapper",
-        architectures=["TimmWrapperModel"],
-        do_pooling=True,
-        transformers_version=transformers.__version__,
-    )
-    config_path.write_text(json.dumps(config, indent=2))
+    save_timm_for_hub(encoder, output_dir, data_config, architectures=["TimmWrapperModel"])

@@ -148,7 +148,8 @@ def run_chain(
     outputs = {"output_dir": chain.output_dir}
     rows = []
     for link in chain.links:
-        outputs[link.name] = chain.output_dir / link.name
+        one_seed = link.seeds is not None and len(link.seeds) == 1  # a later {name} is that one run's output
+        outputs[link.name] = chain.output_dir / (f"{link.name}-seed{link.seeds[0]}" if one_seed else link.name)
         if only and link.name not in only:
             continue
         main = recipe(link.recipe)

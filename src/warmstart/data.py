@@ -239,7 +239,13 @@ def make_validation_split(splits: DatasetDict, fraction: float, seed: int) -> Da
     try:
         parts = train.train_test_split(test_size=fraction, seed=seed, stratify_by_column=stratify)
     except ValueError:  # a class too small to stratify: fall back to a plain seeded split
-        parts = train.train_test_split(test_size=fraction, seed=seed)
+        try:
+            parts = train.train_test_split(test_size=fraction, seed=seed)
+        except ValueError:
+            raise WarmstartError(
+                f"the train split has {len(train)} examples, too few to hold out --train_val_split {fraction:g} as "
+                "validation: give a validation file / folder, or more data"
+            ) from None
     splits["train"], splits["validation"] = parts["train"], parts["test"]
     return splits
 
@@ -383,9 +389,7 @@ def load_unlabeled_splits(data_args: Any, modality: str, seed: int) -> tuple[Dat
                 for name, data in splits.items()
             }
         )
-    if "validation" not in splits:
-        parts = splits["train"].train_test_split(test_size=data_args.train_val_split, seed=seed)
-        splits = DatasetDict({"train": parts["train"], "validation": parts["test"]})
+    splits = make_validation_split(splits, data_args.train_val_split, seed)
     splits = limit_samples(splits, data_args.max_train_samples, data_args.max_eval_samples, seed)
     check_not_empty(splits)
     return splits, column

@@ -38,7 +38,7 @@ _VOLATILE_KEYS = (
 
 
 _CARD_METRIC_PREFIXES = ("eval_", "test_", "train_loss", "train_runtime", "train_samples", "epoch")
-_COMPARED_SECTIONS = ("model", "data", "freeze", "regularization", "performance", "training")
+_COMPARED_SECTIONS = ("model", "data", "freeze", "objective", "regularization", "performance", "training")
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
@@ -103,21 +103,53 @@ def save_image_model(model: PreTrainedModel, output_dir: str | Path, data_config
         data_config: the preprocessing the model was trained with (timm's ``resolve_data_config`` output); it
             becomes the ``pretrained_cfg`` that timm transforms, the transformers image processor and pipelines use.
     """
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    save_timm_for_hub(
+        model.timm_model,
+        output_dir,
+        data_config,
+        architectures=["TimmWrapperForImageClassification"],
+        model_config={"label_names": labels},
+        extra={"problem_type": "single_label_classification"},
+    )
+
+
+def save_timm_for_hub(
+    timm_model: Any,
+    output_dir: str | Path,
+    data_config: dict[str, Any],
+    *,
+    architectures: list[str],
+    model_config: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Writes a timm model's weights (safetensors, timm's names) and a ``config.json`` that timm and transformers
+    both load: timm's ``save_config_for_hf`` layout, ``num_classes`` at the top level only, plus
+    ``model_type: timm_wrapper`` and ``architectures`` (``TimmWrapperForImageClassification``, or
+    ``TimmWrapperModel`` for an encoder without a classifier).
+
+    Raises:
+        WarmstartError: ``data_config`` does not fit the model (a fixed-size ViT given another image size).
+    """
     output_dir = Path(output_dir)
-    timm_model = model.timm_model
+    output_dir.mkdir(parents=True, exist_ok=True)
+    config_path = output_dir / "config.json"
+    try:
+        save_config_for_hf(timm_model, str(config_path), model_config=model_config, data_config=data_config)
+    except ValueError as err:  # timm: "Requested image size (224, 224), but the model requires (32, 32)."
+        raise WarmstartError(
+            f"cannot save the model with this data config ({err}): pass the data config of the training images"
+        ) from None
     state = {k: v.detach().contiguous().cpu() for k, v in timm_model.state_dict().items()}
     save_file(state, output_dir / "model.safetensors", metadata={"format": "pt"})
-    config_path = output_dir / "config.json"
-    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    save_config_for_hf(timm_model, str(config_path), model_config={"label_names": labels}, data_config=data_config)
     config = json.loads(config_path.read_text())
     config.get("model_args", {}).pop("num_classes", None)
     config.update(
         model_type="timm_wrapper",
-        architectures=["TimmWrapperForImageClassification"],
+        architectures=architectures,
         do_pooling=True,
-        problem_type="single_label_classification",
         transformers_version=transformers.__version__,
+        **(extra or {}),
     )
     config_path.write_text(json.dumps(config, indent=2))
 

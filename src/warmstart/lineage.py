@@ -34,9 +34,9 @@ def model_display_name(model_name_or_path: str, random_init: bool = False) -> st
     return (name or model_name_or_path) + (" (random init)" if random_init else "")
 
 
-def _read_earlier_config(model_name_or_path: str) -> dict[str, Any] | None:
+def _read_earlier_config(model_name_or_path: str) -> tuple[dict[str, Any], Path] | None:
     """The ``warmstart_config.yaml`` of a base model that is a warmstart output (a local directory, or a hub repo
-    in the local cache), else ``None``."""
+    in the local cache) and the folder it is in, else ``None``."""
     path = Path(model_name_or_path) / CONFIG_NAME
     if not Path(model_name_or_path).exists() and "/" in model_name_or_path:
         from huggingface_hub import try_to_load_from_cache
@@ -50,7 +50,7 @@ def _read_earlier_config(model_name_or_path: str) -> dict[str, Any] | None:
     except (OSError, yaml.YAMLError) as err:
         logger.warning("the base model's %s cannot be read (%s): its lineage is not carried on", CONFIG_NAME, err)
         return None
-    return config if isinstance(config, dict) else None
+    return (config, path.parent) if isinstance(config, dict) else None
 
 
 def start_lineage(model_name_or_path: str, random_init: bool = False) -> dict[str, Any]:
@@ -59,16 +59,17 @@ def start_lineage(model_name_or_path: str, random_init: bool = False) -> dict[st
     A run from a warmstart output made before lineage was recorded gets that run's entry rebuilt from its config.
     With ``random_init`` nothing of an earlier run's weights is used, so the chain starts afresh.
     """
-    earlier = None if random_init else _read_earlier_config(model_name_or_path)
-    if earlier is None:
+    found = None if random_init else _read_earlier_config(model_name_or_path)
+    if found is None:
         return {"base_model": model_display_name(model_name_or_path, random_init), "runs": []}
+    earlier, folder = found
     recorded = earlier.get("lineage")
     if isinstance(recorded, dict) and isinstance(recorded.get("runs"), list):
         return {"base_model": recorded.get("base_model"), "runs": list(recorded["runs"])}
     model = earlier.get("model") or {}
     base = model_display_name(str(model.get("model_name_or_path", "unknown")), bool(model.get("random_init")))
-    results = _read_results(Path(model_name_or_path))
-    return {"base_model": base, "runs": [run_entry(earlier, results, name=Path(model_name_or_path).resolve().name)]}
+    name = Path(model_name_or_path).resolve().name if Path(model_name_or_path).exists() else model_name_or_path
+    return {"base_model": base, "runs": [run_entry(earlier, _read_results(folder), name=name)]}
 
 
 def _read_results(output_dir: Path) -> dict[str, Any]:

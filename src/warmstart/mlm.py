@@ -20,7 +20,13 @@ from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling, 
 
 from warmstart.data import LENGTH_COLUMN
 from warmstart.errors import WarmstartError
-from warmstart.models import _load_checked, _without_load_report, load_text_config, load_text_tokenizer
+from warmstart.models import (
+    _load_checked,
+    _loss_is_a_batch_mean,
+    _without_load_report,
+    load_text_config,
+    load_text_tokenizer,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +45,6 @@ class MlmArguments:
             "false: one text per example, truncated, padded per batch and batched by length."
         },
     )
-    whole_word_mask: bool = field(
-        default=False, metadata={"help": "Mask all the sub-word tokens of a word together (needs a fast tokenizer)."}
-    )
     pad_to_multiple_of: int | None = field(
         default=None, metadata={"help": "Pad each batch to a multiple of this (8 suits GPU tensor cores)."}
     )
@@ -54,9 +57,8 @@ class MlmArguments:
 
     def describe(self) -> str:
         """The objective for the model card and lineage."""
-        words = "whole words" if self.whole_word_mask else "tokens"
         batches = "texts packed into full blocks" if self.packing else "one text per example, padded per batch"
-        return f"masked-LM, {self.mlm_probability:.0%} of {words} masked; {batches}"
+        return f"masked-LM, {self.mlm_probability:.0%} of tokens masked; {batches}"
 
 
 def _has_masked_lm_head(config: Any) -> bool:
@@ -96,7 +98,9 @@ def load_mlm_model(
             "one (BERT's [MASK]); use the tokenizer the model was pretrained with"
         )
     if random_init:
-        return AutoModelForMaskedLM.from_config(config, trust_remote_code=trust_remote_code), tokenizer, {}
+        model = AutoModelForMaskedLM.from_config(config, trust_remote_code=trust_remote_code)
+        _loss_is_a_batch_mean(model)
+        return model, tokenizer, {}
     # a bare encoder has no head to tie: transformers calls that a corrupted checkpoint; the warning below says why
     with _without_load_report("seem corrupted"):
         model, info = _load_checked(
@@ -115,39 +119,58 @@ def load_mlm_model(
             len(new_head),
             ", ".join(sorted(new_head)[:2]),
         )
+    _loss_is_a_batch_mean(model)
     return model, tokenizer, _backbone_weights_left_out(model, model_name_or_path)
 
 
-def _checkpoint_file(model_name_or_path: str) -> Path | None:
-    """The single safetensors file of a local or cached checkpoint, if it has one."""
-    local = Path(model_name_or_path) / "model.safetensors"
-    if local.is_file():
-        return local
-    if Path(model_name_or_path).exists():
-        return None
+def _checkpoint_files(model_name_or_path: str) -> list[Path]:
+    """The weight files of a local or cached checkpoint: one safetensors file, its shards, or a pytorch_model.bin."""
     from transformers.utils import cached_file
 
-    found = cached_file(
-        model_name_or_path, "model.safetensors", local_files_only=True, _raise_exceptions_for_missing_entries=False
-    )
-    return Path(found) if found else None
+    def find(name: str) -> Path | None:
+        local = Path(model_name_or_path) / name
+        if Path(model_name_or_path).exists():
+            return local if local.is_file() else None
+        found = cached_file(
+            model_name_or_path, name, local_files_only=True, _raise_exceptions_for_missing_entries=False
+        )
+        return Path(found) if found else None
+
+    for single in ("model.safetensors", "pytorch_model.bin"):
+        if (path := find(single)) is not None:
+            return [path]
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (index := find(index_name)) is not None:
+            shards = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
+            return [p for p in (find(shard) for shard in shards) if p is not None]
+    return []
+
+
+def _read_weights(file: Path) -> dict[str, torch.Tensor]:
+    if file.suffix == ".safetensors":
+        with safe_open(str(file), "pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
+    return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
 
 
 def _backbone_weights_left_out(model: PreTrainedModel, model_name_or_path: str) -> dict[str, torch.Tensor]:
-    file = _checkpoint_file(model_name_or_path)
-    if file is None:
-        return {}
     prefix = model.base_model_prefix + "."
     own = set(model.state_dict())
+    files = _checkpoint_files(model_name_or_path)
     try:
-        with safe_open(str(file), "pt") as f:
-            keys = list(f.keys())
-            bare = not any(k.startswith(prefix) for k in keys)  # a bare encoder's names lack the prefix
-            named = {(prefix + k if bare else k): k for k in keys}
-            return {full: f.get_tensor(k) for full, k in named.items() if full.startswith(prefix) and full not in own}
-    except (OSError, SafetensorError) as err:
-        logger.warning("cannot read the backbone weights of %s to keep (%s)", file, err)
+        weights = {k: v for file in files for k, v in _read_weights(file).items()}
+    except (OSError, RuntimeError, SafetensorError) as err:
+        weights = {}
+        logger.warning("cannot read %s (%s)", files, err)
+    if not weights:
+        logger.warning(
+            "the base's weight files could not be read: backbone weights the masked-LM model has no place for (a "
+            "pooler) are not carried to the output"
+        )
         return {}
+    bare = not any(k.startswith(prefix) for k in weights)  # a bare encoder's names lack the prefix
+    named = {(prefix + k if bare else k): v for k, v in weights.items()}
+    return {k: v for k, v in named.items() if k.startswith(prefix) and k not in own}
 
 
 def save_mlm_model(
@@ -186,9 +209,10 @@ def tokenize_corpus(
 ) -> DatasetDict:
     """Tokenizes the texts for masked-LM training.
 
-    With ``packing``, each split's tokens (every text with its own [CLS] / [SEP]) are concatenated and cut into
-    blocks of ``max_length`` (the last, shorter block kept): no padding, no text cut off. Without, each text is one
-    example, truncated to ``max_length``, with its token count in ``length`` for length-grouped batches.
+    With ``packing``, each split's tokens (every text with its own [CLS] / [SEP]) are concatenated, 1,000 texts at
+    a time, and cut into blocks of ``max_length`` (the shorter last block of each 1,000 kept): no text is cut off.
+    Without, each text is one example, truncated to ``max_length``, with its token count in ``length`` for
+    length-grouped batches.
 
     The validation split is masked here, once, with ``seed``: every evaluation scores the same masks, so its losses
     and perplexities compare across evaluations and runs. Training masks are drawn per batch by the collator.
@@ -224,9 +248,7 @@ def tokenize_corpus(
 
 
 def _mask_once(data: Any, tokenizer: Any, mlm: MlmArguments, seed: int) -> Any:
-    masker = DataCollatorForLanguageModeling(
-        tokenizer, mlm_probability=mlm.mlm_probability, whole_word_mask=mlm.whole_word_mask, seed=seed
-    )
+    masker = DataCollatorForLanguageModeling(tokenizer, mlm_probability=mlm.mlm_probability, seed=seed)
 
     def mask(batch: dict[str, list]) -> dict[str, list]:
         rows = [{k: batch[k][i] for k in batch if k != LENGTH_COLUMN} for i in range(len(batch["input_ids"]))]
@@ -244,14 +266,15 @@ def _mask_once(data: Any, tokenizer: Any, mlm: MlmArguments, seed: int) -> Any:
 
 class MlmCollator:
     """Batches for masked-LM training: training rows are masked here, per batch (fresh masks every epoch);
-    validation rows, masked once by :func:`tokenize_corpus`, are only padded (their labels with -100)."""
+    validation rows, masked once by :func:`tokenize_corpus`, are only padded (their labels with -100).
 
-    def __init__(self, tokenizer: Any, mlm: MlmArguments):
+    ``seed`` seeds the training masks; give each process its own (``seed + process_index``): the Trainer seeds
+    every process alike, and blocks of one length would otherwise get the same masks on every process.
+    """
+
+    def __init__(self, tokenizer: Any, mlm: MlmArguments, seed: int | None = None):
         self._mask = DataCollatorForLanguageModeling(
-            tokenizer,
-            mlm_probability=mlm.mlm_probability,
-            whole_word_mask=mlm.whole_word_mask,
-            pad_to_multiple_of=mlm.pad_to_multiple_of,
+            tokenizer, mlm_probability=mlm.mlm_probability, pad_to_multiple_of=mlm.pad_to_multiple_of, seed=seed
         )
         self._tokenizer = tokenizer
         self._multiple = mlm.pad_to_multiple_of
@@ -272,7 +295,7 @@ class MlmCollator:
 
 
 def perplexity(metrics: dict[str, float], prefix: str) -> dict[str, float]:
-    """``<prefix>_perplexity``: exp of the masked-LM loss (the mean cross-entropy over masked tokens)."""
+    """``<prefix>_perplexity``: exp of the masked-LM loss (the cross-entropy on masked tokens, averaged per batch)."""
     loss = metrics.get(f"{prefix}_loss")
     if loss is None:
         return {}

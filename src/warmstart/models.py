@@ -68,14 +68,16 @@ def _label_names_of(timm_model: nn.Module) -> list[str] | None:
     return [str(n) for n in names] if names else None
 
 
-def _create_timm(model_name_or_path: str, *, pretrained: bool, **kwargs: Any) -> nn.Module:
-    """timm.create_model with offline-friendly, one-line errors."""
+def _create_timm(model_name_or_path: str, *, pretrained: bool, purpose: str = "fine-tune", **kwargs: Any) -> nn.Module:
+    """timm.create_model with offline-friendly, one-line errors (``purpose``: what the caller does with the model,
+    for the recipe a text model is sent to)."""
     local = read_model_config(model_name_or_path)
     if local is not None:
         if not is_image_model_config(local):
+            other = "pretrain_mlm.py" if purpose == "pretrain" else "text_classification.py"
             raise WarmstartError(
                 f"{model_name_or_path} holds a {local.get('model_type', 'non-timm')!r} model, not a timm image model: "
-                "fine-tune it with recipes/text_classification.py"
+                f"{purpose} it with recipes/{other}"
             )
         architecture = local.get("architecture")
         if architecture is not None and not timm.is_model(architecture):
@@ -143,7 +145,7 @@ def _load_checked(load, path: str, **kwargs: Any):
 
 
 def load_timm_backbone(
-    model_name_or_path: str, *, random_init: bool = False, image_size: int | None = None
+    model_name_or_path: str, *, random_init: bool = False, image_size: int | None = None, purpose: str = "fine-tune"
 ) -> nn.Module:
     """Loads a timm model as it was saved (its own head, if any), rebuilt for ``image_size`` where the model has a
     fixed input size (ViTs: timm resamples the position embeddings when it builds the model).
@@ -151,10 +153,10 @@ def load_timm_backbone(
     Raises:
         WarmstartError: the model cannot be found or loaded, or it is not a timm model.
     """
-    timm_model = _create_timm(model_name_or_path, pretrained=not random_init)
+    timm_model = _create_timm(model_name_or_path, pretrained=not random_init, purpose=purpose)
     fixed_size = timm_model.pretrained_cfg.get("fixed_input_size")
     if image_size and fixed_size and tuple(timm_model.pretrained_cfg["input_size"][1:]) != (image_size, image_size):
-        timm_model = _create_timm(model_name_or_path, pretrained=not random_init, img_size=image_size)
+        timm_model = _create_timm(model_name_or_path, pretrained=not random_init, purpose=purpose, img_size=image_size)
     return timm_model
 
 
