@@ -36,7 +36,8 @@ from warmstart import (
 from warmstart.regularization import prepare_regularization
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
+def main(argv: Sequence[str] | None = None, feature_store: dict | None = None) -> dict:
+    """Runs the recipe (``feature_store``: backbone features shared with other runs, as a comparison does)."""
     args = start_recipe(argv, "image")
     data_args, reg_args, training_args = args.data, args.regularization, args.training
     # the image column is decoded by our transform, so the Trainer must not drop it as "unused"
@@ -53,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         image_size=data_args.image_size,
         reset_head=args.model.reset_head,
     )
-    feature_cache = feature_cache_settings(args, "image", image_collate)
+    feature_cache = feature_cache_settings(args, "image", image_collate, feature_store)
     data_config, train_transform, eval_transform = image_transforms(
         model,
         data_args.image_size,

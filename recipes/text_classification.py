@@ -33,7 +33,8 @@ from warmstart.models import max_sequence_length
 from warmstart.regularization import prepare_regularization
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
+def main(argv: Sequence[str] | None = None, feature_store: dict | None = None) -> dict:
+    """Runs the recipe (``feature_store``: backbone features shared with other runs, as a comparison does)."""
     args = start_recipe(argv, "text")
     data_args, training_args = args.data, args.training
 
@@ -73,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         compute_loss_func=regularization.loss_function,
         callbacks=regularization.callbacks,
         save_adapter=args.freeze.save_adapter,
-        feature_cache=feature_cache_settings(args, "text", collator),
+        feature_cache=feature_cache_settings(args, "text", collator, feature_store),
         save_model=lambda merged, output_dir: save_text_model(merged, tokenizer, output_dir),
         card={
             "modality": "text",

@@ -174,7 +174,8 @@ def write_model_card(output_dir: str | Path, card: dict[str, Any]) -> Path:
         output_dir: the model directory.
         card: ``modality`` (``image`` / ``text``), ``base_model``, ``data`` (a description), ``metrics``,
             ``training`` (selected training arguments), optionally ``lineage`` (see :mod:`warmstart.lineage`) and
-            ``images`` (``(caption, file name)`` pairs of PNGs in the directory). A classifier's card has
+            ``images`` (``(caption, file name)`` pairs of PNGs in the directory), ``per_class`` (a markdown
+            table). A classifier's card has
             ``labels``, ``policy`` (a :class:`FreezePolicy` dict), ``policy_description`` and ``freeze_report``; a
             pretrained encoder's has ``objective`` (a paragraph), ``pipeline_tag`` and ``load`` (a code block).
     """
@@ -216,6 +217,8 @@ def write_model_card(output_dir: str | Path, card: dict[str, Any]) -> Path:
     else:
         sections.append(f"## Objective\n{card['objective']}")
     sections.append(f"## Results\n{_metrics_table(card['metrics'])}")
+    if card.get("per_class"):
+        sections.append(f"### Per class\n{card['per_class']}")
     for caption, file_name in card.get("images") or ():
         sections.append(f"![{caption}]({file_name})")
     sections.append("## Training\n" + "\n".join(f"- {k}: `{v}`" for k, v in card["training"].items()))

@@ -179,6 +179,9 @@ class CacheSettings:
             the training precision would.
         source_splits: the splits to compute features from where they differ from the training splits (images:
             the evaluation transform on train too, when the full model later trains on augmented images).
+        store: features shared between runs (a strategy comparison): computed by the first run that asks with
+            ``store_key``, reused by the next ones; whoever made the store closes what it holds at the end.
+        store_key: what the features depend on (the base model, the data, the precision).
     """
 
     collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]
@@ -186,6 +189,8 @@ class CacheSettings:
     cache_dir: Path | None = None
     autocast_dtype: torch.dtype | None = None
     source_splits: Mapping[str, Any] | None = None
+    store: dict[str, CachedRun] | None = None
+    store_key: str | None = None
 
 
 @dataclass
@@ -265,6 +270,12 @@ def cache_features(
     start = time.perf_counter()
     head, key = head_model(model)
     head.eval()  # a head module made here (timm's) is not reached by model.eval()
+    shared = settings.store.get(settings.store_key) if settings.store is not None else None
+    if shared is not None and shared.key == key:
+        # an earlier run of the same base model on the same data made them; it checked the cut, and its
+        # store owns the files (cache_dir None: closing this run deletes nothing)
+        stats = {name: {**values, "shared": True} for name, values in shared.stats.items()}
+        return CachedRun(head, key, shared.splits, time.perf_counter() - start, None, stats)
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -316,6 +327,9 @@ def cache_features(
         if not completed and settings.cache_dir is not None:
             CachedRun(head, key, {}, 0.0, settings.cache_dir).close()  # nothing half-written stays behind
     seconds = time.perf_counter() - start
+    if settings.store is not None and settings.store_key is not None:
+        settings.store[settings.store_key] = CachedRun(head, key, tables, seconds, settings.cache_dir, stats)
+        return CachedRun(head, key, tables, seconds, None, stats)  # the store closes the files, not this run
     return CachedRun(head, key, tables, seconds, settings.cache_dir, stats)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ from warmstart.lineage import finish_lineage, start_lineage
 from warmstart.metrics import compute_metrics
 from warmstart.precision import apply_device_settings
 from warmstart.regularization import check_regularization
+from warmstart.report import write_evaluation_report
 
 logger = logging.getLogger("warmstart")
 # The Hub upload leaves these behind: checkpoints are for resuming here, not part of the model.
@@ -173,13 +175,16 @@ def apply_devices(
     args.run.config["device_settings"] = lines
 
 
-def feature_cache_settings(args: RecipeArguments, modality: str, collate: Callable) -> CacheSettings | None:
+def feature_cache_settings(
+    args: RecipeArguments, modality: str, collate: Callable, store: dict[str, Any] | None = None
+) -> CacheSettings | None:
     """Whether a recipe run trains its head on cached backbone features, and how (``None``: it does not).
 
     The cache is on by default wherever it gives the same model: the whole backbone is frozen (``head_only``, and
     the probe of ``lp_ft``) and, for images, no augmentation was asked for (features of augmented images differ
     every epoch; the default flip is dropped from what the head sees instead). ``--cache_features false`` turns it
-    off. The decision is logged and recorded.
+    off. The decision is logged and recorded. ``store``: features shared with other runs of the same base model on
+    the same data (a strategy comparison), computed once.
     """
     policy, performance, data, reg = args.freeze.policy(), args.performance, args.data, args.regularization
     reason = None
@@ -204,11 +209,14 @@ def feature_cache_settings(args: RecipeArguments, modality: str, collate: Callab
         return None
     training = args.training
     autocast = torch.bfloat16 if training.bf16 else torch.float16 if training.fp16 else None
+    depends_on = [args.run.config.get("model"), args.run.config.get("data"), performance.resolved_precision]
     return CacheSettings(
         collate=collate,
         memory_budget_mb=performance.feature_cache_memory_mb,
         cache_dir=default_cache_dir(args.run.output_dir, training.process_index),
         autocast_dtype=autocast,
+        store=store,
+        store_key=json.dumps(depends_on, sort_keys=True, default=str),
     )
 
 
@@ -267,7 +275,12 @@ def train_evaluate_save(
     logger.info("policy %s; %s", policy.describe(), report.summary())
     if training_args.should_save:
         run.output_dir.mkdir(parents=True, exist_ok=True)
-    _avoid_single_sample_batches(tuning.model, training_args, len(splits["train"]))
+    kept = _avoid_single_sample_batches(tuning.model, policy, training_args, len(splits["train"]))
+    if kept is not None:
+        splits = {**splits, "train": splits["train"].select(kept)}
+        if feature_cache is not None and feature_cache.source_splits is not None:
+            source = feature_cache.source_splits
+            feature_cache.source_splits = {**source, "train": source["train"].select(kept)}
     trained = tuning.model
     cached = _cache_backbone_features(run, tuning.model, splits, feature_cache, training_args)
     if cached is not None and policy.strategy == "lp_ft":
@@ -310,15 +323,20 @@ def train_evaluate_save(
         trainer.log_metrics("train", results)
         trainer.save_metrics("train", results)
 
+        predicted = {}
         for split in ("validation", "test"):
             if split not in splits:
                 continue
             prefix = "eval" if split == "validation" else "test"
-            metrics = trainer.evaluate(splits[split], metric_key_prefix=prefix)
+            # predict, not evaluate: the same metrics, and the predictions for the report's plots
+            output = trainer.predict(splits[split], metric_key_prefix=prefix)
+            metrics = dict(output.metrics)
+            trainer.log(metrics)  # into the log history, as evaluate() would
             metrics[f"{prefix}_samples"] = len(splits[split])
             trainer.log_metrics(prefix, metrics)
             trainer.save_metrics(prefix, metrics)
             results.update(metrics)
+            predicted[split] = output
         trainer.save_state()
     finally:
         if cached is not None:  # also after a failure: spilled features can take gigabytes
@@ -345,11 +363,25 @@ def train_evaluate_save(
             if save_adapter:
                 save_lora_adapter(model, run.output_dir / "adapter")
             model = merge_lora(model)
+        reports = [
+            write_evaluation_report(
+                run.output_dir,
+                card["labels"],
+                output.label_ids,
+                output.predictions,
+                trainer.state.log_history,
+                metric_for_best_model=training_args.metric_for_best_model,
+                split=split,
+            )
+            for split, output in predicted.items()
+        ]
         card = {
             **card,
             "policy": policy.to_dict(),
             "policy_description": policy.describe(),
             "freeze_report": report.to_dict(),
+            "per_class": "\n\n".join(r.markdown for r in reports),
+            "images": [image for r in reports for image in r.images],
         }
         _save_output(run, model, save_model, card, results)
     return results
@@ -515,17 +547,28 @@ def _cache_backbone_features(
     return cached
 
 
-def _avoid_single_sample_batches(model: nn.Module, training_args: TrainingArguments, train_size: int) -> None:
-    # A trainable BatchNorm cannot normalise a batch of one sample at 1x1 resolution, and a last batch of one is
-    # an accident of the data size: drop it rather than crash at the end of the epoch.
+def _avoid_single_sample_batches(
+    model: nn.Module, policy: FreezePolicy, training_args: TrainingArguments, train_size: int
+) -> list[int] | None:
+    """A trainable BatchNorm cannot normalise a batch of one sample at 1x1 resolution, and a last batch of one is
+    an accident of the data size: one training example (chosen with the seed) is left out rather than crash at the
+    end of an epoch. (``dataloader_drop_last`` would do it, but the Trainer applies it to evaluation too, where it
+    silently dropped whole validation batches.) Returns the training rows to keep, or ``None``: all."""
     batch = training_args.per_device_train_batch_size * max(training_args.world_size, 1)
-    trains_batchnorm = any(
-        isinstance(m, nn.modules.batchnorm._BatchNorm) and any(p.requires_grad for p in m.parameters())
-        for m in model.modules()
+    batchnorms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    trains_batchnorm = any(p.requires_grad for m in batchnorms for p in m.parameters()) or (
+        bool(batchnorms) and policy.strategy in ("gradual", "lp_ft")  # unfrozen later
     )
-    if trains_batchnorm and train_size % batch == 1 and not training_args.dataloader_drop_last:
-        logger.warning("the last training batch would hold one sample, which BatchNorm cannot train on: dropped")
-        training_args.dataloader_drop_last = True
+    if not trains_batchnorm or train_size % batch != 1 or training_args.dataloader_drop_last or train_size == 1:
+        return None
+    left_out = random.Random(training_args.seed).randrange(train_size)
+    logger.warning(
+        "the last training batch would hold one sample, which BatchNorm cannot train on: training example %d of %d "
+        "is left out",
+        left_out,
+        train_size,
+    )
+    return [i for i in range(train_size) if i != left_out]
 
 
 def _merge_into_all_results(output_dir: Path, extra: dict[str, Any]) -> None:

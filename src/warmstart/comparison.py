@@ -1,0 +1,329 @@
+"""Choosing a fine-tuning strategy with evidence: run several strategies (and learning rates) on the same splits,
+seed and budget, one recipe run each, and keep the best by the validation metric.
+
+Runs go to ``<output_dir>/runs/<strategy>-lr<lr>``; a finished run leaves ``comparison_row.json`` there and is
+skipped by a rerun, so a comparison that crashed resumes where it stopped. Frozen-backbone runs (``head_only``, the
+probe of ``lp_ft``) share one feature cache: the backbone runs once for all of them.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from warmstart.errors import WarmstartError
+from warmstart.freezing import STRATEGIES
+
+logger = logging.getLogger(__name__)
+
+ROW_FILE = "comparison_row.json"
+# what the metrics of a classification run are called (eval_<name>); loss is lower-is-better
+KNOWN_METRICS = ("accuracy", "f1_macro", "roc_auc", "loss")
+
+
+@dataclass
+class ComparisonArguments:
+    strategies: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Strategies to compare, e.g. head_only top_k:2 full lp_ft bitfit lora (top_k:K trains the top K "
+            "blocks; default: those six, lora only when peft is installed)."
+        },
+    )
+    learning_rates: list[float] | None = field(
+        default=None, metadata={"help": "Learning rates to cross with every strategy (default: --learning_rate)."}
+    )
+
+    def __post_init__(self) -> None:
+        for spec in self.strategies or ():
+            parse_strategy(spec)
+        for lr in self.learning_rates or ():
+            if lr <= 0:
+                raise WarmstartError(f"--learning_rates must be positive, got {lr:g}")
+
+
+def parse_strategy(spec: str) -> tuple[str, int | None]:
+    """``top_k:3`` -> ``("top_k", 3)``; ``full`` -> ``("full", None)``; ``top_k`` alone means k = 2.
+
+    Raises:
+        WarmstartError: an unknown strategy, or a k that is not a positive integer.
+    """
+    name, _, k = spec.partition(":")
+    if name not in STRATEGIES:
+        raise WarmstartError(f"unknown strategy {name!r} in --strategies: use {', '.join(STRATEGIES)}")
+    if k and name != "top_k":
+        raise WarmstartError(f"--strategies {spec}: only top_k takes a number (top_k:K)")
+    if name != "top_k":
+        return name, None
+    if not k:
+        return name, 2
+    if not k.isdigit() or int(k) < 1:
+        raise WarmstartError(f"--strategies {spec}: K in top_k:K must be a positive integer")
+    return name, int(k)
+
+
+def default_strategies() -> list[str]:
+    """head_only, top_k:2, full, lp_ft, bitfit, and lora when peft is installed."""
+    found = ["head_only", "top_k:2", "full", "lp_ft", "bitfit"]
+    return [*found, "lora"] if importlib.util.find_spec("peft") is not None else found
+
+
+@dataclass
+class PlannedRun:
+    """One strategy at one learning rate: its name (its folder under ``runs/``) and the recipe flags it adds."""
+
+    name: str
+    strategy: str
+    learning_rate: float
+    flags: list[str]
+
+
+def plan_runs(strategies: Sequence[str], learning_rates: Sequence[float]) -> list[PlannedRun]:
+    """The runs of a comparison, strategy by strategy, each crossed with every learning rate."""
+    runs = []
+    for spec in strategies:
+        name, k = parse_strategy(spec)
+        for lr in learning_rates:
+            label = f"{name}{k}" if k else name
+            flags = ["--freeze_strategy", name, "--learning_rate", repr(float(lr))]
+            if k:
+                flags += ["--unfreeze_top_k", str(k)]
+            runs.append(PlannedRun(f"{label}-lr{lr:g}", spec, float(lr), flags))
+    if len({run.name for run in runs}) != len(runs):
+        raise WarmstartError("--strategies / --learning_rates name the same run twice: give each once")
+    return runs
+
+
+class PeakMemory:
+    """The peak resident memory of this process while the block runs (sampled every 20 ms from /proc, so a
+    shorter spike can be missed), and the peak CUDA memory allocated, when a GPU is in use."""
+
+    def __enter__(self) -> PeakMemory:
+        self.rss_mb = self._rss_mb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.rss_mb = max(self.rss_mb, self._rss_mb())
+        self.cuda_mb = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            self.rss_mb = max(self.rss_mb, self._rss_mb())
+
+    @staticmethod
+    def _rss_mb() -> float:
+        try:
+            with open("/proc/self/statm") as statm:
+                return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        except (OSError, ValueError, IndexError):  # not Linux: the process's high-water mark instead
+            import resource
+
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def row_from_results(run: PlannedRun, results: dict[str, Any], wall: float, memory: PeakMemory) -> dict[str, Any]:
+    """A comparison row: the run, its parameters, its times, its peak memory and every eval / test metric."""
+    row: dict[str, Any] = {
+        "run": run.name,
+        "strategy": run.strategy,
+        "learning_rate": run.learning_rate,
+        "trainable_params": results.get("trainable_params"),
+        "total_params": results.get("total_params"),
+        # what training took, the feature cache included (it runs before the Trainer's clock starts)
+        "train_seconds": round(results.get("train_runtime", 0.0) + results.get("feature_cache_seconds", 0.0), 2),
+        "wall_seconds": round(wall, 2),
+        "peak_rss_mb": round(memory.rss_mb, 1),
+    }
+    if memory.cuda_mb is not None:
+        row["peak_cuda_mb"] = round(memory.cuda_mb, 1)
+    for key, value in results.items():
+        if key.startswith(("eval_", "test_")) and not key.endswith(("_runtime", "_per_second", "_samples")):
+            row[key] = value
+    return row
+
+
+def best_row(rows: Sequence[dict[str, Any]], metric: str) -> dict[str, Any]:
+    """The best run by ``eval_<metric>`` (lowest for a loss, highest otherwise); a tie goes to the lower
+    validation loss, then to fewer trainable parameters.
+
+    Raises:
+        WarmstartError: no run reports the metric.
+    """
+    key = f"eval_{metric.removeprefix('eval_')}"
+    scored = [row for row in rows if isinstance(row.get(key), (int, float))]
+    if not scored:
+        reported = sorted({k.removeprefix("eval_") for row in rows for k in row if k.startswith("eval_")})
+        raise WarmstartError(
+            f"--metric_for_best_model {metric}: no run reports {key} (they report {', '.join(reported)}): "
+            "choose one of those"
+        )
+    sign = 1 if "loss" in key else -1
+
+    def rank(row: dict[str, Any]) -> tuple[float, float, float]:
+        loss = row.get("eval_loss")
+        return sign * row[key], loss if isinstance(loss, (int, float)) else float("inf"), row["trainable_params"] or 0
+
+    return min(scored, key=rank)
+
+
+def run_comparison(
+    runs: Sequence[PlannedRun],
+    recipe: Callable[..., dict[str, Any]],
+    recipe_argv: Sequence[str],
+    output_dir: Path,
+    *,
+    feature_store: dict[str, Any] | None = None,
+    progress: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Runs each planned run through ``recipe`` (a recipe's ``main``) into ``output_dir/runs/<name>``, skipping
+    the runs a previous attempt finished, with one progress line per run.
+
+    Args:
+        runs: from :func:`plan_runs`.
+        recipe: ``main(argv, feature_store=...)`` of the classification recipe.
+        recipe_argv: the recipe arguments all runs share (data, model, budget, seed).
+        output_dir: the comparison's directory.
+        feature_store: shared between runs, so that frozen-backbone runs compute the features once.
+        progress: where the progress lines go.
+
+    Returns:
+        One row per run (see :func:`row_from_results`), in plan order.
+    """
+    rows = []
+    for i, run in enumerate(runs, start=1):
+        run_dir = output_dir / "runs" / run.name
+        finished = run_dir / ROW_FILE
+        if finished.is_file():
+            rows.append(json.loads(finished.read_text()))
+            progress(f"[{i}/{len(runs)}] {run.name}: finished earlier, skipped")
+            continue
+        progress(f"[{i}/{len(runs)}] {run.name}: training ...")
+        started = time.perf_counter()
+        with PeakMemory() as memory:
+            results = recipe([*recipe_argv, *run.flags, "--output_dir", str(run_dir)], feature_store=feature_store)
+        row = row_from_results(run, results, time.perf_counter() - started, memory)
+        finished.write_text(json.dumps(row, indent=2))  # written last: the run counts as finished from here
+        rows.append(row)
+        shown = ", ".join(f"{k} {row[k]:.4f}" for k in ("eval_accuracy", "eval_loss") if k in row)
+        progress(
+            f"[{i}/{len(runs)}] {run.name}: {shown}; {row['trainable_params']:,} trainable params, "
+            f"{row['train_seconds']:.1f} s training, peak {row['peak_rss_mb']:.0f} MiB"
+        )
+    return rows
+
+
+_TABLE_COLUMNS = (
+    ("run", "run"),
+    ("trainable_params", "trainable params"),
+    ("train_seconds", "train s"),
+    ("peak_rss_mb", "peak MiB"),
+)
+
+
+def comparison_table(rows: Sequence[dict[str, Any]], best: dict[str, Any] | None = None) -> str:
+    """The comparison as a markdown table: one row per run, every eval / test metric, the best in bold."""
+    metrics = [k for k in dict.fromkeys(k for row in rows for k in row) if k.startswith(("eval_", "test_"))]
+    header = [title for _, title in _TABLE_COLUMNS] + metrics
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for row in rows:
+        cells = []
+        for key, _ in _TABLE_COLUMNS + tuple((m, m) for m in metrics):
+            cells.append(_cell(row.get(key)))
+        if best is not None and row["run"] == best["run"]:
+            cells[0] = f"**{cells[0]}** (best)"
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return "" if value is None else str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def write_comparison(rows: Sequence[dict[str, Any]], output_dir: Path, metric: str) -> dict[str, Any]:
+    """Writes ``comparison.csv``, ``comparison.md`` and ``comparison.png`` and returns the best row."""
+    from warmstart.report import write_comparison_plot
+
+    best = best_row(rows, metric)
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with (output_dir / "comparison.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    key = f"eval_{metric.removeprefix('eval_')}"
+    (output_dir / "comparison.md").write_text(f"Best by {key}: **{best['run']}**\n\n{comparison_table(rows, best)}\n")
+    write_comparison_plot(
+        list(rows), key, output_dir / "comparison.png", time_key="train_seconds", name_key="run", best=best
+    )
+    return best
+
+
+def keep_best(best: dict[str, Any], rows: Sequence[dict[str, Any]], output_dir: Path, metric: str) -> None:
+    """Copies the best run's model (its files, not its checkpoints) to ``output_dir`` and adds the comparison to
+    its model card."""
+    source = output_dir / "runs" / best["run"]
+    for item in source.iterdir():
+        if item.is_file() and item.name != ROW_FILE:
+            shutil.copy2(item, output_dir / item.name)
+        elif item.is_dir() and item.name == "adapter":
+            shutil.copytree(item, output_dir / item.name, dirs_exist_ok=True)
+    card = output_dir / "README.md"
+    key = f"eval_{metric.removeprefix('eval_')}"
+    card.write_text(
+        card.read_text().rstrip()
+        + f"\n\n## Strategy comparison\nThis model is the best of {len(rows)} runs by `{key}` (`{best['run']}`), "
+        "on the same splits, seed and budget:\n\n"
+        + comparison_table(rows, best)
+        + "\n\n![validation metric against training time; marker size: trainable parameters](comparison.png)\n"
+    )
+
+
+def modality_of(model_name_or_path: str, image_folders: bool = False) -> str:
+    """``image`` or ``text``: from the data (image folders), else from the model (its config.json, a timm name,
+    or the config of a hub id in the local cache)."""
+    if image_folders:
+        return "image"
+    from warmstart.models import is_image_model_config, read_model_config
+
+    local = read_model_config(model_name_or_path)
+    if local is not None:
+        return "image" if is_image_model_config(local) else "text"
+    import timm
+
+    if timm.is_model(model_name_or_path.removeprefix("hf-hub:")):
+        return "image"
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(model_name_or_path.removeprefix("hf-hub:"), "config.json")
+    if isinstance(cached, str):
+        return "image" if is_image_model_config(json.loads(Path(cached).read_text())) else "text"
+    return "text"
+
+
+def close_feature_store(store: dict[str, Any]) -> None:
+    """Deletes the feature files the runs of a comparison shared (memory-mapped ones)."""
+    for cached in store.values():
+        cached.close()
+    store.clear()

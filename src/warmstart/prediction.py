@@ -1,0 +1,780 @@
+"""Batch prediction with a saved classifier: one row per input (its id, the predicted label and one probability per
+class), preprocessed exactly as the model was evaluated in training, from what its directory holds.
+
+An image model's preprocessing is timm's evaluation transform for the data config saved in its ``config.json``
+(``pretrained_cfg``: resolution, crop, interpolation, mean and std); a text model's is its saved tokenizer, with the
+truncation length and text columns the run recorded in ``warmstart_config.yaml``. Nothing is re-specified, so a
+prediction cannot quietly preprocess otherwise than the model was validated with.
+
+    predictor = load_predictor("outputs/resnet18-top2", device="auto")
+    data = read_prediction_input("photos/", predictor)
+    probs = predict(predictor, data, batch_size=64)
+    write_predictions("predictions.csv", data.ids, predictor.labels, probs)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import datasets
+import torch
+import yaml
+from datasets import ClassLabel, DatasetDict
+from PIL import Image, UnidentifiedImageError
+from torch import nn
+from tqdm.auto import tqdm
+
+from warmstart.data import (
+    _FILE_BUILDERS,
+    _LOAD_ERRORS,
+    TextCollator,
+    _datasets_errors_not_logged,
+    _has_no_rows,
+    _image_extensions,
+    _root_cause,
+    resolve_image_column,
+    resolve_text_columns,
+)
+from warmstart.errors import WarmstartError
+from warmstart.export import CONFIG_NAME
+from warmstart.models import (
+    _load_checked,
+    is_image_model_config,
+    load_text_tokenizer,
+    load_timm_backbone,
+    max_sequence_length,
+    read_model_config,
+)
+from warmstart.precision import check_precision
+
+logger = logging.getLogger(__name__)
+
+ID_COLUMN = "id"
+PREDICTION_COLUMN = "predicted_label"
+PROBABILITY_PREFIX = "prob_"
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+_IMAGE_FOLDER_COLUMN = "image"
+
+
+@dataclass
+class PredictionArguments:
+    """The arguments of ``recipes/predict.py``."""
+
+    model_name_or_path: str = field(
+        default=None,
+        metadata={"help": "A warmstart output directory (or another hub-format classifier, or a cached hub id)."},
+    )
+    input: str = field(
+        default=None,
+        metadata={
+            "help": "An image folder (sub-folders allowed), a csv / tsv / json / jsonl / parquet file, or a hub "
+            "dataset split in the local cache as name[:config]:split (e.g. imdb:test)."
+        },
+    )
+    output: str = field(default="predictions.csv", metadata={"help": "The CSV to write (a .tsv name: tab-separated)."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace an existing --output."})
+    batch_size: int = field(default=64, metadata={"help": "Inputs per forward pass."})
+    device: Literal["auto", "cpu", "cuda"] = field(
+        default="auto", metadata={"help": "Where the model runs (auto: cuda when available)."}
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = field(
+        default="fp32", metadata={"help": "Autocast precision of the forward pass (fp16 needs a GPU)."}
+    )
+    id_column: str | None = field(
+        default=None, metadata={"help": "Tables: the column that identifies each row (default: the row number)."}
+    )
+    image_column_name: str | None = field(
+        default=None, metadata={"help": "Tables: the column of images or image paths (default: guessed)."}
+    )
+    text_column_names: str | None = field(
+        default=None,
+        metadata={
+            "help": "Tables: the text column, or two comma-separated for pairs (default: the ones the model was "
+            "trained on, else guessed)."
+        },
+    )
+    label_column_name: str = field(
+        default="label",
+        metadata={"help": "A column of true labels: when the input has it, accuracy is reported too."},
+    )
+    num_workers: int = field(default=0, metadata={"help": "Images: processes decoding and transforming them."})
+    disable_tqdm: bool = field(default=False, metadata={"help": "No progress bar."})
+
+    def __post_init__(self) -> None:
+        if not self.model_name_or_path:
+            raise WarmstartError("--model_name_or_path is required: a warmstart output directory")
+        if not self.input:
+            raise WarmstartError("--input is required: an image folder, a data file or a cached dataset split")
+        if self.batch_size < 1:
+            raise WarmstartError(f"--batch_size must be a positive integer, got {self.batch_size}")
+        if self.num_workers < 0:
+            raise WarmstartError(f"--num_workers must be 0 or more, got {self.num_workers}")
+
+
+@dataclass
+class Predictor:
+    """A classifier ready to predict, with the preprocessing it was evaluated with.
+
+    Attributes:
+        model: the network, in eval mode on ``device``: a timm model (images) or a transformers sequence classifier.
+        modality: ``image`` or ``text``.
+        labels: class names, in id order (the probability columns follow it).
+        device: where the model runs.
+        precision: ``fp32``, ``bf16`` or ``fp16`` (autocast).
+        preprocess: images: the timm evaluation transform (PIL image -> tensor); text: a function of one column of
+            texts (or two, for pairs) -> token ids, truncated and not padded.
+        model_dir: the directory the model came from.
+        data_config: images: timm's data config (``input_size``, ``crop_pct``, ``mean``...).
+        tokenizer: text: the saved tokenizer.
+        max_length: text: the truncation length (the run's ``max_seq_length``, else the model's limit).
+        text_columns: text: the columns the run trained on, when it recorded them.
+    """
+
+    model: nn.Module
+    modality: str
+    labels: list[str]
+    device: torch.device
+    precision: str
+    preprocess: Callable[..., Any]
+    model_dir: Path
+    data_config: dict[str, Any] | None = None
+    tokenizer: Any = None
+    max_length: int | None = None
+    text_columns: list[str] | None = None
+
+    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The model's logits for a preprocessed batch already on ``device``, under the chosen autocast."""
+        dtype = PRECISIONS[self.precision]
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+            if self.modality == "image":
+                return self.model(batch["pixel_values"])
+            return self.model(**batch).logits
+
+
+@dataclass
+class PredictionInput:
+    """What to predict on.
+
+    Attributes:
+        ids: one id per row, as written to the output (image path relative to the folder, the ``--id_column``
+            value, or the row number).
+        dataset: the rows; images (undecoded) in ``columns[0]``, or text in ``columns``.
+        columns: the image column, or the text column(s).
+        true_labels: the true label id of each row, when the input has labels the model knows; else ``None``.
+        source: the input as given, for messages.
+    """
+
+    ids: list[str]
+    dataset: datasets.Dataset
+    columns: list[str]
+    true_labels: list[int] | None = None
+    source: str = ""
+
+
+# ---------------------------------------------------------------------------------------------------------- model
+
+
+def load_predictor(model_name_or_path: str | Path, device: str = "auto", precision: str = "fp32") -> Predictor:
+    """Loads a saved classifier with the preprocessing recorded next to it.
+
+    Image models (a ``config.json`` in timm's layout, or ``model_type: timm_wrapper``) are loaded with timm and get
+    timm's evaluation transform for their saved data config; one probe forward pass checks that the model takes
+    the input size that transform makes. Text models must be ``...ForSequenceClassification`` checkpoints; they get
+    their saved tokenizer, truncating to the ``max_seq_length`` of the run's ``warmstart_config.yaml`` (else the
+    model's limit).
+
+    Args:
+        model_name_or_path: a model directory, or a hub id whose files are in the Hugging Face cache.
+        device: ``auto`` (cuda when available), ``cpu`` or ``cuda``.
+        precision: ``fp32``, ``bf16`` or ``fp16`` autocast.
+
+    Returns:
+        The :class:`Predictor`.
+
+    Raises:
+        WarmstartError: not a model directory, not a classifier (a bare encoder, a model with no classes), an input
+            size the model cannot take, no CUDA device for ``cuda``, or a precision the device cannot run.
+    """
+    model_dir = _model_directory(str(model_name_or_path))
+    run_device = _resolve_device(device)
+    if precision not in PRECISIONS:
+        raise WarmstartError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "fp32":
+        check_precision(precision, on_cpu=run_device.type == "cpu", source=f"--precision {precision}")
+    config = read_model_config(model_dir)
+    if is_image_model_config(config):
+        predictor = _image_predictor(model_dir, config, run_device, precision)
+    else:
+        predictor = _text_predictor(model_dir, config, run_device, precision)
+    logger.info(
+        "loaded the %s classifier for %d labels in %s, on %s (%s)",
+        predictor.modality,
+        len(predictor.labels),
+        model_dir,
+        run_device,
+        precision,
+    )
+    return predictor
+
+
+def _model_directory(model_name_or_path: str) -> Path:
+    path = Path(model_name_or_path)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise WarmstartError(
+                f"{path} is not a model directory (no config.json): point --model_name_or_path at the output "
+                "directory of a warmstart run"
+            )
+        return path
+    if path.exists():
+        raise WarmstartError(f"--model_name_or_path {path} is a file: give the model's directory")
+    if model_name_or_path.count("/") == 1 and not model_name_or_path.startswith((".", "/")):
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(snapshot_download(model_name_or_path, local_files_only=True))
+        except (OSError, ValueError):  # not in the cache (a FileNotFoundError), or not a valid repo id
+            pass
+    raise WarmstartError(
+        f"--model_name_or_path {model_name_or_path} is neither a model directory nor a hub model in the local "
+        "cache: point it at the output directory of a warmstart run"
+    )
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise WarmstartError("--device cuda was asked for but no CUDA GPU is available: use --device cpu or auto")
+    if device not in ("cpu", "cuda"):
+        raise WarmstartError(f"--device must be auto, cpu or cuda, got {device!r}")
+    return torch.device(device)
+
+
+def _image_predictor(model_dir: Path, config: dict[str, Any], device: torch.device, precision: str) -> Predictor:
+    from timm.data import create_transform, resolve_data_config
+
+    timm_model = load_timm_backbone(str(model_dir))
+    if not getattr(timm_model, "num_classes", 0):
+        raise WarmstartError(
+            f"{model_dir} holds a timm model without a classifier (0 classes): predict with a fine-tuned model"
+        )
+    labels = _image_labels(timm_model, config)
+    # the data config timm resolves from the saved pretrained_cfg is the one the recipe evaluated with
+    data_config = resolve_data_config({}, model=timm_model)
+    data_config["input_size"] = tuple(data_config["input_size"])  # a list when read from config.json
+    timm_model.eval().to(device)
+    predictor = Predictor(
+        model=timm_model,
+        modality="image",
+        labels=labels,
+        device=device,
+        precision=precision,
+        preprocess=create_transform(**data_config),
+        model_dir=model_dir,
+        data_config=data_config,
+    )
+    _check_input_size(predictor)
+    return predictor
+
+
+def _image_labels(timm_model: nn.Module, config: dict[str, Any]) -> list[str]:
+    names = timm_model.pretrained_cfg.get("label_names") or config.get("label_names")
+    if not names and config.get("id2label"):
+        names = [config["id2label"][k] for k in sorted(config["id2label"], key=int)]
+    names = [str(n) for n in names] if names else [str(i) for i in range(timm_model.num_classes)]
+    if len(names) != timm_model.num_classes:
+        raise WarmstartError(
+            f"{config.get('architecture', 'the model')} has {timm_model.num_classes} classes but its config.json "
+            f"names {len(names)}: the model directory is inconsistent"
+        )
+    return names
+
+
+def _check_input_size(predictor: Predictor) -> None:
+    """One forward pass on a blank image of the size the transform makes: a model built for another resolution (a
+    ViT whose saved ``pretrained_cfg.input_size`` was changed) fails here, named, rather than on the first batch."""
+    size = tuple(predictor.data_config["input_size"])
+    blank = torch.zeros(1, *size, device=predictor.device)
+    try:
+        out = predictor.logits({"pixel_values": blank})
+    except (RuntimeError, AssertionError, ValueError, TypeError) as err:
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise WarmstartError(
+            f"the model in {predictor.model_dir} cannot take the {'x'.join(map(str, size))} input its saved "
+            f"preprocessing makes (config.json pretrained_cfg.input_size; {reason}): the directory is inconsistent, "
+            "re-export the model"
+        ) from None
+    if tuple(out.shape) != (1, len(predictor.labels)):
+        raise WarmstartError(
+            f"the model in {predictor.model_dir} returns {tuple(out.shape)} per image, not {len(predictor.labels)} "
+            "class scores: predict with a fine-tuned classifier"
+        )
+
+
+def _text_predictor(model_dir: Path, config: dict[str, Any], device: torch.device, precision: str) -> Predictor:
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    architectures = config.get("architectures") or []
+    if not any(a.endswith("ForSequenceClassification") for a in architectures):
+        shown = ", ".join(architectures) or config.get("model_type") or "no architecture"
+        raise WarmstartError(
+            f"{model_dir} holds a {shown} model, not an image classifier or a sequence classifier: predict with the "
+            "output of recipes/image_classification.py or recipes/text_classification.py"
+        )
+    try:
+        hf_config = AutoConfig.from_pretrained(model_dir)
+    except (OSError, ValueError, KeyError) as err:
+        raise WarmstartError(f"cannot read the configuration in {model_dir} ({type(err).__name__})") from None
+    if hf_config.num_labels < 1 or not hf_config.id2label:
+        raise WarmstartError(f"{model_dir} holds a classifier with no classes (num_labels 0): it has no head to use")
+    model, info = _load_checked(
+        AutoModelForSequenceClassification.from_pretrained, str(model_dir), output_loading_info=True
+    )
+    if info.get("missing_keys"):
+        missing = sorted(info["missing_keys"])
+        raise WarmstartError(
+            f"{model_dir} lacks {len(missing)} weights of the classifier (e.g. {missing[0]}): its predictions would "
+            "be random; the directory is incomplete"
+        )
+    tokenizer = load_text_tokenizer(str(model_dir))
+    recorded = _recorded_run_config(model_dir)
+    max_length = recorded.get("max_seq_length") or max_sequence_length(model, tokenizer, None)
+    text_columns = recorded.get("text_columns") or None
+
+    def encode(*texts: list[Any]) -> dict[str, list]:
+        # as the recipe tokenized (warmstart.data.tokenize_splits): a missing text reads as ""
+        cleaned = [["" if t is None else str(t) for t in column] for column in texts]
+        return tokenizer(*cleaned, truncation=True, max_length=max_length)
+
+    return Predictor(
+        model=model.eval().to(device),
+        modality="text",
+        labels=[str(model.config.id2label[i]) for i in range(model.config.num_labels)],
+        device=device,
+        precision=precision,
+        preprocess=encode,
+        model_dir=model_dir,
+        tokenizer=tokenizer,
+        max_length=int(max_length),
+        text_columns=list(text_columns) if text_columns else None,
+    )
+
+
+def _recorded_run_config(model_dir: Path) -> dict[str, Any]:
+    path = model_dir / CONFIG_NAME
+    if not path.is_file():
+        return {}
+    try:
+        recorded = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        logger.warning("%s cannot be read (%s): the model's own limits are used", path, str(err).splitlines()[0])
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
+
+
+# ---------------------------------------------------------------------------------------------------------- input
+
+
+def parse_dataset_spec(spec: str) -> tuple[str, str | None, str]:
+    """Splits a dataset split given as ``name[:config]:split`` (a split may carry a slice: ``imdb:test[:100]``).
+
+    Returns:
+        ``(name, config or None, split)``.
+
+    Raises:
+        WarmstartError: not of that form.
+
+    Example:
+        >>> parse_dataset_spec("glue:sst2:validation")
+        ('glue', 'sst2', 'validation')
+    """
+    head, bracket, tail = spec.partition("[")
+    parts = head.split(":")
+    if len(parts) not in (2, 3) or not all(p.strip() for p in parts):
+        raise WarmstartError(
+            f"--input {spec} does not exist: give an image folder, a csv / tsv / json / jsonl / parquet file, or a "
+            "cached dataset split as name[:config]:split (e.g. imdb:test)"
+        )
+    name, *config, split = (p.strip() for p in parts)
+    return name, (config[0] if config else None), split + bracket + tail
+
+
+def read_prediction_input(
+    source: str | Path,
+    predictor: Predictor,
+    *,
+    id_column: str | None = None,
+    image_column: str | None = None,
+    text_columns: str | Sequence[str] | None = None,
+    label_column: str | None = "label",
+) -> PredictionInput:
+    """Reads the inputs to predict on.
+
+    ``source`` is an image folder (every image PIL reads, sub-folders included, sorted by path; the id is the path
+    relative to the folder), a csv / tsv / json / jsonl / parquet file, or a dataset split from the local Hugging
+    Face cache given as ``name[:config]:split`` (whatever ``datasets.load_dataset(name, config, split=split)``
+    reads offline, a local dataset folder included). A table's id is ``id_column``'s value, else the row number.
+
+    Images in a table come from ``image_column`` (an ``Image`` feature or image paths, relative ones read from the
+    table's folder first), else the first ``Image`` column, else ``image`` / ``img``. Text comes from
+    ``text_columns``, else the columns the model was trained on, else a common name (``text``, ``sentence``,
+    ``premise,hypothesis``...).
+
+    True labels, for accuracy: ``label_column`` when the input has it and all its values are the model's label
+    names (or ids); for an image folder, the sub-folder of each image when every one is named after a label.
+
+    Args:
+        source: the input (see above).
+        predictor: the model it is for (its modality, labels and recorded text columns).
+        id_column: tables: the column of ids.
+        image_column: tables: the image column.
+        text_columns: tables: one text column or a pair (``"a,b"`` or ``["a", "b"]``).
+        label_column: the column of true labels, used only when present.
+
+    Returns:
+        The :class:`PredictionInput`.
+
+    Raises:
+        WarmstartError: a missing input, an unreadable file, no rows, or a missing id / image / text column.
+    """
+    source = str(source)
+    path = Path(source)
+    if path.is_dir():
+        if predictor.modality == "image":
+            return _read_image_folder(path, predictor)
+        raise WarmstartError(
+            f"--input {path} is a folder but the model is a text classifier: give a csv / tsv / json / jsonl / "
+            "parquet file or a cached dataset split (name[:config]:split)"
+        )
+    data = _read_table(path) if path.is_file() else _read_dataset_split(source)
+    if len(data) == 0:
+        raise WarmstartError(f"--input {source} has no rows: nothing to predict")
+    ids = _row_ids(data, id_column)
+    if predictor.modality == "image":
+        columns = [_image_column(data, image_column)]
+        data = data.cast_column(columns[0], datasets.Image(decode=False))
+    else:
+        columns = _text_columns(data, predictor, text_columns, label_column)
+    true_labels = _true_labels(data, label_column, predictor.labels) if label_column else None
+    return PredictionInput(ids=ids, dataset=data, columns=columns, true_labels=true_labels, source=source)
+
+
+def _read_image_folder(folder: Path, predictor: Predictor) -> PredictionInput:
+    extensions = _image_extensions()
+    files = sorted(
+        (f for f in folder.rglob("*") if f.suffix.lower() in extensions and f.is_file() and not _hidden(f, folder)),
+        key=lambda f: f.relative_to(folder).as_posix(),
+    )
+    if not files:
+        raise WarmstartError(f"--input {folder} holds no image files: nothing to predict")
+    relative = [f.relative_to(folder) for f in files]
+    data = datasets.Dataset.from_dict({_IMAGE_FOLDER_COLUMN: [{"path": str(f), "bytes": None} for f in files]})
+    data = data.cast_column(_IMAGE_FOLDER_COLUMN, datasets.Image(decode=False))
+    label_ids = {label: i for i, label in enumerate(predictor.labels)}
+    folders = [r.parts[0] if len(r.parts) == 2 else None for r in relative]
+    true_labels = [label_ids[f] for f in folders] if all(f in label_ids for f in folders) else None
+    return PredictionInput(
+        ids=[r.as_posix() for r in relative],
+        dataset=data,
+        columns=[_IMAGE_FOLDER_COLUMN],
+        true_labels=true_labels,
+        source=str(folder),
+    )
+
+
+def _hidden(file: Path, folder: Path) -> bool:
+    """Whether a file is hidden (``.x``, macOS ``._x.jpg`` copies, ``__MACOSX/``), skipped as ``datasets`` skips them
+    when the training recipe reads an image folder."""
+    return any(part.startswith((".", "__")) for part in file.relative_to(folder).parts)
+
+
+def _read_table(path: Path) -> datasets.Dataset:
+    suffix = path.suffix.lower()
+    if suffix not in _FILE_BUILDERS:
+        raise WarmstartError(f"cannot read {suffix or 'extension-less'} files: use {', '.join(_FILE_BUILDERS)}")
+    builder = _FILE_BUILDERS[suffix]
+    kwargs = {"delimiter": "\t"} if suffix == ".tsv" else {}
+    try:
+        with _datasets_errors_not_logged():
+            return datasets.load_dataset(builder, data_files={"input": str(path)}, split="input", **kwargs)
+    except _LOAD_ERRORS as err:
+        if _has_no_rows(path, builder):
+            raise WarmstartError(f"--input {path} has no rows: nothing to predict") from None
+        raise WarmstartError(f"cannot read --input {path} as {builder}: {_root_cause(err)}") from None
+
+
+def _read_dataset_split(spec: str) -> datasets.Dataset:
+    name, config, split = parse_dataset_spec(spec)
+    try:
+        with _datasets_errors_not_logged():
+            data = datasets.load_dataset(name, config, split=split)
+    except _LOAD_ERRORS as err:  # ConnectionError and the hub's offline errors are OSErrors
+        raise WarmstartError(
+            f"cannot load split {split!r} of dataset {name!r}{f' ({config})' if config else ''}: {_root_cause(err)} "
+            "(warmstart runs offline: the dataset must be in the Hugging Face cache)"
+        ) from None
+    if not isinstance(data, datasets.Dataset):
+        raise WarmstartError(f"--input {spec} is not one split of a dataset: name the split as name[:config]:split")
+    return data
+
+
+def _require_input_column(data: datasets.Dataset, column: str, flag: str) -> None:
+    if column not in data.column_names:
+        raise WarmstartError(
+            f"the input has no column {column!r} (columns: {', '.join(data.column_names)}): set {flag} to one of them"
+        )
+
+
+def _row_ids(data: datasets.Dataset, id_column: str | None) -> list[str]:
+    if id_column is None:
+        return [str(i) for i in range(len(data))]
+    _require_input_column(data, id_column, "--id_column")
+    return [str(v) for v in data[id_column]]
+
+
+def _image_column(data: datasets.Dataset, image_column: str | None) -> str:
+    if image_column is not None:
+        _require_input_column(data, image_column, "--image_column_name")
+    # guessed and checked as in training (an Image feature or a column of paths); the caller casts it
+    return resolve_image_column(DatasetDict({"train": data}), image_column, purpose="prediction")
+
+
+def _text_columns(
+    data: datasets.Dataset, predictor: Predictor, given: str | Sequence[str] | None, label_column: str | None
+) -> list[str]:
+    if isinstance(given, str):
+        given = [c.strip() for c in given.split(",") if c.strip()]
+    names = list(given) if given else predictor.text_columns
+    if names:
+        if predictor.text_columns and len(names) != len(predictor.text_columns):
+            trained = ", ".join(predictor.text_columns)
+            raise WarmstartError(
+                f"the model was trained on {len(predictor.text_columns)} text column(s) ({trained}), "
+                f"--text_column_names gives {len(names)}: give {len(predictor.text_columns)}"
+            )
+        for name in names:
+            _require_input_column(data, name, "--text_column_names")
+    splits = DatasetDict({"train": data})
+    return resolve_text_columns(splits, ",".join(names) if names else None, label_column or "")
+
+
+def _true_labels(data: datasets.Dataset, label_column: str, labels: Sequence[str]) -> list[int] | None:
+    """The true label ids of the rows, when ``label_column`` holds the model's label names or ids throughout."""
+    if label_column not in data.column_names:
+        return None
+    feature = data.features[label_column]
+    values = data[label_column]
+    by_name = {label: i for i, label in enumerate(labels)}
+    if isinstance(feature, ClassLabel):
+        if not all(name in by_name for name in feature.names) or any(v is None or v < 0 for v in values):
+            return None
+        return [by_name[feature.names[v]] for v in values]
+    if all(v is not None and str(v) in by_name for v in values):
+        return [by_name[str(v)] for v in values]
+    if all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < len(labels) for v in values):
+        return list(values)
+    logger.info("column %r does not hold the model's labels: no accuracy is reported", label_column)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------- predict
+
+
+class _ImageRows(torch.utils.data.Dataset):
+    """Decodes and transforms the images of a :class:`PredictionInput` one row at a time (a table's image bytes stay
+    on disk until needed). A row that cannot be read gives its error message instead of pixels: raised in a
+    DataLoader worker, the error would reach the user wrapped in the worker's traceback."""
+
+    def __init__(self, data: PredictionInput, transform: Callable, table_dir: Path | None):
+        self.dataset = data.dataset
+        self.column = data.columns[0]
+        self.transform = transform
+        self.table_dir = table_dir
+        self.source = data.source
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, row: int) -> tuple[int, torch.Tensor | None, str | None]:
+        value = self.dataset[row][self.column]
+        if value is None or not (value.get("bytes") or value.get("path")):
+            return row, None, f"row {row} of {self.source} has no image: fill or drop it"
+        name = value.get("path") or f"row {row} of {self.source}"
+        try:
+            image = Image.open(_image_source(value, self.table_dir)).convert("RGB")
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+            return row, None, f"image {name} cannot be read ({err}): remove or replace the file"
+        return row, self.transform(image), None
+
+
+def _image_source(value: dict[str, Any], table_dir: Path | None) -> Any:
+    if value.get("bytes"):
+        return io.BytesIO(value["bytes"])
+    path = Path(value["path"])
+    if table_dir is not None and not path.is_absolute() and (table_dir / path).is_file():
+        return table_dir / path  # a path in a table is read relative to the table first
+    return path
+
+
+def _image_batch(items: list[tuple[int, torch.Tensor | None, str | None]]) -> tuple[list[int], dict[str, Any]]:
+    errors = [error for _, _, error in items if error]
+    if errors:
+        return [], {"error": errors[0]}
+    return [row for row, _, _ in items], {"pixel_values": torch.stack([pixels for _, pixels, _ in items])}
+
+
+def predict_batches(
+    predictor: Predictor,
+    data: PredictionInput,
+    batch_size: int = 64,
+    *,
+    progress: bool = True,
+    num_workers: int = 0,
+) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """Runs the model over the input in batches.
+
+    Images are decoded and transformed (``num_workers`` processes) in input order; texts are tokenized once and
+    batched longest first, each batch padded to its own longest text, as the recipe evaluates.
+
+    Args:
+        predictor: the model (:func:`load_predictor`).
+        data: the input (:func:`read_prediction_input`).
+        batch_size: inputs per forward pass.
+        progress: show a tqdm progress bar (rows).
+        num_workers: images: DataLoader worker processes.
+
+    Yields:
+        ``(rows, probabilities)``: the batch's row numbers in ``data`` and a ``(len(rows), num_labels)`` float32 CPU
+        tensor, the softmax of the logits computed in float32.
+
+    Raises:
+        WarmstartError: ``batch_size`` < 1, or an image that cannot be read (named).
+    """
+    if batch_size < 1:
+        raise WarmstartError(f"--batch_size must be a positive integer, got {batch_size}")
+    if predictor.modality == "image":
+        table_dir = Path(data.source).parent if Path(data.source).is_file() else None
+        rows = _ImageRows(data, predictor.preprocess, table_dir)
+        batches = torch.utils.data.DataLoader(
+            rows,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            collate_fn=_image_batch,
+            pin_memory=predictor.device.type == "cuda",
+        )
+    else:
+        batches = _text_batches(predictor, data, batch_size)
+    with tqdm(total=len(data.ids), unit="row", desc="predicting", disable=not progress) as bar:
+        for batch_rows, batch in batches:
+            if "error" in batch:
+                raise WarmstartError(batch["error"])
+            batch = {k: v.to(predictor.device, non_blocking=True) for k, v in batch.items()}
+            logits = predictor.logits(batch)
+            yield batch_rows, torch.softmax(logits.float(), dim=-1).cpu()
+            bar.update(len(batch_rows))
+
+
+def _text_batches(
+    predictor: Predictor, data: PredictionInput, batch_size: int
+) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
+    columns = [data.dataset[c] for c in data.columns]
+    encoded = predictor.preprocess(*columns)
+    features = [dict(zip(encoded.keys(), values)) for values in zip(*encoded.values())]
+    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]), reverse=True)
+    collate = TextCollator(predictor.tokenizer)
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        yield rows, collate([features[i] for i in rows])
+
+
+def predict(
+    predictor: Predictor,
+    data: PredictionInput,
+    batch_size: int = 64,
+    *,
+    progress: bool = True,
+    num_workers: int = 0,
+) -> torch.Tensor:
+    """The class probabilities of every input row, in input order: :func:`predict_batches` gathered.
+
+    Returns:
+        A ``(rows, num_labels)`` float32 tensor.
+    """
+    probs = torch.empty(len(data.ids), len(predictor.labels), dtype=torch.float32)
+    for rows, batch_probs in predict_batches(predictor, data, batch_size, progress=progress, num_workers=num_workers):
+        probs[rows] = batch_probs
+    return probs
+
+
+def prediction_accuracy(probs: torch.Tensor, true_labels: Sequence[int] | None) -> float | None:
+    """The share of rows whose most probable class is the true one; ``None`` without true labels."""
+    if true_labels is None or len(true_labels) == 0:
+        return None
+    return (probs.argmax(dim=-1) == torch.as_tensor(list(true_labels))).float().mean().item()
+
+
+# ---------------------------------------------------------------------------------------------------------- output
+
+
+def check_output_path(path: str | Path, overwrite: bool = False) -> Path:
+    """Refuses an output that exists (unless ``overwrite``), is a folder, or cannot be written; checked before any
+    prediction runs.
+
+    Raises:
+        WarmstartError: as above.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise WarmstartError(f"--output {path} is a folder: give a file name, e.g. {path / 'predictions.csv'}")
+    if path.exists() and not overwrite:
+        raise WarmstartError(f"--output {path} already exists: choose another file or pass --overwrite true")
+    existing = next(p for p in (path.absolute().parent, *path.absolute().parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise WarmstartError(f"--output {path} cannot be written ({existing} is not a writable folder)")
+    return path
+
+
+def write_predictions(
+    path: str | Path,
+    ids: Sequence[str],
+    labels: Sequence[str],
+    probs: torch.Tensor,
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Writes one row per input: ``id``, ``predicted_label`` and ``prob_<label>`` per class (9 significant digits,
+    a float32 exactly), comma-separated (tab for a ``.tsv`` name).
+
+    The file is written next to its final place and moved there in one step (``os.replace``): a crash leaves
+    neither half a file nor a damaged older one.
+
+    Raises:
+        WarmstartError: the output exists and ``overwrite`` is off, or it cannot be written.
+    """
+    path = check_output_path(path, overwrite)
+    if probs.shape != (len(ids), len(labels)):
+        raise ValueError(f"probabilities of shape {tuple(probs.shape)} for {len(ids)} ids and {len(labels)} labels")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    predicted = probs.argmax(dim=-1).tolist()
+    values = probs.tolist()
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+            writer.writerow([ID_COLUMN, PREDICTION_COLUMN, *(f"{PROBABILITY_PREFIX}{label}" for label in labels)])
+            for row_id, best, row in zip(ids, predicted, values):
+                writer.writerow([row_id, labels[best], *(format(p, ".9g") for p in row)])
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
