@@ -30,15 +30,20 @@ from warmstart import (
     resolve_image_column,
     run_cli,
     save_image_model,
+    search_or_none,
     start_recipe,
     train_evaluate_save,
 )
 from warmstart.regularization import prepare_regularization
 
 
-def main(argv: Sequence[str] | None = None, feature_store: dict | None = None) -> dict:
-    """Runs the recipe (``feature_store``: backbone features shared with other runs, as a comparison does)."""
+def main(argv: Sequence[str] | None = None, feature_store: dict | None = None, callbacks: Sequence = ()) -> dict:
+    """Runs the recipe (``feature_store``: backbone features shared with other runs, as a comparison does;
+    ``callbacks``: more Trainer callbacks, as a search's pruning)."""
     args = start_recipe(argv, "image")
+    searched = search_or_none(args, argv, main)
+    if searched is not None:
+        return searched
     data_args, reg_args, training_args = args.data, args.regularization, args.training
     # the image column is decoded by our transform, so the Trainer must not drop it as "unused"
     training_args.remove_unused_columns = False
@@ -83,7 +88,7 @@ def main(argv: Sequence[str] | None = None, feature_store: dict | None = None) -
         splits=splits,
         data_collator=regularization.collator(image_collate),
         compute_loss_func=regularization.loss_function,
-        callbacks=regularization.callbacks,
+        callbacks=[*regularization.callbacks, *callbacks],
         save_adapter=args.freeze.save_adapter,
         feature_cache=feature_cache,
         save_model=lambda merged, output_dir: save_image_model(merged, output_dir, data_config),

@@ -25,6 +25,7 @@ from warmstart import (
     resolve_text_columns,
     run_cli,
     save_text_model,
+    search_or_none,
     start_recipe,
     tokenize_splits,
     train_evaluate_save,
@@ -33,9 +34,13 @@ from warmstart.models import max_sequence_length
 from warmstart.regularization import prepare_regularization
 
 
-def main(argv: Sequence[str] | None = None, feature_store: dict | None = None) -> dict:
-    """Runs the recipe (``feature_store``: backbone features shared with other runs, as a comparison does)."""
+def main(argv: Sequence[str] | None = None, feature_store: dict | None = None, callbacks: Sequence = ()) -> dict:
+    """Runs the recipe (``feature_store``: backbone features shared with other runs, as a comparison does;
+    ``callbacks``: more Trainer callbacks, as a search's pruning)."""
     args = start_recipe(argv, "text")
+    searched = search_or_none(args, argv, main)
+    if searched is not None:
+        return searched
     data_args, training_args = args.data, args.training
 
     splits, labels = load_labeled_splits(data_args, seed=training_args.seed)
@@ -72,7 +77,7 @@ def main(argv: Sequence[str] | None = None, feature_store: dict | None = None) -
         data_collator=collator,
         processing_class=tokenizer,
         compute_loss_func=regularization.loss_function,
-        callbacks=regularization.callbacks,
+        callbacks=[*regularization.callbacks, *callbacks],
         save_adapter=args.freeze.save_adapter,
         feature_cache=feature_cache_settings(args, "text", collator, feature_store),
         save_model=lambda merged, output_dir: save_text_model(merged, tokenizer, output_dir),

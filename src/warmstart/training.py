@@ -48,6 +48,7 @@ from warmstart.metrics import compute_metrics
 from warmstart.precision import apply_device_settings
 from warmstart.regularization import check_regularization
 from warmstart.report import write_evaluation_report
+from warmstart.search import SearchArguments, run_search
 
 logger = logging.getLogger("warmstart")
 # The Hub upload leaves these behind: checkpoints are for resuming here, not part of the model.
@@ -109,6 +110,7 @@ def start_run(
     )
     training_args.push_to_hub = False
     training_args.hub_token = None
+    run.config["environment"] = run_environment()
     run.config["training"] = to_plain(training_args)
     run.config["training"]["push_to_hub"] = run.push_to_hub
     run.config["precision"] = training_args.mixed_precision
@@ -123,6 +125,37 @@ def start_run(
     return run
 
 
+def run_environment() -> dict[str, Any]:
+    """What reproducing a run needs besides its arguments: Python, the versions of the libraries that train it,
+    and the git commit (and whether the tree had changes) of the warmstart checkout, if it is one."""
+    import platform
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+
+    env: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform()}
+    for package in ("torch", "transformers", "timm", "datasets", "accelerate", "peft", "warmstart"):
+        try:
+            env[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    source = Path(warmstart.__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+        env["git_commit"] = commit + (" (with uncommitted changes)" if status.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        pass  # an installed package, not a checkout: the versions above say it
+    return env
+
+
 @dataclass
 class RecipeArguments:
     """A classification recipe's parsed arguments and its :class:`Run`."""
@@ -134,6 +167,7 @@ class RecipeArguments:
     performance: PerformanceArguments
     training: TrainingArguments
     run: Run
+    search: SearchArguments = field(default_factory=SearchArguments)
 
 
 def start_recipe(argv: Sequence[str] | None, modality: str) -> RecipeArguments:
@@ -144,8 +178,15 @@ def start_recipe(argv: Sequence[str] | None, modality: str) -> RecipeArguments:
         argv: the command line (``None``: ``sys.argv[1:]``).
         modality: ``image`` or ``text``.
     """
-    sections = (ModelArguments, DataArguments, FreezeArguments, RegularizationArguments, PerformanceArguments)
-    model_args, data_args, freeze_args, reg_args, perf_args, training_args = parse_args(
+    sections = (
+        ModelArguments,
+        DataArguments,
+        FreezeArguments,
+        RegularizationArguments,
+        PerformanceArguments,
+        SearchArguments,
+    )
+    model_args, data_args, freeze_args, reg_args, perf_args, search_args, training_args = parse_args(
         (*sections, TrainingArguments), argv
     )
     check_regularization(reg_args, modality, "single_label_classification", training_args)
@@ -157,10 +198,41 @@ def start_recipe(argv: Sequence[str] | None, modality: str) -> RecipeArguments:
         "regularization": reg_args,
         "performance": perf_args,
     }
+    searching = search_args.hparam_search != "none"
+    if searching:
+        _check_search_output_dir(Path(training_args.output_dir), model_args.overwrite_output_dir)
     run = start_run(
-        named, training_args, overwrite_output_dir=model_args.overwrite_output_dir, task=f"{modality} classification"
+        named,
+        training_args,
+        overwrite_output_dir=model_args.overwrite_output_dir or searching,  # trials go to their own folders
+        task=f"{modality} classification",
     )
-    return RecipeArguments(model_args, data_args, freeze_args, reg_args, perf_args, training_args, run)
+    return RecipeArguments(model_args, data_args, freeze_args, reg_args, perf_args, training_args, run, search_args)
+
+
+def _check_search_output_dir(output_dir: Path, overwrite: bool) -> None:
+    holds_model = (output_dir / "config.json").is_file() and not (output_dir / "search.db").is_file()
+    if holds_model and not overwrite:
+        raise WarmstartError(
+            f"--output_dir {output_dir} already holds a model that is not a search's: choose another --output_dir or "
+            "pass --overwrite_output_dir true"
+        )
+
+
+def search_or_none(args: RecipeArguments, argv: Sequence[str] | None, main: Callable) -> dict[str, Any] | None:
+    """With ``--hparam_search optuna``: runs the search (:func:`warmstart.search.run_search`, each trial a run of
+    ``main``) and returns its results; otherwise ``None`` (the recipe trains once)."""
+    if args.search.hparam_search == "none":
+        return None
+    metric = args.training.metric_for_best_model or "accuracy"
+    return run_search(
+        args.search,
+        sys.argv[1:] if argv is None else argv,
+        main,
+        args.run.output_dir,
+        metric=metric,
+        seed=args.training.seed,
+    )
 
 
 def apply_devices(

@@ -1,0 +1,239 @@
+"""Strategy comparison end to end (tiny models, small generated data): the table, the plot, the best model kept,
+finished runs skipped on a rerun, one feature cache for the frozen-backbone runs; and the evaluation report every
+run writes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import trainer_flags
+from PIL import Image
+from transformers import AutoModelForSequenceClassification
+
+from warmstart import WarmstartError
+from warmstart.comparison import PlannedRun, best_row, parse_strategy, plan_runs, run_comparison
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+import compare_strategies  # noqa: E402
+import image_classification  # noqa: E402
+import text_classification  # noqa: E402
+
+
+def text_comparison(tiny_bert, text_files, out, *extra):
+    flags = [a for a in trainer_flags(out) if a not in ("--learning_rate", "1e-3")]
+    return compare_strategies.main(
+        [
+            "--model_name_or_path",
+            str(tiny_bert),
+            "--train_file",
+            str(text_files["train"]),
+            "--validation_file",
+            str(text_files["validation"]),
+            *flags,
+            *extra,
+        ]
+    )
+
+
+def test_comparison_of_three_strategies_keeps_the_best_and_resumes(tiny_bert, text_files, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    rows = text_comparison(
+        tiny_bert, text_files, out, "--strategies", "head_only", "full", "bitfit", "--learning_rates", "1e-2"
+    )
+    assert [r["run"] for r in rows] == ["head_only-lr0.01", "full-lr0.01", "bitfit-lr0.01"]
+    assert rows[0]["trainable_params"] < rows[2]["trainable_params"] < rows[1]["trainable_params"]
+    for row in rows:
+        assert row["peak_rss_mb"] > 100 and row["train_seconds"] > 0 and 0 <= row["eval_accuracy"] <= 1
+
+    with (out / "comparison.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert [r["run"] for r in table] == [r["run"] for r in rows]
+    assert float(table[1]["eval_accuracy"]) == pytest.approx(rows[1]["eval_accuracy"])
+    best = best_row(rows, "accuracy")
+    assert f"Best by eval_accuracy: **{best['run']}**" in (out / "comparison.md").read_text()
+    assert Image.open(out / "comparison.png").size == (800, 600)
+
+    # the best run's model, in hub format at the top, with the comparison in its card
+    kept = yaml.safe_load((out / "warmstart_config.yaml").read_text())
+    assert kept["freeze"]["freeze_strategy"] == best["strategy"]
+    assert AutoModelForSequenceClassification.from_pretrained(out).config.num_labels == 2
+    card = (out / "README.md").read_text()
+    assert "## Strategy comparison" in card and "(best)" in card and "comparison.png" in card
+
+    capsys.readouterr()
+    finished = {r["run"]: (out / "runs" / r["run"] / "model.safetensors").stat().st_mtime_ns for r in rows}
+    again = text_comparison(
+        tiny_bert, text_files, out, "--strategies", "head_only", "full", "bitfit", "--learning_rates", "1e-2"
+    )
+    printed = capsys.readouterr().out
+    assert printed.count("finished earlier, skipped") == 3
+    assert again == rows
+    assert finished == {r: (out / "runs" / r / "model.safetensors").stat().st_mtime_ns for r in finished}
+
+
+def test_a_crashed_comparison_resumes_with_the_runs_left(tiny_bert, text_files, tmp_path):
+    out = tmp_path / "cmp"
+    runs = plan_runs(["head_only", "bitfit", "full"], [1e-2])
+    shared = [
+        "--model_name_or_path",
+        str(tiny_bert),
+        "--train_file",
+        str(text_files["train"]),
+        "--validation_file",
+        str(text_files["validation"]),
+        *[a for a in trainer_flags(out) if a not in ("--output_dir", str(out), "--learning_rate", "1e-3")],
+    ]
+    calls = []
+
+    def crashing(argv, feature_store=None):
+        calls.append(argv[argv.index("--freeze_strategy") + 1])
+        if len(calls) == 2:
+            raise RuntimeError("killed")
+        return text_classification.main(argv, feature_store=feature_store)
+
+    with pytest.raises(RuntimeError, match="killed"):
+        run_comparison(runs, crashing, shared, out, progress=lambda line: None)
+    calls.clear()
+
+    def recording(argv, feature_store=None):
+        calls.append(argv[argv.index("--freeze_strategy") + 1])
+        return text_classification.main(argv, feature_store=feature_store)
+
+    rows = run_comparison(runs, recording, shared, out, progress=lambda line: None)
+    assert calls == ["bitfit", "full"]  # head_only had finished before the crash
+    assert [r["strategy"] for r in rows] == ["head_only", "bitfit", "full"]
+
+
+def test_frozen_backbone_runs_share_one_feature_cache(image_dirs, tmp_path):
+    out = tmp_path / "cmp"
+    compare_strategies.main(
+        [
+            "--model_name_or_path",
+            "test_resnet",
+            "--random_init",
+            "--train_dir",
+            str(image_dirs["train"]),
+            "--validation_dir",
+            str(image_dirs["validation"]),
+            "--image_size",
+            "32",
+            "--strategies",
+            "head_only",
+            "lp_ft",
+            "--num_train_epochs",
+            "2",
+            *[a for a in trainer_flags(out) if a not in ("--max_steps", "3")],
+        ]
+    )
+    first = yaml.safe_load((out / "runs" / "head_only-lr0.001" / "warmstart_config.yaml").read_text())
+    second = yaml.safe_load((out / "runs" / "lp_ft-lr0.001" / "warmstart_config.yaml").read_text())
+    assert first["feature_cache"]["used"] and second["feature_cache"]["used"]
+    assert "shared" not in first["feature_cache"]["splits"]["train"]
+    assert second["feature_cache"]["splits"]["train"]["shared"] is True  # computed once, by the first run
+    assert second["freeze"]["probe_epochs"] == 1.0  # half of the epochs, as none was given
+
+
+def test_best_run_ties_go_to_the_lower_loss_then_fewer_parameters():
+    rows = [
+        {"run": "a", "eval_accuracy": 0.9, "eval_loss": 0.5, "trainable_params": 10},
+        {"run": "b", "eval_accuracy": 0.9, "eval_loss": 0.3, "trainable_params": 1000},
+        {"run": "c", "eval_accuracy": 0.9, "eval_loss": 0.3, "trainable_params": 100},
+        {"run": "d", "eval_accuracy": 0.8, "eval_loss": 0.1, "trainable_params": 1},
+    ]
+    assert best_row(rows, "accuracy")["run"] == "c"
+    assert best_row(rows, "eval_loss")["run"] == "d"  # a loss: lower is better
+    with pytest.raises(WarmstartError, match="no run reports eval_roc_auc"):
+        best_row(rows, "roc_auc")
+
+
+def test_strategy_specs_and_plans():
+    assert parse_strategy("top_k") == ("top_k", 2) and parse_strategy("top_k:3") == ("top_k", 3)
+    runs = plan_runs(["head_only", "top_k:3"], [1e-3, 1e-4])
+    assert [r.name for r in runs] == ["head_only-lr0.001", "head_only-lr0.0001", "top_k3-lr0.001", "top_k3-lr0.0001"]
+    assert runs[2].flags == ["--freeze_strategy", "top_k", "--learning_rate", "0.001", "--unfreeze_top_k", "3"]
+    assert isinstance(runs[0], PlannedRun)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--strategies", "head_only", "warp_speed"], "unknown strategy 'warp_speed'"),
+        (["--strategies", "full:2"], "only top_k takes a number"),
+        (["--strategies", "top_k:0"], "K in top_k:K must be a positive integer"),
+        (["--metric_for_best_model", "precision"], "--metric_for_best_model precision: no run reports it"),
+        (["--freeze_strategy", "full"], "list the strategies with --strategies"),
+        (["--strategies", "gradual"], "gradual needs --unfreeze_every"),
+        (["--learning_rates", "0"], "--learning_rates must be positive"),
+    ],
+)
+def test_comparison_bad_inputs(extra, message, tiny_bert, text_files, tmp_path):
+    out = tmp_path / "cmp"
+    with pytest.raises(WarmstartError, match=message):
+        text_comparison(tiny_bert, text_files, out, *extra)
+    assert not out.exists()
+
+
+def test_comparison_will_not_overwrite_another_model(tiny_bert, text_files, tmp_path):
+    out = tmp_path / "model"
+    text_classification.main(
+        ["--model_name_or_path", str(tiny_bert), "--train_file", str(text_files["train"])] + trainer_flags(out)
+    )
+    before = (out / "model.safetensors").read_bytes()
+    with pytest.raises(WarmstartError, match="already holds a model that is not a comparison's"):
+        text_comparison(tiny_bert, text_files, out, "--strategies", "head_only")
+    assert (out / "model.safetensors").read_bytes() == before
+
+
+# ---------------------------------------------------------------- the report every run writes
+
+
+def test_image_run_writes_the_evaluation_report(image_dirs, tmp_path):
+    out = tmp_path / "img"
+    image_classification.main(
+        [
+            "--model_name_or_path",
+            "test_resnet",
+            "--random_init",
+            "--train_dir",
+            str(image_dirs["train"]),
+            "--validation_dir",
+            str(image_dirs["validation"]),
+            "--image_size",
+            "32",
+            *trainer_flags(out, "--eval_strategy", "steps", "--eval_steps", "1", "--logging_steps", "1"),
+        ]
+    )
+    assert Image.open(out / "confusion_matrix.png").size == (1200, 1200)
+    assert Image.open(out / "training_curves.png").size == (800, 600)
+    assert not (out / "roc_curve.png").exists()  # three classes: no ROC curve
+    report = json.loads((out / "classification_report.json").read_text())
+    assert set(report) >= {"blue", "green", "red", "macro avg", "weighted avg"}
+    results = json.loads((out / "all_results.json").read_text())
+    assert report["accuracy"] == pytest.approx(results["eval_accuracy"])
+    card = (out / "README.md").read_text()
+    assert "### Per class" in card and "](confusion_matrix.png)" in card and "](training_curves.png)" in card
+
+
+def test_binary_text_run_adds_a_roc_curve(tiny_bert, text_files, tmp_path):
+    out = tmp_path / "txt"
+    results = text_classification.main(
+        [
+            "--model_name_or_path",
+            str(tiny_bert),
+            "--train_file",
+            str(text_files["train"]),
+            "--validation_file",
+            str(text_files["validation"]),
+            *trainer_flags(out),
+        ]
+    )
+    assert Image.open(out / "roc_curve.png").size == (600, 600)
+    assert "](roc_curve.png)" in (out / "README.md").read_text()
+    assert json.loads((out / "classification_report.json").read_text())["accuracy"] == pytest.approx(
+        results["eval_accuracy"]
+    )
