@@ -237,3 +237,39 @@ def test_binary_text_run_adds_a_roc_curve(tiny_bert, text_files, tmp_path):
     assert json.loads((out / "classification_report.json").read_text())["accuracy"] == pytest.approx(
         results["eval_accuracy"]
     )
+
+
+@pytest.mark.parametrize("tracker", ["tensorboard", "trackio"])
+def test_trackers_log_and_the_run_records_its_environment(tracker, tiny_bert, text_files, tmp_path):
+    import os
+    import subprocess
+
+    import timm
+    import torch
+    import transformers
+
+    pytest.importorskip(tracker)
+    out = tmp_path / "run"
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve().parents[1] / "recipes" / "text_classification.py"),
+        "--model_name_or_path",
+        str(tiny_bert),
+        "--train_file",
+        str(text_files["train"]),
+        *trainer_flags(out, "--logging_steps", "1"),
+        "--report_to",
+        tracker,
+    ]
+    # trackio reads TRACKIO_DIR when it is imported: a process of its own
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRACKIO_DIR": str(tmp_path / "trackio")}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    if tracker == "tensorboard":
+        assert list((out / "runs").rglob("events.out.tfevents.*"))
+    else:
+        assert list((tmp_path / "trackio").glob("*.db"))
+    environment = yaml.safe_load((out / "warmstart_config.yaml").read_text())["environment"]
+    assert torch.__version__.startswith(environment["torch"])
+    assert environment["transformers"] == transformers.__version__ and environment["timm"] == timm.__version__
+    assert {"datasets", "accelerate", "warmstart", "python"} <= set(environment)
