@@ -16,12 +16,13 @@ Takes every argument of the recipes (a config file too); the image or text recip
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from warmstart import WarmstartError, run_cli
-from warmstart.arguments import CONFIG_FILE_SUFFIXES, mapping_to_argv
+from warmstart.arguments import CONFIG_FILE_SUFFIXES, mapping_to_argv, underscored
 from warmstart.comparison import (
     KNOWN_METRICS,
     ComparisonArguments,
@@ -52,26 +53,41 @@ def split_arguments(argv: list[str]) -> tuple[ComparisonArguments, list[str], ar
         if not isinstance(values, dict):
             raise WarmstartError(f"the config file {path} must hold a mapping of argument names to values")
         argv = mapping_to_argv(values) + argv
-    own = argparse.ArgumentParser(add_help=False)
+    argv = underscored(argv)  # --learning-rate is --learning_rate to the recipes: one spelling to read here
+    own = _Parser(add_help=False, allow_abbrev=False)
     own.add_argument("--strategies", nargs="+")
     own.add_argument("--learning_rates", nargs="+", type=float)
     parsed, rest = own.parse_known_args(argv)
     comparison = ComparisonArguments(parsed.strategies, parsed.learning_rates)
-    read = argparse.ArgumentParser(add_help=False)
-    for flag in (
-        "model_name_or_path",
-        "train_dir",
-        "output_dir",
-        "freeze_strategy",
-        "learning_rate",
-        "metric_for_best_model",
-        "num_train_epochs",
-        "probe_epochs",
-        "unfreeze_every",
-    ):
+    read = _Parser(add_help=False, allow_abbrev=False)
+    for flag in READ_FLAGS:
         read.add_argument(f"--{flag}")
+    read.add_argument("--num_train_epochs", type=float)
+    read.add_argument("--max_steps", type=int)
     recipe_values, _ = read.parse_known_args(rest)
     return comparison, rest, recipe_values
+
+
+# recipe arguments the comparison reads (it passes them all on)
+READ_FLAGS = (
+    "model_name_or_path",
+    "train_dir",
+    "output_dir",
+    "freeze_strategy",
+    "learning_rate",
+    "metric_for_best_model",
+    "probe_epochs",
+    "unfreeze_every",
+    "overwrite_output_dir",
+    "push_to_hub",
+    "resume_from_checkpoint",
+    "hparam_search",
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse would print its usage and exit
+        raise WarmstartError(f"{message} (see --help)")
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
@@ -82,6 +98,18 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     comparison, recipe_argv, values = split_arguments(argv)
     if values.freeze_strategy:
         raise WarmstartError("--freeze_strategy is chosen per run here: list the strategies with --strategies")
+    for flag, why in (
+        ("push_to_hub", "push the kept model afterwards (it is a normal warmstart output)"),
+        ("resume_from_checkpoint", "a rerun of the comparison skips the runs that finished"),
+        ("hparam_search", "search one strategy's hyperparameters with the recipe itself"),
+    ):
+        value = getattr(values, flag)
+        if value is not None and str(value).lower() not in ("false", "none", "no", "0"):
+            raise WarmstartError(f"--{flag} does not apply to a comparison: {why}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise WarmstartError(
+            "compare_strategies runs its runs one after another in one process: launch it as a single process"
+        )
     if not values.model_name_or_path or not values.output_dir:
         raise WarmstartError("--model_name_or_path and --output_dir are required")
     metric = (values.metric_for_best_model or "accuracy").removeprefix("eval_")
@@ -95,7 +123,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     learning_rates = comparison.learning_rates or [float(values.learning_rate or 5e-5)]
     runs = plan_runs(strategies, learning_rates)
     if any(run.strategy == "lp_ft" for run in runs) and values.probe_epochs is None:
-        half = float(values.num_train_epochs or 3.0) / 2  # probe for half the budget unless told
+        if values.max_steps is not None and values.max_steps > 0:
+            raise WarmstartError("--strategies lp_ft with --max_steps needs --probe_epochs (the probe's length)")
+        half = (values.num_train_epochs or 3.0) / 2  # probe for half the budget unless told
         for run in runs:
             if run.strategy == "lp_ft":
                 run.flags += ["--probe_epochs", repr(half)]
@@ -107,7 +137,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         import text_classification as recipe
     output_dir = Path(values.output_dir)
     holds_model = (output_dir / "config.json").is_file() and not (output_dir / "comparison.csv").is_file()
-    if holds_model and "--overwrite_output_dir" not in recipe_argv:
+    overwrite = str(values.overwrite_output_dir).lower() in ("true", "1", "yes")
+    if holds_model and not overwrite:
         raise WarmstartError(
             f"--output_dir {output_dir} already holds a model that is not a comparison's: choose another --output_dir "
             "or pass --overwrite_output_dir true"

@@ -99,6 +99,33 @@ def image_dirs(tmp_path) -> dict[str, Path]:
     }
 
 
+def text_data_flags(tiny_bert: Path, text_files: dict[str, Path]) -> list[str]:
+    """The text recipe's model and data arguments for the tiny BERT and the sentiment CSVs."""
+    return [
+        "--model_name_or_path",
+        str(tiny_bert),
+        "--train_file",
+        str(text_files["train"]),
+        "--validation_file",
+        str(text_files["validation"]),
+    ]
+
+
+def image_data_flags(image_dirs: dict[str, Path], model: str = "test_resnet") -> list[str]:
+    """The image recipe's model (random init) and data arguments for the colour folders, at 32 pixels."""
+    return [
+        "--model_name_or_path",
+        model,
+        "--random_init",
+        "--train_dir",
+        str(image_dirs["train"]),
+        "--validation_dir",
+        str(image_dirs["validation"]),
+        "--image_size",
+        "32",
+    ]
+
+
 def trainer_flags(output_dir: Path, *extra: str) -> list[str]:
     """Training arguments for a run of a few steps on the CPU."""
     return [

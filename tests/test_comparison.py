@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import trainer_flags
+from conftest import image_data_flags, text_data_flags, trainer_flags
 from PIL import Image
 from transformers import AutoModelForSequenceClassification
 
@@ -26,18 +26,7 @@ import text_classification  # noqa: E402
 
 def text_comparison(tiny_bert, text_files, out, *extra):
     flags = [a for a in trainer_flags(out) if a not in ("--learning_rate", "1e-3")]
-    return compare_strategies.main(
-        [
-            "--model_name_or_path",
-            str(tiny_bert),
-            "--train_file",
-            str(text_files["train"]),
-            "--validation_file",
-            str(text_files["validation"]),
-            *flags,
-            *extra,
-        ]
-    )
+    return compare_strategies.main([*text_data_flags(tiny_bert, text_files), *flags, *extra])
 
 
 def test_comparison_of_three_strategies_keeps_the_best_and_resumes(tiny_bert, text_files, tmp_path, capsys):
@@ -80,12 +69,7 @@ def test_a_crashed_comparison_resumes_with_the_runs_left(tiny_bert, text_files, 
     out = tmp_path / "cmp"
     runs = plan_runs(["head_only", "bitfit", "full"], [1e-2])
     shared = [
-        "--model_name_or_path",
-        str(tiny_bert),
-        "--train_file",
-        str(text_files["train"]),
-        "--validation_file",
-        str(text_files["validation"]),
+        *text_data_flags(tiny_bert, text_files),
         *[a for a in trainer_flags(out) if a not in ("--output_dir", str(out), "--learning_rate", "1e-3")],
     ]
     calls = []
@@ -113,15 +97,7 @@ def test_frozen_backbone_runs_share_one_feature_cache(image_dirs, tmp_path):
     out = tmp_path / "cmp"
     compare_strategies.main(
         [
-            "--model_name_or_path",
-            "test_resnet",
-            "--random_init",
-            "--train_dir",
-            str(image_dirs["train"]),
-            "--validation_dir",
-            str(image_dirs["validation"]),
-            "--image_size",
-            "32",
+            *image_data_flags(image_dirs),
             "--strategies",
             "head_only",
             "lp_ft",
@@ -196,15 +172,7 @@ def test_image_run_writes_the_evaluation_report(image_dirs, tmp_path):
     out = tmp_path / "img"
     image_classification.main(
         [
-            "--model_name_or_path",
-            "test_resnet",
-            "--random_init",
-            "--train_dir",
-            str(image_dirs["train"]),
-            "--validation_dir",
-            str(image_dirs["validation"]),
-            "--image_size",
-            "32",
+            *image_data_flags(image_dirs),
             *trainer_flags(out, "--eval_strategy", "steps", "--eval_steps", "1", "--logging_steps", "1"),
         ]
     )
@@ -221,17 +189,7 @@ def test_image_run_writes_the_evaluation_report(image_dirs, tmp_path):
 
 def test_binary_text_run_adds_a_roc_curve(tiny_bert, text_files, tmp_path):
     out = tmp_path / "txt"
-    results = text_classification.main(
-        [
-            "--model_name_or_path",
-            str(tiny_bert),
-            "--train_file",
-            str(text_files["train"]),
-            "--validation_file",
-            str(text_files["validation"]),
-            *trainer_flags(out),
-        ]
-    )
+    results = text_classification.main([*text_data_flags(tiny_bert, text_files), *trainer_flags(out)])
     assert Image.open(out / "roc_curve.png").size == (600, 600)
     assert "](roc_curve.png)" in (out / "README.md").read_text()
     assert json.loads((out / "classification_report.json").read_text())["accuracy"] == pytest.approx(
@@ -273,3 +231,66 @@ def test_trackers_log_and_the_run_records_its_environment(tracker, tiny_bert, te
     assert torch.__version__.startswith(environment["torch"])
     assert environment["transformers"] == transformers.__version__ and environment["timm"] == timm.__version__
     assert {"datasets", "accelerate", "warmstart", "python"} <= set(environment)
+
+
+def test_a_rerun_with_other_arguments_trains_again(tiny_bert, text_files, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    first = text_comparison(tiny_bert, text_files, out, "--strategies", "head_only", "--learning_rates", "1e-2")
+    capsys.readouterr()
+    again = text_comparison(
+        tiny_bert, text_files, out, "--strategies", "head_only", "--learning_rates", "1e-2", "--max_steps", "5"
+    )
+    assert "finished earlier with other arguments, trained again" in capsys.readouterr().out
+    kept = yaml.safe_load((out / "runs" / "head_only-lr0.01" / "warmstart_config.yaml").read_text())
+    assert kept["training"]["max_steps"] == 5 and first[0]["run"] == again[0]["run"]
+
+
+def test_dashed_flags_are_read_as_the_recipes_read_them(tiny_bert, text_files, tmp_path):
+    out = tmp_path / "cmp"
+    rows = text_comparison(tiny_bert, text_files, out, "--strategies", "head_only", "--learning-rate", "0.02")
+    assert [r["run"] for r in rows] == ["head_only-lr0.02"]
+    config = yaml.safe_load((out / "runs" / "head_only-lr0.02" / "warmstart_config.yaml").read_text())
+    assert config["training"]["learning_rate"] == 0.02
+    with pytest.raises(WarmstartError, match="unrecognized arguments: --learning_r"):
+        text_classification.main([*text_data_flags(tiny_bert, text_files), "--learning_r", "0.1", "--output_dir", "x"])
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--push_to_hub", "true"], "--push_to_hub does not apply to a comparison"),
+        (["--hparam_search", "optuna"], "--hparam_search does not apply to a comparison"),
+        (["--strategies", "lp_ft"], "lp_ft with --max_steps needs --probe_epochs"),
+        (["--strategies", "head_only", "--not_a_flag", "1"], "unrecognized arguments: --not_a_flag 1"),
+        (["--learning_rates", "abc"], "invalid float value: 'abc'"),
+    ],
+)
+def test_comparison_refuses_what_does_not_apply(extra, message, tiny_bert, text_files, tmp_path):
+    out = tmp_path / "cmp"
+    with pytest.raises(WarmstartError, match=message):
+        text_comparison(tiny_bert, text_files, out, *extra)
+    assert not (out / "runs").exists()
+
+
+def test_lp_ft_reuses_features_only_for_the_same_rows(image_dirs, tmp_path):
+    """A BatchNorm model whose last batch would hold one sample leaves a row out for lp_ft (not for head_only):
+    the features of head_only's rows do not fit it, so it computes its own."""
+    from conftest import write_image_folder
+
+    train = write_image_folder(tmp_path / "nine", 3, 0)  # 9 images: batches of 8 leave one
+    out = tmp_path / "cmp"
+    rows = compare_strategies.main(
+        [
+            *image_data_flags({"train": train, "validation": image_dirs["validation"]}),
+            "--strategies",
+            "head_only",
+            "lp_ft",
+            "--num_train_epochs",
+            "2",
+            *[a for a in trainer_flags(out) if a not in ("--max_steps", "3")],
+        ]
+    )
+    assert [r["strategy"] for r in rows] == ["head_only", "lp_ft"]
+    second = yaml.safe_load((out / "runs" / "lp_ft-lr0.001" / "warmstart_config.yaml").read_text())
+    assert second["feature_cache"]["splits"]["train"]["examples"] == 8
+    assert "shared" not in second["feature_cache"]["splits"]["train"]

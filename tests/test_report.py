@@ -260,9 +260,12 @@ def test_comparison_plot_marks_the_best_and_skips_rows_without_the_metric(tmp_pa
     assert plot.best["strategy"] == "full"
     assert [row["strategy"] for row in plot.plotted] == ["head_only", "full", "bitfit"]
     assert _size(plot.path) == COMPARISON_PX
-    # the best is marked: the same points with another best draw another picture
-    other = write_comparison_plot(ROWS, "eval_loss", tmp_path / "by_loss.png")
+    # the best is marked: the same metric and points with another best (the caller's choice) draw another picture
+    other = write_comparison_plot(ROWS, "eval_accuracy", tmp_path / "other.png", best=ROWS[2])
+    assert other.best is ROWS[2]
     assert not np.array_equal(_pixels(plot.path), _pixels(other.path))
+    same = write_comparison_plot(ROWS, "eval_accuracy", tmp_path / "same.png", best=ROWS[1])
+    assert np.array_equal(_pixels(plot.path), _pixels(same.path))
 
 
 def test_comparison_plot_lower_is_better_for_a_loss_and_resolves_the_eval_prefix(tmp_path):

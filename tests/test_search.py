@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import trainer_flags
+from conftest import image_data_flags, text_data_flags, trainer_flags
 
 from warmstart import WarmstartError
 from warmstart.search import argv_as_mapping
@@ -19,20 +19,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
 import image_classification  # noqa: E402
 import text_classification  # noqa: E402
 
-SPACE = json.dumps(
-    {"learning_rate": {"low": 1e-4, "high": 1e-1, "log": True}, "per_device_train_batch_size": [4, 8]}
-)
+SPACE = json.dumps({"learning_rate": {"low": 1e-4, "high": 1e-1, "log": True}, "per_device_train_batch_size": [4, 8]})
 
 
 def search(tiny_bert, text_files, out, *extra):
     return text_classification.main(
         [
-            "--model_name_or_path",
-            str(tiny_bert),
-            "--train_file",
-            str(text_files["train"]),
-            "--validation_file",
-            str(text_files["validation"]),
+            *text_data_flags(tiny_bert, text_files),
             *trainer_flags(out),
             "--hparam_search",
             "optuna",
@@ -93,13 +86,7 @@ def test_search_without_optuna_says_how_to_install(image_dirs, tmp_path, monkeyp
     with pytest.raises(WarmstartError, match=r"needs optuna: pip install 'warmstart\[hpo\]'"):
         image_classification.main(
             [
-                "--model_name_or_path",
-                "test_resnet",
-                "--random_init",
-                "--train_dir",
-                str(image_dirs["train"]),
-                "--image_size",
-                "32",
+                *image_data_flags(image_dirs),
                 *trainer_flags(tmp_path / "s"),
                 "--hparam_search",
                 "optuna",
@@ -116,3 +103,29 @@ def test_command_lines_become_config_mappings(tmp_path):
         "random_crop_scale": ["0.8", "1.0"],
         "x": True,
     }
+
+
+def test_a_search_rerun_with_other_settings_is_refused(tiny_bert, text_files, tmp_path):
+    out = tmp_path / "search"
+    search(tiny_bert, text_files, out, "--n_trials", "1")
+    with pytest.raises(WarmstartError, match="holds a search with other settings"):
+        search(tiny_bert, text_files, out, "--n_trials", "2", "--hparam_space", '{"weight_decay": [0.0, 0.1]}')
+
+
+def test_a_dashed_search_flag_does_not_nest_searches(tiny_bert, text_files, tmp_path):
+    out = tmp_path / "search"
+    text_classification.main(
+        [
+            *text_data_flags(tiny_bert, text_files),
+            *trainer_flags(out),
+            "--hparam-search",
+            "optuna",
+            "--n-trials",
+            "1",
+            "--hparam_space",
+            '{"weight_decay": [0.0]}',
+        ]
+    )
+    trial = yaml.safe_load((out / "trials" / "trial-000" / "warmstart_config.yaml").read_text())
+    assert trial["search"]["hparam_search"] == "none"
+    assert not (out / "trials" / "trial-000" / "trials").exists()

@@ -370,6 +370,18 @@ def _config_to_argv(path: Path, known: set[str]) -> list[str]:
     return mapping_to_argv(values)
 
 
+def underscored(argv: Sequence[str]) -> list[str]:
+    """A command line with each flag's dashes made underscores (``--learning-rate`` -> ``--learning_rate``), the
+    spelling the parser also accepts, so that code reading flags sees one name."""
+    out = []
+    for token in argv:
+        if token.startswith("--"):
+            name, sep, value = token[2:].partition("=")
+            token = "--" + name.replace("-", "_") + sep + value
+        out.append(token)
+    return out
+
+
 def mapping_to_argv(values: dict[str, Any]) -> list[str]:
     """Argument values by name as a command line (``{"learning_rate": 1e-4, "random_init": True}`` ->
     ``--learning_rate 0.0001 --random_init true``); ``None`` values are left out."""
@@ -416,7 +428,8 @@ def parse_args(
         WarmstartError: an unknown or malformed argument, a bad value, or an impossible precision.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _Parser(dataclass_types)
+    # no abbreviations: --learning_rate must never be read as a prefix of another flag (or the reverse)
+    parser = _Parser(dataclass_types, allow_abbrev=False)
     known = {f.name for dtype in dataclass_types for f in fields(dtype) if f.init}
     if argv and argv[0].endswith(CONFIG_FILE_SUFFIXES) and not argv[0].startswith("-"):
         argv = _config_to_argv(Path(argv.pop(0)), known) + argv

@@ -13,7 +13,6 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -111,7 +110,7 @@ class PeakMemory:
     shorter spike can be missed), and the peak CUDA memory allocated, when a GPU is in use."""
 
     def __enter__(self) -> PeakMemory:
-        self.rss_mb = self._rss_mb()
+        self.rss_mb = self.start_mb = self._rss_mb()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -141,17 +140,24 @@ class PeakMemory:
 
 
 def row_from_results(run: PlannedRun, results: dict[str, Any], wall: float, memory: PeakMemory) -> dict[str, Any]:
-    """A comparison row: the run, its parameters, its times, its peak memory and every eval / test metric."""
+    """A comparison row: the run, its parameters, its times, its memory and every eval / test metric.
+
+    ``train_seconds`` is the Trainer's time; ``feature_cache_seconds`` the backbone pass of a frozen-backbone run
+    (0 for a run that reused another's features: the first one pays for all). ``peak_rss_mb`` is the process's
+    peak during the run and ``rss_growth_mb`` its rise over where the run started, which earlier runs of the same
+    process do not inflate.
+    """
     row: dict[str, Any] = {
         "run": run.name,
         "strategy": run.strategy,
         "learning_rate": run.learning_rate,
         "trainable_params": results.get("trainable_params"),
         "total_params": results.get("total_params"),
-        # what training took, the feature cache included (it runs before the Trainer's clock starts)
-        "train_seconds": round(results.get("train_runtime", 0.0) + results.get("feature_cache_seconds", 0.0), 2),
+        "train_seconds": round(results.get("train_runtime", 0.0), 2),
+        "feature_cache_seconds": round(results.get("feature_cache_seconds", 0.0), 2),
         "wall_seconds": round(wall, 2),
         "peak_rss_mb": round(memory.rss_mb, 1),
+        "rss_growth_mb": round(memory.rss_mb - memory.start_mb, 1),
     }
     if memory.cuda_mb is not None:
         row["peak_cuda_mb"] = round(memory.cuda_mb, 1)
@@ -195,7 +201,7 @@ def run_comparison(
     progress: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     """Runs each planned run through ``recipe`` (a recipe's ``main``) into ``output_dir/runs/<name>``, skipping
-    the runs a previous attempt finished, with one progress line per run.
+    the runs a previous attempt finished with the same arguments, with one progress line per run.
 
     Args:
         runs: from :func:`plan_runs`.
@@ -211,22 +217,30 @@ def run_comparison(
     rows = []
     for i, run in enumerate(runs, start=1):
         run_dir = output_dir / "runs" / run.name
+        argv = [*recipe_argv, *run.flags, "--output_dir", str(run_dir)]
         finished = run_dir / ROW_FILE
+        replace = []
         if finished.is_file():
-            rows.append(json.loads(finished.read_text()))
-            progress(f"[{i}/{len(runs)}] {run.name}: finished earlier, skipped")
-            continue
+            row = json.loads(finished.read_text())
+            if row.pop("argv", None) == argv:
+                rows.append(row)
+                progress(f"[{i}/{len(runs)}] {run.name}: finished earlier, skipped")
+                continue
+            progress(f"[{i}/{len(runs)}] {run.name}: finished earlier with other arguments, trained again")
+            finished.unlink()
+            replace = ["--overwrite_output_dir", "true"]  # the run's own folder, made by this comparison
         progress(f"[{i}/{len(runs)}] {run.name}: training ...")
         started = time.perf_counter()
         with PeakMemory() as memory:
-            results = recipe([*recipe_argv, *run.flags, "--output_dir", str(run_dir)], feature_store=feature_store)
+            results = recipe([*argv, *replace], feature_store=feature_store)
         row = row_from_results(run, results, time.perf_counter() - started, memory)
-        finished.write_text(json.dumps(row, indent=2))  # written last: the run counts as finished from here
+        # written last, with the arguments: the run counts as finished from here, for these arguments only
+        finished.write_text(json.dumps({**row, "argv": argv}, indent=2))
         rows.append(row)
         shown = ", ".join(f"{k} {row[k]:.4f}" for k in ("eval_accuracy", "eval_loss") if k in row)
         progress(
             f"[{i}/{len(runs)}] {run.name}: {shown}; {row['trainable_params']:,} trainable params, "
-            f"{row['train_seconds']:.1f} s training, peak {row['peak_rss_mb']:.0f} MiB"
+            f"{row['train_seconds'] + row['feature_cache_seconds']:.1f} s training, peak {row['peak_rss_mb']:.0f} MiB"
         )
     return rows
 
@@ -235,6 +249,7 @@ _TABLE_COLUMNS = (
     ("run", "run"),
     ("trainable_params", "trainable params"),
     ("train_seconds", "train s"),
+    ("feature_cache_seconds", "feature cache s"),
     ("peak_rss_mb", "peak MiB"),
 )
 
@@ -283,12 +298,9 @@ def write_comparison(rows: Sequence[dict[str, Any]], output_dir: Path, metric: s
 def keep_best(best: dict[str, Any], rows: Sequence[dict[str, Any]], output_dir: Path, metric: str) -> None:
     """Copies the best run's model (its files, not its checkpoints) to ``output_dir`` and adds the comparison to
     its model card."""
-    source = output_dir / "runs" / best["run"]
-    for item in source.iterdir():
-        if item.is_file() and item.name != ROW_FILE:
-            shutil.copy2(item, output_dir / item.name)
-        elif item.is_dir() and item.name == "adapter":
-            shutil.copytree(item, output_dir / item.name, dirs_exist_ok=True)
+    from warmstart.export import copy_run_output
+
+    copy_run_output(output_dir / "runs" / best["run"], output_dir, skip=(ROW_FILE,))
     card = output_dir / "README.md"
     key = f"eval_{metric.removeprefix('eval_')}"
     card.write_text(

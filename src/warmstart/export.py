@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +153,35 @@ def save_timm_for_hub(
         **(extra or {}),
     )
     config_path.write_text(json.dumps(config, indent=2))
+
+
+_COPIED = ".warmstart_copied.json"
+
+
+def copy_run_output(source: Path, output_dir: Path, skip: Sequence[str] = ()) -> None:
+    """Copies a run's output files (and its ``adapter/``; not its checkpoints) into ``output_dir``, first removing
+    what an earlier copy put there (listed in a manifest), so that no file of an earlier best stays behind."""
+    import shutil
+
+    manifest = output_dir / _COPIED
+    if manifest.is_file():
+        for name in json.loads(manifest.read_text()):
+            target = output_dir / name
+            if target.is_dir():
+                shutil.rmtree(target, ignore_errors=True)
+            elif target.exists():
+                target.unlink()
+    copied = []
+    for item in sorted(source.iterdir()):
+        if item.name in skip:
+            continue
+        if item.is_file():
+            shutil.copy2(item, output_dir / item.name)
+            copied.append(item.name)
+        elif item.is_dir() and item.name == "adapter":
+            shutil.copytree(item, output_dir / item.name, dirs_exist_ok=True)
+            copied.append(item.name)
+    manifest.write_text(json.dumps(copied))
 
 
 def save_text_model(model: PreTrainedModel, tokenizer: Any, output_dir: str | Path) -> None:

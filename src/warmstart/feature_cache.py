@@ -271,9 +271,12 @@ def cache_features(
     head, key = head_model(model)
     head.eval()  # a head module made here (timm's) is not reached by model.eval()
     shared = settings.store.get(settings.store_key) if settings.store is not None else None
-    if shared is not None and shared.key == key:
-        # an earlier run of the same base model on the same data made them; it checked the cut, and its
-        # store owns the files (cache_dir None: closing this run deletes nothing)
+    if shared is not None and shared.key == key and {n: len(d) for n, d in splits.items()} == {
+        n: len(t) for n, t in shared.splits.items()
+    }:
+        # an earlier run of the same base model on the same rows made them (a run that left a training row out
+        # for BatchNorm computes its own); it checked the cut, and the store owns the files (cache_dir None:
+        # closing this run deletes nothing)
         stats = {name: {**values, "shared": True} for name, values in shared.stats.items()}
         return CachedRun(head, key, shared.splits, time.perf_counter() - start, None, stats)
     device = torch.device(device)
@@ -327,7 +330,7 @@ def cache_features(
         if not completed and settings.cache_dir is not None:
             CachedRun(head, key, {}, 0.0, settings.cache_dir).close()  # nothing half-written stays behind
     seconds = time.perf_counter() - start
-    if settings.store is not None and settings.store_key is not None:
+    if settings.store is not None and settings.store_key is not None and settings.store_key not in settings.store:
         settings.store[settings.store_key] = CachedRun(head, key, tables, seconds, settings.cache_dir, stats)
         return CachedRun(head, key, tables, seconds, None, stats)  # the store closes the files, not this run
     return CachedRun(head, key, tables, seconds, settings.cache_dir, stats)

@@ -520,4 +520,5 @@ def _size_legend(ax: Any, params: list[float], size_key: str) -> None:
 def _run_name(row: dict[str, Any], name_key: str, show_lr: bool) -> str:
     name = str(row.get(name_key, "?"))
     rate = _number(row.get("learning_rate"))
-    return f"{name} (lr {rate:g})" if show_lr and rate is not None else name
+    already = f"lr{rate:g}" in name if rate is not None else False  # a comparison's run names carry it
+    return f"{name} (lr {rate:g})" if show_lr and rate is not None and not already else name

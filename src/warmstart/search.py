@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any, Literal
 import yaml
 from transformers import TrainerCallback
 
-from warmstart.arguments import CONFIG_FILE_SUFFIXES, mapping_to_argv
+from warmstart.arguments import CONFIG_FILE_SUFFIXES, mapping_to_argv, underscored
 from warmstart.errors import WarmstartError
 
 logger = logging.getLogger(__name__)
@@ -124,7 +123,10 @@ class PruneOnEvaluation(TrainerCallback):
         value = (metrics or {}).get(self.metric_key)
         if value is None:
             return
-        self.trial.report(float(value), step=state.global_step)
+        # the evaluation's number, not the optimizer step: trials with other batch sizes take other step counts,
+        # and the pruner compares trials at the same step
+        self.evaluations = getattr(self, "evaluations", 0) + 1
+        self.trial.report(float(value), step=self.evaluations)
         if self.trial.should_prune():
             self.pruned = True
             control.should_training_stop = True
@@ -137,9 +139,9 @@ def argv_as_mapping(argv: Sequence[str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     if argv and argv[0].endswith(CONFIG_FILE_SUFFIXES) and not argv[0].startswith("-"):
         loaded = yaml.safe_load(Path(argv.pop(0)).read_text())
-        values.update(loaded if isinstance(loaded, dict) else {})
+        values.update({str(k).replace("-", "_"): v for k, v in (loaded if isinstance(loaded, dict) else {}).items()})
     key = None
-    for token in argv:
+    for token in underscored(argv):
         if token.startswith("--"):
             key, _, inline = token[2:].partition("=")
             values[key] = inline if inline else True
@@ -181,20 +183,36 @@ def run_search(
         import optuna
     except ImportError:
         raise WarmstartError("--hparam_search optuna needs optuna: pip install 'warmstart[hpo]'") from None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # the progress lines below say what happens
     key = f"eval_{metric.removeprefix('eval_')}"
     base = {k: v for k, v in argv_as_mapping(argv).items() if k not in ("hparam_search", "n_trials", "hparam_space")}
     space = search.space()
+    direction = "minimize" if "loss" in key else "maximize"
     output_dir.mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(
         study_name="warmstart",
         storage=f"sqlite:///{(output_dir / 'search.db').resolve()}",
         load_if_exists=True,
-        direction="minimize" if "loss" in key else "maximize",
+        direction=direction,
         sampler=optuna.samplers.TPESampler(seed=seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=2),
     )
-    finished = [t for t in study.trials if t.state.is_finished()]
+    # a rerun goes on with the same search only: other data, budget, space or metric would mix incomparable trials
+    settings = json.dumps(
+        {"argv": {k: v for k, v in base.items() if k != "output_dir"}, "space": space, "metric": key},
+        sort_keys=True,
+        default=str,
+    )
+    recorded = study.user_attrs.get("settings")
+    if recorded is None:
+        study.set_user_attr("settings", settings)
+    elif recorded != settings:
+        raise WarmstartError(
+            f"--output_dir {output_dir} holds a search with other settings (arguments, --hparam_space or metric): "
+            "choose another --output_dir to start a new search"
+        )
+    counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    finished = [t for t in study.trials if t.state in counted]
     left = search.n_trials - len(finished)
     if finished:
         print(f"search: {len(finished)} of {search.n_trials} trials finished earlier; {max(left, 0)} to go")
@@ -203,10 +221,15 @@ def run_search(
         values = sample(trial, space)
         run_dir = output_dir / "trials" / f"trial-{trial.number:03d}"
         pruning = PruneOnEvaluation(trial, key)
-        args = {**base, **values, "output_dir": str(run_dir), "overwrite_output_dir": True}
-        results = recipe(mapping_to_argv(args), callbacks=[pruning])
+        # hparam_search none last: a trial trains once, whatever spelling the search was asked with
+        args = {**base, **values, "output_dir": str(run_dir), "overwrite_output_dir": True, "hparam_search": "none"}
         trial.set_user_attr("output_dir", str(run_dir))
         shown = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
+        try:
+            results = recipe(mapping_to_argv(args), callbacks=[pruning])
+        except WarmstartError as err:  # these values do not work here (e.g. more blocks than the model has)
+            print(f"[trial {trial.number}] {shown}: failed: {err}")
+            return float("nan")  # optuna records a failed trial and goes on
         if pruning.pruned:
             print(f"[trial {trial.number}] {shown}: pruned at {key} {results.get(key, float('nan')):.4f}")
             raise optuna.TrialPruned()
@@ -215,8 +238,11 @@ def run_search(
         print(f"[trial {trial.number}] {shown}: {key} {results[key]:.4f}")
         return float(results[key])
 
-    if left > 0:
-        study.optimize(objective, n_trials=left, catch=())
+    while left > 0:
+        study.optimize(objective, n_trials=1, catch=())
+        left = search.n_trials - sum(t.state in counted for t in study.trials)
+        if sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials) >= 2 * search.n_trials:
+            break  # the space keeps producing runs that cannot train: stop rather than loop
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         raise WarmstartError("no trial of the search finished (all pruned or failed): widen --hparam_space")
@@ -260,9 +286,9 @@ def search_table(rows: list[dict[str, Any]], columns: list[str], best: int) -> s
 
 
 def _keep_best(source: Path, output_dir: Path, rows: list[dict[str, Any]], key: str, best: int) -> None:
-    for item in source.iterdir():
-        if item.is_file():
-            shutil.copy2(item, output_dir / item.name)
+    from warmstart.export import copy_run_output
+
+    copy_run_output(source, output_dir)
     card = output_dir / "README.md"
     columns = list(dict.fromkeys(k for row in rows for k in row))
     card.write_text(

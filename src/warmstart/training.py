@@ -139,6 +139,8 @@ def run_environment() -> dict[str, Any]:
         except PackageNotFoundError:
             continue
     source = Path(warmstart.__file__).resolve().parents[2]
+    if not (source / "src" / "warmstart").is_dir():
+        return env  # an installed package, not warmstart's own checkout (whatever repository holds the venv)
     try:
         commit = subprocess.run(
             ["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
@@ -197,6 +199,7 @@ def start_recipe(argv: Sequence[str] | None, modality: str) -> RecipeArguments:
         "freeze": freeze_args,
         "regularization": reg_args,
         "performance": perf_args,
+        "search": search_args,
     }
     searching = search_args.hparam_search != "none"
     if searching:
@@ -224,6 +227,8 @@ def search_or_none(args: RecipeArguments, argv: Sequence[str] | None, main: Call
     ``main``) and returns its results; otherwise ``None`` (the recipe trains once)."""
     if args.search.hparam_search == "none":
         return None
+    if args.training.world_size > 1:
+        raise WarmstartError("--hparam_search runs its trials one after another in one process: launch it as one")
     metric = args.training.metric_for_best_model or "accuracy"
     return run_search(
         args.search,
@@ -403,7 +408,6 @@ def train_evaluate_save(
             # predict, not evaluate: the same metrics, and the predictions for the report's plots
             output = trainer.predict(splits[split], metric_key_prefix=prefix)
             metrics = dict(output.metrics)
-            trainer.log(metrics)  # into the log history, as evaluate() would
             metrics[f"{prefix}_samples"] = len(splits[split])
             trainer.log_metrics(prefix, metrics)
             trainer.save_metrics(prefix, metrics)
