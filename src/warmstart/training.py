@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 import random
+import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +56,14 @@ from warmstart.search import SearchArguments, run_search
 
 logger = logging.getLogger("warmstart")
 # The Hub upload leaves these behind: checkpoints are for resuming here, not part of the model.
-_NOT_PUSHED = ["checkpoint-*", "checkpoint-*/**", "runs/**", ".warmstart_write_test", ".feature_cache/**"]
+_NOT_PUSHED = [
+    "checkpoint-*",
+    "checkpoint-*/**",
+    "runs/**",
+    ".warmstart_write_test",
+    ".feature_cache/**",
+    ".warmstart_saving/**",
+]
 
 
 @dataclass
@@ -376,6 +387,7 @@ def train_evaluate_save(
             training_args.train_sampling_strategy = "random"
         training_args.dataloader_num_workers = 0
         training_args.activation_checkpointing = False
+    training_args.logging_nan_inf_filter = False  # a NaN loss must show in the log, where the run stops on it
     trainer = Trainer(
         args=training_args,
         train_dataset=splits["train"],
@@ -384,7 +396,11 @@ def train_evaluate_save(
         processing_class=processing_class,
         compute_metrics=compute_metrics,
         compute_loss_func=compute_loss_func,
-        **{**tuning.trainer_kwargs(), "model": trained, "callbacks": [*tuning.callbacks, *callbacks]},
+        **{
+            **tuning.trainer_kwargs(),
+            "model": trained,
+            "callbacks": [*tuning.callbacks, *callbacks, StopOnNonFiniteLoss()],
+        },
     )
     run.config["param_groups"] = tuning.groups_as_dicts()
     try:
@@ -398,7 +414,7 @@ def train_evaluate_save(
         if cached is not None:  # before the Trainer's clock (train_runtime) started
             results["feature_cache_seconds"] = round(cached.seconds, 3)
         trainer.log_metrics("train", results)
-        trainer.save_metrics("train", results)
+        files = {"train": dict(results)}  # written with the model, when it is saved
 
         predicted = {}
         for split in ("validation", "test"):
@@ -410,10 +426,9 @@ def train_evaluate_save(
             metrics = dict(output.metrics)
             metrics[f"{prefix}_samples"] = len(splits[split])
             trainer.log_metrics(prefix, metrics)
-            trainer.save_metrics(prefix, metrics)
+            files[prefix] = metrics
             results.update(metrics)
             predicted[split] = output
-        trainer.save_state()
     finally:
         if cached is not None:  # also after a failure: spilled features can take gigabytes
             cached.close()
@@ -431,49 +446,106 @@ def train_evaluate_save(
         run.config["training_adjusted"] = {
             k: v for k, v in effective.items() if k in run.config["training"] and run.config["training"][k] != v
         }
-        _merge_into_all_results(run.output_dir, {"freeze_policy": policy.to_dict(), **report.to_dict()})
-        model = tuning.model
-        if policy.strategy == "lora":
-            from warmstart.lora import merge_lora, save_lora_adapter
+        files["all"] = {**results, "freeze_policy": policy.to_dict(), **report.to_dict()}
+        with staged_output(run.output_dir) as staging:
+            model = tuning.model
+            if policy.strategy == "lora":
+                from warmstart.lora import merge_lora, save_lora_adapter
 
-            if save_adapter:
-                save_lora_adapter(model, run.output_dir / "adapter")
-            model = merge_lora(model)
-        reports = [
-            write_evaluation_report(
-                run.output_dir,
-                card["labels"],
-                output.label_ids,
-                output.predictions,
-                trainer.state.log_history,
-                metric_for_best_model=training_args.metric_for_best_model,
-                split=split,
-            )
-            for split, output in predicted.items()
-        ]
-        card = {
-            **card,
-            "policy": policy.to_dict(),
-            "policy_description": policy.describe(),
-            "freeze_report": report.to_dict(),
-            "per_class": "\n\n".join(r.markdown for r in reports),
-            "images": [image for r in reports for image in r.images],
-        }
-        _save_output(run, model, save_model, card, results)
+                if save_adapter:
+                    save_lora_adapter(model, staging / "adapter")
+                model = merge_lora(model)
+            reports = [
+                write_evaluation_report(
+                    staging,
+                    card["labels"],
+                    output.label_ids,
+                    output.predictions,
+                    trainer.state.log_history,
+                    metric_for_best_model=training_args.metric_for_best_model,
+                    split=split,
+                )
+                for split, output in predicted.items()
+            ]
+            card = {
+                **card,
+                "policy": policy.to_dict(),
+                "policy_description": policy.describe(),
+                "freeze_report": report.to_dict(),
+                "per_class": "\n\n".join(r.markdown for r in reports),
+                "images": [image for r in reports for image in r.images],
+            }
+            _write_output(run, staging, model, save_model, card, results, files, trainer)
+        _finish_output(run)
     return results
 
 
-def _save_output(
-    run: Run, model: nn.Module, save_model: Callable[[nn.Module, Path], None], card: dict[str, Any], results: dict
+class StopOnNonFiniteLoss(TrainerCallback):
+    """Stops a run whose logged training loss (or gradient norm) is NaN or infinite, with one line naming the step
+    and the last checkpoint saved before it (a checkpoint is saved after the log of its step, so none with the
+    non-finite value is made at that step)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for key in ("loss", "grad_norm"):
+            value = (logs or {}).get(key)
+            if isinstance(value, (int, float)) and not math.isfinite(value):
+                checkpoints = sorted(
+                    Path(args.output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[-1])
+                )
+                kept = f"the last good checkpoint is {checkpoints[-1]}" if checkpoints else "no checkpoint was saved"
+                raise WarmstartError(
+                    f"the training {key} became {value} at step {state.global_step}: lower --learning_rate (or train "
+                    f"in fp32, or clip with --max_grad_norm); {kept}"
+                )
+
+
+STAGING_DIR = ".warmstart_saving"
+
+
+@contextmanager
+def staged_output(output_dir: Path) -> Iterator[Path]:
+    """A folder inside ``output_dir`` to write a run's output into; when the block ends without an error, every
+    file in it replaces its namesake in ``output_dir`` (one rename each, after everything is written), and the
+    folder goes. A failure while writing leaves ``output_dir`` as it was: an earlier model stays whole and
+    loadable, and nothing half-written is left behind."""
+    staging = output_dir / STAGING_DIR
+    shutil.rmtree(staging, ignore_errors=True)  # left by a process killed mid-save
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+        for item in sorted(staging.iterdir()):
+            target = output_dir / item.name
+            if item.is_dir() and target.exists():
+                shutil.rmtree(target)
+            os.replace(item, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_output(
+    run: Run,
+    staging: Path,
+    model: nn.Module,
+    save_model: Callable[[nn.Module, Path], None],
+    card: dict[str, Any],
+    results: dict[str, Any],
+    files: dict[str, dict[str, Any]],
+    trainer: Trainer,
 ) -> None:
-    """The end of every run, on the main process: the model files, the resolved config with the run's lineage, the
-    model card, and the Hub upload."""
+    """Everything a run leaves, into ``staging``: the model files, the results (``<split>_results.json``,
+    ``all_results.json``) and ``trainer_state.json``, the resolved config with the run's lineage, and the card."""
     lineage = finish_lineage(run.config, results)
-    save_model(model, run.output_dir)
-    write_resolved_config(run.output_dir, run.config)
+    save_model(model, staging)
+    for name, values in files.items():
+        (staging / f"{name}_results.json").write_text(json.dumps(values, indent=4, sort_keys=True, default=str))
+    trainer.state.save_to_json(str(staging / "trainer_state.json"))
+    write_resolved_config(staging, run.config)
     training = {k: run.config["training"].get(k) for k in _CARD_TRAINING_KEYS}
     training["precision"] = run.config["precision"]
-    write_model_card(run.output_dir, {**card, "lineage": lineage, "metrics": results, "training": training})
+    write_model_card(staging, {**card, "lineage": lineage, "metrics": results, "training": training})
+
+
+def _finish_output(run: Run) -> None:
     logger.info("model saved to %s", run.output_dir.resolve())
     if run.push_to_hub:
         push_output_dir(run)
@@ -548,6 +620,7 @@ def pretrain_evaluate_save(
     if training_args.should_save:
         run.output_dir.mkdir(parents=True, exist_ok=True)
     training_args.prediction_loss_only = True  # nothing to score but the loss: keep outputs out of memory
+    training_args.logging_nan_inf_filter = False
     trainer = Trainer(
         model=model,
         args=training_args,
@@ -555,6 +628,7 @@ def pretrain_evaluate_save(
         eval_dataset=splits["validation"],
         data_collator=data_collator,
         processing_class=processing_class,
+        callbacks=[StopOnNonFiniteLoss()],
     )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
@@ -565,18 +639,20 @@ def pretrain_evaluate_save(
         total_params=sum(p.numel() for p in model.parameters()),
     )
     trainer.log_metrics("train", results)
-    trainer.save_metrics("train", results)
+    files = {"train": dict(results)}
     metrics = trainer.evaluate(metric_key_prefix="eval")
     metrics["eval_samples"] = len(splits["validation"])
     if derived_metrics is not None:
         metrics.update(derived_metrics(metrics, "eval"))
     trainer.log_metrics("eval", metrics)
-    trainer.save_metrics("eval", metrics)
+    files["eval"] = metrics
     results.update(metrics)
-    trainer.save_state()
+    files["all"] = dict(results)
     if trainer.is_world_process_zero():
-        images = after_training(model, run.output_dir) if after_training is not None else []
-        _save_output(run, model, save_model, {**card, "images": images}, results)
+        with staged_output(run.output_dir) as staging:
+            images = after_training(model, staging) if after_training is not None else []
+            _write_output(run, staging, model, save_model, {**card, "images": images}, results, files, trainer)
+        _finish_output(run)
     return results
 
 
@@ -645,13 +721,6 @@ def _avoid_single_sample_batches(
         train_size,
     )
     return [i for i in range(train_size) if i != left_out]
-
-
-def _merge_into_all_results(output_dir: Path, extra: dict[str, Any]) -> None:
-    path = output_dir / "all_results.json"
-    data = json.loads(path.read_text()) if path.is_file() else {}
-    data.update(extra)
-    path.write_text(json.dumps(data, indent=4, sort_keys=True))
 
 
 def push_output_dir(run: Run) -> str:
