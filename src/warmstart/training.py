@@ -404,7 +404,7 @@ def train_evaluate_save(
     )
     run.config["param_groups"] = tuning.groups_as_dicts()
     try:
-        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        train_result = trainer.train(resume_from_checkpoint=resume_point(training_args))
         results: dict[str, Any] = dict(train_result.metrics)
         results.update(
             train_samples=len(splits["train"]),
@@ -478,6 +478,27 @@ def train_evaluate_save(
             _write_output(run, staging, model, save_model, card, results, files, trainer)
         _finish_output(run)
     return results
+
+
+def resume_point(training_args: TrainingArguments) -> str | None:
+    """The checkpoint a run resumes from: ``--resume_from_checkpoint <path>``, or with ``auto`` the latest complete
+    one in the output directory (a checkpoint a killed process left half-written, without its
+    ``trainer_state.json``, is skipped), or none: the run starts afresh, and says so."""
+    asked = training_args.resume_from_checkpoint
+    if asked != "auto":
+        return asked
+    checkpoints = sorted(
+        (p for p in Path(training_args.output_dir).glob("checkpoint-*") if p.name.rsplit("-", 1)[-1].isdigit()),
+        key=lambda p: int(p.name.rsplit("-", 1)[-1]),
+    )
+    complete = [p for p in checkpoints if (p / "trainer_state.json").is_file()]
+    if not complete:
+        logger.warning(
+            "--resume_from_checkpoint auto: no checkpoint in %s, training from the start", training_args.output_dir
+        )
+        return None
+    logger.warning("resuming from %s", complete[-1])
+    return str(complete[-1])
 
 
 class StopOnNonFiniteLoss(TrainerCallback):
@@ -631,7 +652,7 @@ def pretrain_evaluate_save(
         callbacks=[StopOnNonFiniteLoss()],
     )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    train_result = trainer.train(resume_from_checkpoint=resume_point(training_args))
     results: dict[str, Any] = dict(train_result.metrics)
     results.update(
         train_samples=len(splits["train"]),
