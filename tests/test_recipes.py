@@ -277,11 +277,11 @@ def test_push_to_hub_uploads_the_model_and_never_writes_the_token(tiny_bert, tex
         calls["create"] = (self.token, repo_id, kwargs)
         return Repo()
 
-    def upload_folder(self, **kwargs):
-        calls["upload"] = (self.token, kwargs, sorted(p.name for p in Path(kwargs["folder_path"]).iterdir()))
+    def create_commit(self, repo_id, operations, **kwargs):
+        calls["upload"] = (self.token, {"repo_id": repo_id, **kwargs}, sorted(op.path_in_repo for op in operations))
 
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
-    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_commit", create_commit)
     secret = "hf_SeCrEt0123456789abcdefTOKEN"
     out = tmp_path / "out"
     run_text(
@@ -305,7 +305,7 @@ def test_push_to_hub_uploads_the_model_and_never_writes_the_token(tiny_bert, tex
     token, kwargs, files = calls["upload"]
     assert token == secret and kwargs["repo_id"] == "someone/tiny-sentiment"
     assert {"model.safetensors", "config.json", "README.md"} <= set(files)
-    assert any(p.startswith("checkpoint-") for p in kwargs["ignore_patterns"])
+    assert not any(p.startswith("checkpoint-") for p in files)  # checkpoints stay here
     assert list(out.glob("checkpoint-*")), "the run should have written a checkpoint to scan"
     printed = capfd.readouterr()
     assert secret not in printed.out and secret not in printed.err

@@ -90,6 +90,73 @@ def write_resolved_config(output_dir: str | Path, resolved_config: dict[str, Any
     return path
 
 
+def public_config(config: Any) -> Any:
+    """The resolved configuration as it may be published (pushed to the Hub with the model): every local path, absolute
+    or relative to the working directory, is replaced by its last part (``/home/alice/acme/train.csv`` becomes
+    ``train.csv``), as the model card names data; hub ids, timm names and every other value stay as they are. The
+    local ``warmstart_config.yaml`` keeps the paths, to rerun and reproduce the run here.
+
+    Args:
+        config: the resolved configuration (nested dicts and lists of plain values).
+
+    Returns:
+        A copy with local paths replaced; ``config`` is left as it was.
+
+    Example:
+        >>> public_config({"data": {"train_file": "/srv/acme/train.csv", "dataset_name": "imdb"}})
+        {'data': {'train_file': 'train.csv', 'dataset_name': 'imdb'}}
+    """
+    if isinstance(config, dict):
+        return {key: public_config(value) for key, value in config.items()}
+    if isinstance(config, (list, tuple)):
+        return [public_config(value) for value in config]
+    if isinstance(config, str):
+        return _public_value(config)
+    return config
+
+
+def hub_upload_operations(output_dir: str | Path, ignore_patterns: Sequence[str] = ()) -> list[Any]:
+    """What pushing ``output_dir`` to the Hub uploads, as one commit's operations: every file ``upload_folder``
+    would send (the same patterns left out), with ``warmstart_config.yaml`` replaced by its :func:`public_config`
+    (the local one keeps its paths). Pass them to ``HfApi.create_commit``.
+
+    Args:
+        output_dir: the model directory.
+        ignore_patterns: ``fnmatch`` patterns of paths (relative to ``output_dir``) not to upload (checkpoints).
+
+    Returns:
+        ``huggingface_hub.CommitOperationAdd`` operations, in path order.
+    """
+    from huggingface_hub import CommitOperationAdd
+    from huggingface_hub.hf_api import DEFAULT_IGNORE_PATTERNS
+    from huggingface_hub.utils import filter_repo_objects
+
+    root = Path(output_dir)
+    names = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    operations = []
+    for name in filter_repo_objects(names, ignore_patterns=[*DEFAULT_IGNORE_PATTERNS, *ignore_patterns]):
+        content: str | bytes = str(root / name)
+        if name == CONFIG_NAME:
+            published = public_config(yaml.safe_load((root / name).read_text()))
+            content = yaml.safe_dump(published, sort_keys=False, allow_unicode=True).encode()
+        operations.append(CommitOperationAdd(path_in_repo=name, path_or_fileobj=content))
+    return operations
+
+
+def _public_value(value: str) -> str:
+    prefix = "local-dir:" if value.startswith("local-dir:") else ""  # timm's name for a local model directory
+    path = os.path.expanduser(value.removeprefix(prefix))
+    if not path or "\n" in path:
+        return value
+    local = os.path.isabs(path) or bool(prefix)
+    if not local:
+        try:
+            local = Path(path).exists()
+        except (OSError, ValueError):  # a value too long or odd for a file name is no path
+            local = False
+    return prefix + (Path(path).name or path) if local else value
+
+
 def save_image_model(model: PreTrainedModel, output_dir: str | Path, data_config: dict[str, Any]) -> None:
     """Saves a TimmWrapper image classifier so that both libraries load it.
 

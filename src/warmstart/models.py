@@ -243,6 +243,7 @@ def load_text_tokenizer(model_name_or_path: str, *, trust_remote_code: bool = Fa
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
+        _refuse_custom_code(model_name_or_path, err)
         raise WarmstartError(
             f"cannot load a tokenizer from {model_name_or_path!r} ({type(err).__name__}): the "
             "directory needs tokenizer files next to config.json"
@@ -254,6 +255,16 @@ def load_text_tokenizer(model_name_or_path: str, *, trust_remote_code: bool = Fa
             "its tokenizer files (tokenizer.json, or vocab.txt / vocab.json ...) next to config.json"
         )
     return tokenizer
+
+
+def _refuse_custom_code(model_name_or_path: str, err: Exception) -> None:
+    """transformers refuses a model whose only code is its own (``auto_map`` in its config) unless
+    ``trust_remote_code``: say so, and how to opt in, instead of a generic loading error."""
+    if "trust_remote_code" in str(err):
+        raise WarmstartError(
+            f"{model_name_or_path!r} needs its own Python code to load (auto_map in its config), which is not run "
+            "unless you pass --trust_remote_code true: read that code first, and trust it"
+        ) from None
 
 
 def load_text_config(model_name_or_path: str, *, trust_remote_code: bool = False, purpose: str = "fine-tune") -> Any:
@@ -269,6 +280,7 @@ def load_text_config(model_name_or_path: str, *, trust_remote_code: bool = False
     try:
         return AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
+        _refuse_custom_code(model_name_or_path, err)
         raise WarmstartError(
             f"cannot load the configuration of {model_name_or_path!r} ({type(err).__name__}): give a local model "
             "directory or a hub id already in the Hugging Face cache (warmstart runs offline)"

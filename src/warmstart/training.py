@@ -34,7 +34,7 @@ from warmstart.arguments import (
     to_plain,
 )
 from warmstart.errors import WarmstartError
-from warmstart.export import check_output_dir, write_model_card, write_resolved_config
+from warmstart.export import check_output_dir, hub_upload_operations, write_model_card, write_resolved_config
 from warmstart.feature_cache import (
     CacheDeclined,
     CachedFeatureCollator,
@@ -755,10 +755,9 @@ def push_output_dir(run: Run) -> str:
     api = HfApi(token=run.hub_token)
     repo_id = run.hub_model_id or run.output_dir.resolve().name
     repo_id = api.create_repo(repo_id, private=run.hub_private_repo, exist_ok=True).repo_id
-    api.upload_folder(
+    api.create_commit(
         repo_id=repo_id,
-        folder_path=str(run.output_dir),
-        ignore_patterns=_NOT_PUSHED,
+        operations=hub_upload_operations(run.output_dir, _NOT_PUSHED),  # the config's local paths stay here
         commit_message="Upload model trained with warmstart",
     )
     logger.info("pushed to the Hub as %s", repo_id)
