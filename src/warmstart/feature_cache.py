@@ -271,9 +271,11 @@ def cache_features(
     head, key = head_model(model)
     head.eval()  # a head module made here (timm's) is not reached by model.eval()
     shared = settings.store.get(settings.store_key) if settings.store is not None else None
-    if shared is not None and shared.key == key and {n: len(d) for n, d in splits.items()} == {
-        n: len(t) for n, t in shared.splits.items()
-    }:
+    if (
+        shared is not None
+        and shared.key == key
+        and {n: len(d) for n, d in splits.items()} == {n: len(t) for n, t in shared.splits.items()}
+    ):
         # an earlier run of the same base model on the same rows made them (a run that left a training row out
         # for BatchNorm computes its own); it checked the cut, and the store owns the files (cache_dir None:
         # closing this run deletes nothing)
