@@ -31,8 +31,13 @@ def recipe_main(name: str):
     return importlib.import_module(name).main
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse would print its usage and exit
+        raise WarmstartError(f"{message} (see --help)")
+
+
 def main(argv: Sequence[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = _Parser(description=__doc__.splitlines()[0])
     parser.add_argument("chain_file", help="the chain's YAML file")
     parser.add_argument("--output_dir", help="where the links write (default: the file's output_dir)")
     parser.add_argument("--only", nargs="+", help="run only these links (the others' outputs must exist)")

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import trainer_flags, write_image_folder, write_text_csv
 from transformers import TrainingArguments
 
@@ -42,8 +43,24 @@ def _load_recipe(name: str):
     return module
 
 
-RECIPES = {"text": _load_recipe("text_classification"), "image": _load_recipe("image_classification")}
-SCRIPTS = {"text": "recipes/text_classification.py", "image": "recipes/image_classification.py"}
+RECIPES = {
+    "text": _load_recipe("text_classification"),
+    "image": _load_recipe("image_classification"),
+    "mlm": _load_recipe("pretrain_mlm"),
+    "ae": _load_recipe("pretrain_autoencoder"),
+    "compare": _load_recipe("compare_strategies"),
+    "predict": _load_recipe("predict"),
+    "chain": _load_recipe("chain"),
+}
+SCRIPTS = {
+    "text": "recipes/text_classification.py",
+    "image": "recipes/image_classification.py",
+    "mlm": "recipes/pretrain_mlm.py",
+    "ae": "recipes/pretrain_autoencoder.py",
+    "compare": "recipes/compare_strategies.py",
+    "predict": "recipes/predict.py",
+    "chain": "recipes/chain.py",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -135,6 +152,7 @@ class Env:
     train_dir: Path
     validation_dir: Path
     out: Path
+    fixture: Callable[[str], Path]  # a session fixture by name, made only by the cases that need it
 
     def text(self, *extra: str, model: str | Path | None = None, train=None, validation=None) -> list[str]:
         argv = ["--model_name_or_path", str(model or self.bert)]
@@ -148,6 +166,45 @@ class Env:
         if validation != "":
             argv += ["--validation_dir", str(validation or self.validation_dir)]
         return [*argv, *trainer_flags(self.out), *extra]
+
+    def mlm(self, *extra: str, model: str | Path | None = None, train: Path | None = None) -> list[str]:
+        data = ["--train_file", str(train or self.corpus())]
+        return [
+            "--model_name_or_path",
+            str(model or self.bert),
+            *data,
+            "--max_seq_length",
+            "24",
+            *self.pretrain(extra),
+        ]
+
+    def ae(self, *extra: str, model: list[str] | None = None, data: list[str] | None = None) -> list[str]:
+        data = data or ["--train_dir", str(self.train_dir)]  # class folders are allowed, their names unused
+        return [*(model or IMAGE_MODEL), *data, *self.pretrain(extra)]
+
+    def pretrain(self, extra: tuple[str, ...]) -> list[str]:
+        return trainer_flags(self.out, "--max_steps", "1", "--disable_tqdm", "true", *extra)
+
+    def compare(self, *extra: str) -> list[str]:
+        flags = [a for a in trainer_flags(self.out, "--max_steps", "1") if a not in ("--learning_rate", "1e-3")]
+        return [*self.text()[:6], *flags, *extra]
+
+    def predict(self, *extra: str, model: str | Path | None = None, source: str | Path | None = None) -> list[str]:
+        model = model or self.fixture("image_classifier")
+        argv = ["--model_name_or_path", str(model), "--input", str(source or self.validation_dir)]
+        return [*argv, "--output", str(self.out / "predictions.csv"), "--disable_tqdm", "true", *extra]
+
+    def chain(self, links: object) -> list[str]:
+        path = self.write("chain.yaml", links if isinstance(links, str) else yaml.safe_dump(links))
+        return [str(path), "--output_dir", str(self.out)]
+
+    def corpus(self) -> Path:
+        words = " ".join(["the movie was really good and very nice"] * 3)
+        return self.write("corpus.txt", "\n".join(f"{words} {i}" for i in range(30)) + "\n")
+
+    def under_a_file(self) -> str:
+        """An output dir that cannot be made, whoever runs the test (root ignores permission bits)."""
+        return str(self.out / "notes.txt" / "run")
 
     def write(self, name: str, content: str | bytes) -> Path:
         path = self.tmp / name
@@ -183,8 +240,27 @@ def timm_dir(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def image_classifier(tmp_path_factory) -> Path:
+    """A warmstart output of the image recipe (test_resnet, one step at 32 pixels), for the predict recipe."""
+    root = tmp_path_factory.mktemp("image_classifier")
+    argv = [*IMAGE_MODEL, "--train_dir", str(write_image_folder(root / "train", 2, 0))]
+    RECIPES["image"].main([*argv, *trainer_flags(root / "out", "--max_steps", "1", "--disable_tqdm", "true")])
+    return root / "out"
+
+
+@pytest.fixture(scope="session")
+def text_classifier(tmp_path_factory, tiny_bert) -> Path:
+    """A warmstart output of the text recipe (the tiny BERT, one step), for the predict recipe."""
+    root = tmp_path_factory.mktemp("text_classifier")
+    train = write_text_csv(root / "train.csv", [("good movie", "pos"), ("bad movie", "neg")] * 6)
+    argv = ["--model_name_or_path", str(tiny_bert), "--train_file", str(train)]
+    RECIPES["text"].main([*argv, *trainer_flags(root / "out", "--max_steps", "1", "--disable_tqdm", "true")])
+    return root / "out"
+
+
 @pytest.fixture()
-def env(tmp_path, tiny_bert, timm_dir, text_files, image_dirs) -> Env:
+def env(tmp_path, tiny_bert, timm_dir, text_files, image_dirs, request) -> Env:
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("a file the user keeps here\n")
@@ -197,6 +273,7 @@ def env(tmp_path, tiny_bert, timm_dir, text_files, image_dirs) -> Env:
         image_dirs["train"],
         image_dirs["validation"],
         out,
+        request.getfixturevalue,
     )
 
 
@@ -770,6 +847,417 @@ CASES = [
         ),
         ("'no/such_set'", "offline"),
     ),
+    # ---- masked-LM pretraining
+    Case(
+        "mlm-model-without-masked-lm-head",
+        "mlm",
+        lambda e: e.mlm(model=_gpt2_dir(e)),
+        ("'gpt2' model", "no masked-language-model head"),
+        subprocess=True,
+    ),
+    Case(
+        "mlm-tokenizer-without-mask-token",
+        "mlm",
+        lambda e: e.mlm(model=_no_mask_token_dir(e)),
+        ("no mask token",),
+    ),
+    Case(
+        "mlm-image-model",
+        "mlm",
+        lambda e: e.mlm(model=e.timm_dir),
+        ("timm image model", "pretrain_autoencoder.py"),
+    ),
+    Case(
+        "mlm-truncated-safetensors",
+        "mlm",
+        lambda e: e.mlm(model=_model_copy(e, e.bert, truncate=True)),
+        ("cannot load the model", "truncated"),
+    ),
+    Case(
+        "mlm-data-without-text-column",
+        "mlm",
+        lambda e: e.mlm(train=e.write("numbers.csv", "a,b\n" + "".join(f"{i},{2 * i}\n" for i in range(20)))),
+        ("no text column to pretrain on", "--text_column_name"),
+    ),
+    Case(
+        "mlm-text-column-misspelled",
+        "mlm",
+        lambda e: e.mlm("--text_column_name", "body", train=e.train_csv),
+        ("'body'", "--text_column_name"),
+    ),
+    Case(
+        "mlm-probability-0",
+        "mlm",
+        lambda e: e.mlm("--mlm_probability", "0"),
+        ("--mlm_probability must be between 0 and 1, got 0",),
+    ),
+    Case(
+        "mlm-probability-1",
+        "mlm",
+        lambda e: e.mlm("--mlm_probability", "1"),
+        ("--mlm_probability must be between 0 and 1, got 1",),
+    ),
+    Case(
+        "mlm-max-seq-length-0",
+        "mlm",
+        lambda e: e.mlm("--max_seq_length", "0"),
+        ("--max_seq_length must be a positive integer, got 0",),
+    ),
+    Case(
+        "mlm-max-seq-length-too-long",
+        "mlm",
+        lambda e: e.mlm("--max_seq_length", "1000"),
+        ("--max_seq_length 1000", "(64)"),
+    ),
+    Case("mlm-empty-txt", "mlm", lambda e: e.mlm(train=e.write("empty.txt", b"")), ("empty.txt", "no rows")),
+    Case(
+        "mlm-txt-of-blank-lines",
+        "mlm",
+        lambda e: e.mlm(train=e.write("blank.txt", "\n  \n\n")),
+        ("train split is empty",),
+    ),
+    Case(
+        "mlm-train-val-split-2",
+        "mlm",
+        lambda e: e.mlm("--train_val_split", "2"),
+        ("--train_val_split", "got 2"),
+    ),
+    Case(
+        "mlm-folder-without-txt-files",
+        "mlm",
+        lambda e: (
+            [a for a in e.mlm() if a not in ("--train_file", str(e.tmp / "corpus.txt"))]
+            + ["--train_dir", str(e.train_dir)]
+        ),
+        ("--train_dir", "holds no .txt files"),
+    ),
+    Case(
+        "mlm-train-file-and-train-dir",
+        "mlm",
+        lambda e: e.mlm("--train_dir", str(e.tmp)),
+        ("give one data source",),
+    ),
+    Case(
+        "mlm-pad-to-multiple-of-0",
+        "mlm",
+        lambda e: e.mlm("--pad_to_multiple_of", "0"),
+        ("--pad_to_multiple_of must be a positive integer, got 0",),
+    ),
+    Case(
+        "mlm-config-yaml-unknown-key",
+        "mlm",
+        lambda e: [str(_yaml(e, "mask_probability: 0.2\n")), *e.mlm()],
+        ("'mask_probability'", "config.yaml"),
+    ),
+    Case(
+        "mlm-reset-head",
+        "mlm",
+        lambda e: e.mlm("--reset_head"),
+        ("--reset_head is for the fine-tuning recipes",),
+    ),
+    Case(
+        "mlm-output-dir-under-a-file",
+        "mlm",
+        lambda e: [*e.mlm(), "--output_dir", e.under_a_file()],
+        ("notes.txt",),
+    ),
+    # ---- autoencoder pretraining
+    Case(
+        "ae-mask-ratio-1",
+        "ae",
+        lambda e: e.ae("--mask_ratio", "1"),
+        ("--mask_ratio must be in [0, 1), got 1",),
+    ),
+    Case(
+        "ae-mask-ratio-negative",
+        "ae",
+        lambda e: e.ae("--mask_ratio", "-0.1"),
+        ("--mask_ratio must be in [0, 1), got -0.1",),
+    ),
+    Case(
+        "ae-mask-patch-size-does-not-divide-the-image",
+        "ae",
+        lambda e: e.ae("--mask_ratio", "0.5", "--mask_patch_size", "5"),
+        ("--mask_patch_size 5", "32"),
+    ),
+    Case(
+        "ae-mask-patch-size-0",
+        "ae",
+        lambda e: e.ae("--mask_ratio", "0.5", "--mask_patch_size", "0"),
+        ("--mask_patch_size must be a positive integer, got 0",),
+    ),
+    Case(
+        "ae-decoder-channels-0",
+        "ae",
+        lambda e: e.ae("--decoder_channels", "0"),
+        ("--decoder_channels must be a positive integer, got 0",),
+    ),
+    Case(
+        "ae-backbone-without-spatial-features",
+        "ae",
+        lambda e: e.ae(model=["--model_name_or_path", "pit_ti_224", "--random_init", "--image_size", "32"]),
+        ("pit_ti_224 gives no spatial feature map",),
+    ),
+    Case(
+        "ae-text-model",
+        "ae",
+        lambda e: e.ae(model=["--model_name_or_path", str(e.bert)]),
+        ("not a timm image model", "pretrain_mlm.py"),
+    ),
+    Case(
+        "ae-truncated-safetensors",
+        "ae",
+        lambda e: e.ae(model=["--model_name_or_path", str(_model_copy(e, e.timm_dir, truncate=True))]),
+        ("cannot load the model", "truncated"),
+    ),
+    Case(
+        "ae-data-without-image-column",
+        "ae",
+        lambda e: e.ae(data=["--train_file", str(e.train_csv)]),
+        ("no image column for pretraining",),
+    ),
+    Case(
+        "ae-corrupt-image",
+        "ae",
+        lambda e: e.ae(data=["--train_dir", str(e.bad_image(b"not an image at all\n" * 20))]),
+        ("bad.png", "cannot be read"),
+    ),
+    Case(
+        "ae-image-size-negative",
+        "ae",
+        lambda e: e.ae("--image_size", "-32"),
+        ("--image_size", "got -32"),
+    ),
+    Case(
+        "ae-validation-dir-without-train-dir",
+        "ae",
+        lambda e: e.ae(data=["--validation_dir", str(e.validation_dir)]),
+        ("--validation_dir needs --train_dir",),
+    ),
+    Case(
+        "ae-config-yaml-unknown-key",
+        "ae",
+        lambda e: [str(_yaml(e, "mask_ratio: 0.5\nmask_size: 4\n")), *e.ae()],
+        ("'mask_size'", "config.yaml"),
+    ),
+    Case(
+        "ae-output-dir-under-a-file",
+        "ae",
+        lambda e: [*e.ae(), "--output_dir", e.under_a_file()],
+        ("notes.txt",),
+    ),
+    # ---- strategy comparison
+    Case(
+        "compare-unknown-strategy",
+        "compare",
+        lambda e: e.compare("--strategies", "head_only", "everything"),
+        ("unknown strategy 'everything'", "head_only"),
+    ),
+    Case("compare-top-k-0", "compare", lambda e: e.compare("--strategies", "top_k:0"), ("top_k:0", "positive")),
+    Case(
+        "compare-number-on-another-strategy",
+        "compare",
+        lambda e: e.compare("--strategies", "full:2"),
+        ("full:2", "only top_k takes a number"),
+    ),
+    Case(
+        "compare-metric-no-run-reports",
+        "compare",
+        lambda e: e.compare("--metric_for_best_model", "bleu"),
+        ("--metric_for_best_model bleu", "no run reports it"),
+    ),
+    Case(
+        "compare-freeze-strategy-given",
+        "compare",
+        lambda e: e.compare("--freeze_strategy", "full"),
+        ("--freeze_strategy is chosen per run",),
+    ),
+    Case(
+        "compare-learning-rate-0",
+        "compare",
+        lambda e: e.compare("--learning_rates", "0"),
+        ("--learning_rates must be positive, got 0",),
+    ),
+    Case(
+        "compare-learning-rate-not-a-number",
+        "compare",
+        lambda e: e.compare("--learning_rates", "fast"),
+        ("--learning_rates", "'fast'"),
+    ),
+    Case(
+        "compare-same-run-twice",
+        "compare",
+        lambda e: e.compare("--strategies", "full", "full"),
+        ("name the same run twice",),
+    ),
+    Case(
+        "compare-push-to-hub",
+        "compare",
+        lambda e: e.compare("--push_to_hub", "true"),
+        ("--push_to_hub does not apply to a comparison",),
+    ),
+    Case(
+        "compare-gradual-without-unfreeze-every",
+        "compare",
+        lambda e: e.compare("--strategies", "gradual"),
+        ("--strategies gradual needs --unfreeze_every",),
+    ),
+    Case(
+        "compare-bad-recipe-argument",
+        "compare",
+        lambda e: e.compare("--strategies", "head_only", "--label_column_name", "sentiment"),
+        ("'sentiment'", "--label_column_name"),
+    ),
+    # ---- predict
+    Case(
+        "predict-model-dir-without-config",
+        "predict",
+        lambda e: e.predict(model=_empty_model_dir(e)),
+        ("empty_model", "not a model directory (no config.json)"),
+        subprocess=True,
+    ),
+    Case(
+        "predict-bare-encoder",
+        "predict",
+        lambda e: e.predict(model=e.bert, source=e.validation_csv),
+        ("BertModel", "not an image classifier or a sequence classifier"),
+    ),
+    Case(
+        "predict-text-model-given-image-folder",
+        "predict",
+        lambda e: e.predict(model=e.fixture("text_classifier")),
+        ("is a folder but the model is a text classifier",),
+    ),
+    Case(
+        "predict-input-missing",
+        "predict",
+        lambda e: e.predict(source=e.tmp / "nowhere.csv"),
+        ("--input", "nowhere.csv", "does not exist"),
+    ),
+    Case(
+        "predict-input-without-text-column",
+        "predict",
+        lambda e: e.predict(model=e.fixture("text_classifier"), source=e.csv("t.csv", [POS, NEG], ("body", "label"))),
+        ("'text'", "(columns: body, label)"),
+    ),
+    Case(
+        "predict-image-model-given-a-text-table",
+        "predict",
+        lambda e: e.predict(source=e.validation_csv),
+        ("image",),
+    ),
+    Case(
+        "predict-id-column-missing",
+        "predict",
+        lambda e: e.predict("--id_column", "review_id", model=e.fixture("text_classifier"), source=e.validation_csv),
+        ("'review_id'", "--id_column"),
+    ),
+    Case(
+        "predict-folder-without-images",
+        "predict",
+        lambda e: e.predict(source=_empty_class_folders(e)),
+        ("holds no image files",),
+    ),
+    Case("predict-batch-size-0", "predict", lambda e: e.predict("--batch_size", "0"), ("--batch_size", "got 0")),
+    Case(
+        "predict-existing-output-without-overwrite",
+        "predict",
+        lambda e: e.predict() if e.write("out/predictions.csv", "id,predicted_label\n") else [],
+        ("predictions.csv already exists", "--overwrite"),
+    ),
+    Case(
+        "predict-output-under-a-file",
+        "predict",
+        lambda e: [*e.predict(), "--output", e.under_a_file()],
+        ("cannot be written",),
+    ),
+    Case(
+        "predict-unknown-device",
+        "predict",
+        lambda e: e.predict("--device", "tpu"),
+        ("--device", "'tpu'"),
+    ),
+    # ---- chains
+    Case(
+        "chain-link-refers-to-a-later-link",
+        "chain",
+        lambda e: e.chain({"links": [_link("a", model="{b}"), _link("b")]}),
+        ("{b}", "not an earlier link"),
+    ),
+    Case(
+        "chain-unknown-recipe",
+        "chain",
+        lambda e: e.chain({"links": [{"name": "a", "recipe": "finetune"}]}),
+        ("unknown recipe 'finetune'", "image_classification"),
+    ),
+    Case(
+        "chain-unknown-recipe-after-a-good-link",
+        "chain",
+        lambda e: e.chain({"links": [_mlm_link(e), {"name": "b", "recipe": "finetune", "args": {"x": "{a}"}}]}),
+        ("unknown recipe 'finetune'",),
+    ),
+    Case(
+        "chain-malformed-yaml",
+        "chain",
+        lambda e: e.chain("links: [{name: a, recipe: pretrain_mlm\n"),
+        ("cannot read the chain file",),
+    ),
+    Case(
+        "chain-file-not-a-mapping",
+        "chain",
+        lambda e: e.chain("- name: a\n  recipe: pretrain_mlm\n"),
+        ("needs a list of links",),
+    ),
+    Case(
+        "chain-file-missing",
+        "chain",
+        lambda e: [str(e.tmp / "nowhere.yaml"), "--output_dir", str(e.out)],
+        ("cannot read the chain file", "nowhere.yaml"),
+    ),
+    Case(
+        "chain-seeds-not-integers",
+        "chain",
+        lambda e: e.chain({"links": [{**_link("a"), "seeds": ["zero"]}]}),
+        ("`seeds` of link 'a' must be a list of integers",),
+    ),
+    Case(
+        "chain-only-unknown-link",
+        "chain",
+        lambda e: [*e.chain({"links": [_link("a")]}), "--only", "z"],
+        ("--only z: no link of that name",),
+    ),
+    Case("chain-unknown-option", "chain", lambda e: [*e.chain({"links": [_link("a")]}), "--onyl", "a"], ("--onyl",)),
+    # ---- cross-cutting: output dirs that cannot be made, conflicting flags
+    Case(
+        "text-head-lr-multiplier-inf",
+        "text",
+        lambda e: e.text("--head_lr_multiplier", "inf"),
+        ("--head_lr_multiplier must be a finite number, got inf",),
+    ),
+    Case(
+        "image-learning-rate-nan",
+        "image",
+        lambda e: e.image("--learning_rate", "nan"),
+        ("--learning_rate must be a finite number, got nan",),
+    ),
+    Case(
+        "text-output-dir-under-a-file",
+        "text",
+        lambda e: [*e.text(), "--output_dir", e.under_a_file()],
+        ("notes.txt",),
+    ),
+    Case(
+        "image-output-dir-under-a-file",
+        "image",
+        lambda e: [*e.image(), "--output_dir", e.under_a_file()],
+        ("notes.txt",),
+    ),
+    Case(
+        "image-config-yaml-unknown-key",
+        "image",
+        lambda e: [str(_yaml(e, "hflip: 0.5\nrandom_crop: 0.8\n")), *e.image()],
+        ("'random_crop'", "config.yaml"),
+    ),
 ]
 
 
@@ -783,6 +1271,36 @@ def _model_copy(env: Env, source: Path, *drop: str, truncate: bool = False) -> P
         weights = target / "model.safetensors"
         weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     return target
+
+
+def _gpt2_dir(env: Env) -> Path:
+    """A causal LM (no masked-LM head in transformers) with a tokenizer."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    path = env.tmp / "gpt2"
+    config = GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=50, bos_token_id=0, eos_token_id=0)
+    GPT2LMHeadModel(config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(env.bert).save_pretrained(path)
+    return path
+
+
+def _no_mask_token_dir(env: Env) -> Path:
+    from transformers import AutoTokenizer, BertTokenizer
+
+    path = _model_copy(env, env.bert, "tokenizer.json", "tokenizer_config.json", "vocab.txt")
+    BertTokenizer(vocab=AutoTokenizer.from_pretrained(env.bert).get_vocab(), mask_token=None).save_pretrained(path)
+    return path
+
+
+def _link(name: str, **args) -> dict:
+    args = {"model_name_or_path": args.pop("model", "bert"), **args}
+    return {"name": name, "recipe": "pretrain_mlm", "args": args}
+
+
+def _mlm_link(env: Env) -> dict:
+    """A link that would run (and write its output) if the chain started before checking the later links."""
+    settings = {"max_steps": 1, "max_seq_length": 24, "report_to": "none", "use_cpu": True, "save_strategy": "no"}
+    return _link("a", model=str(env.bert), train_file=str(env.corpus()), **settings)
 
 
 def _unknown_architecture(env: Env) -> Path:
@@ -814,7 +1332,11 @@ def _empty_class_folders(env: Env) -> Path:
     return env.tmp / "empty_train"
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
+def _case_id(case) -> str:
+    return (case.values[0] if hasattr(case, "values") else case).id
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
 def test_bad_input_is_refused_in_process(case: Case, env: Env, monkeypatch, capfd):
     if case.setup:
         case.setup(env, monkeypatch)
@@ -826,7 +1348,7 @@ def test_bad_input_is_refused_in_process(case: Case, env: Env, monkeypatch, capf
     assert snapshot(env.out) == before
 
 
-SUBPROCESS_CASES = [c for c in CASES if c.subprocess]
+SUBPROCESS_CASES = [c for c in CASES if isinstance(c, Case) and c.subprocess]
 
 
 @pytest.mark.parametrize("case", SUBPROCESS_CASES, ids=lambda case: case.id)

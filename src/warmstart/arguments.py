@@ -4,6 +4,7 @@ one YAML / JSON file given first (``recipe.py config.yaml --learning_rate 1e-4``
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
@@ -263,6 +264,8 @@ class FreezeArguments:
     )
 
     def __post_init__(self) -> None:
+        # an inf / nan multiplier passes every range check below and turns the weights to nan in the first step
+        _refuse_non_finite(self, ("head_lr_multiplier", "finetune_lr_multiplier", "layer_lr_decay", "lora_alpha"))
         self.policy()  # fail at parse time, not after the model has loaded
 
     def policy(self) -> FreezePolicy:
@@ -471,6 +474,10 @@ def _check_training_values(values: dict[str, Any]) -> None:
         value = values.get(name)
         if value is not None and value < 1:
             raise WarmstartError(f"--{name} must be at least 1, got {value}")
+    for name in ("learning_rate", "weight_decay", "num_train_epochs"):
+        value = values.get(name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise WarmstartError(f"--{name} must be a finite number, got {value}")
     if values.get("learning_rate") is not None and values["learning_rate"] < 0:
         raise WarmstartError(f"--learning_rate must not be negative, got {values['learning_rate']}")
     max_steps, epochs = values.get("max_steps"), values.get("num_train_epochs")
@@ -479,11 +486,18 @@ def _check_training_values(values: dict[str, Any]) -> None:
             f"--num_train_epochs {epochs:g} with no positive --max_steps trains nothing: give either a positive value"
         )
     checkpoint = values.get("resume_from_checkpoint")
-    if checkpoint and not (Path(checkpoint) / "trainer_state.json").is_file():
+    if checkpoint and checkpoint != "auto" and not (Path(checkpoint) / "trainer_state.json").is_file():
         raise WarmstartError(
             f"--resume_from_checkpoint {checkpoint} is not a Trainer checkpoint (no trainer_state.json): give a "
             "checkpoint-<step> directory of an earlier run"
         )
+
+
+def _refuse_non_finite(section: Any, names: Sequence[str]) -> None:
+    for name in names:
+        value = getattr(section, name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise WarmstartError(f"--{name} must be a finite number, got {value}")
 
 
 def to_plain(value: Any) -> Any:

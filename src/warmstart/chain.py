@@ -146,13 +146,16 @@ def run_chain(
         One summary row per link run.
     """
     outputs = {"output_dir": chain.output_dir}
+    # every recipe is looked up before the first link runs: an unknown one in a late link must not cost the
+    # earlier links' runs (nor leave their outputs behind)
+    mains = {link.name: recipe(link.recipe) for link in chain.links if not only or link.name in only}
     rows = []
     for link in chain.links:
         one_seed = link.seeds is not None and len(link.seeds) == 1  # a later {name} is that one run's output
         outputs[link.name] = chain.output_dir / (f"{link.name}-seed{link.seeds[0]}" if one_seed else link.name)
         if only and link.name not in only:
             continue
-        main = recipe(link.recipe)
+        main = mains[link.name]
         per_seed: list[float] = []
         metric = None
         started = time.perf_counter()
