@@ -26,7 +26,7 @@ from torchvision.utils import make_grid
 from transformers.utils import ModelOutput
 
 from warmstart.errors import WarmstartError
-from warmstart.export import save_timm_for_hub
+from warmstart.export import contiguous_state, save_timm_for_hub
 
 __all__ = [
     "AutoencoderArguments",
@@ -338,13 +338,7 @@ class ImageAutoencoder(nn.Module):
         self._train_masks = None if mask_seed is None else torch.Generator().manual_seed(mask_seed)
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        # the Trainer saves a model that is not a PreTrainedModel with safetensors' save_file, which refuses the
-        # strided tensors of a channels_last CNN (save_pretrained makes them contiguous itself)
-        state = super().state_dict(*args, **kwargs)
-        for name, value in state.items():
-            if isinstance(value, torch.Tensor) and not value.is_contiguous():
-                state[name] = value.contiguous()
-        return state
+        return contiguous_state(super().state_dict(*args, **kwargs))
 
     # ``return_loss`` defaulting to True is how the Trainer knows to compute eval_loss from a batch with no labels.
     def forward(self, pixel_values: torch.Tensor, return_loss: bool = True) -> AutoencoderOutput:

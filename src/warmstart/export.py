@@ -83,6 +83,18 @@ def check_output_dir(output_dir: str | Path, resolved_config: dict[str, Any], ov
         )
 
 
+def contiguous_state(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with its tensors made contiguous, in place (the state dict keeps its metadata). The Trainer saves a
+    model that is not a ``PreTrainedModel`` (the LP-FT wrapper, the autoencoder) with safetensors' ``save_file``,
+    which refuses the strided tensors of a channels_last CNN; ``save_pretrained`` makes them contiguous itself."""
+    import torch
+
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor) and not value.is_contiguous():
+            state[key] = value.contiguous()
+    return state
+
+
 def write_resolved_config(output_dir: str | Path, resolved_config: dict[str, Any]) -> Path:
     """Writes the run's resolved configuration as ``warmstart_config.yaml`` (tokens already redacted)."""
     path = Path(output_dir) / CONFIG_NAME

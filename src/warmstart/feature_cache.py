@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from warmstart.errors import WarmstartError
+from warmstart.export import contiguous_state
 
 logger = logging.getLogger(__name__)
 
@@ -420,13 +421,7 @@ class ProbeThenFull(nn.Module):
         return self.model(**inputs, labels=labels)
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        # the Trainer saves a model that is not a PreTrainedModel with safetensors' save_file, which refuses the
-        # strided tensors of a channels_last CNN (save_pretrained makes them contiguous itself)
-        state = super().state_dict(*args, **kwargs)
-        for name, value in state.items():
-            if isinstance(value, torch.Tensor) and not value.is_contiguous():
-                state[name] = value.contiguous()
-        return state
+        return contiguous_state(super().state_dict(*args, **kwargs))
 
     def activation_checkpointing_enable(self, **kwargs: Any) -> None:
         """Checkpoints the full model's activations (the fine-tuning phase; the probe has none to save)."""
