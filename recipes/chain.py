@@ -9,13 +9,13 @@ See src/warmstart/chain.py for the file format, and recipes/configs/digits_chain
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from warmstart import WarmstartError, run_cli
+from warmstart.arguments import CliParser
 from warmstart.chain import chain_table, load_chain, run_chain
 
 RECIPES = Path(__file__).resolve().parent
@@ -31,13 +31,8 @@ def recipe_main(name: str):
     return importlib.import_module(name).main
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse would print its usage and exit
-        raise WarmstartError(f"{message} (see --help)")
-
-
 def main(argv: Sequence[str] | None = None) -> list[dict]:
-    parser = _Parser(description=__doc__.splitlines()[0])
+    parser = CliParser(description=__doc__.splitlines()[0])
     parser.add_argument("chain_file", help="the chain's YAML file")
     parser.add_argument("--output_dir", help="where the links write (default: the file's output_dir)")
     parser.add_argument("--only", nargs="+", help="run only these links (the others' outputs must exist)")

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from warmstart import WarmstartError, run_cli
-from warmstart.arguments import CONFIG_FILE_SUFFIXES, mapping_to_argv, underscored
+from warmstart.arguments import CONFIG_FILE_SUFFIXES, CliParser, mapping_to_argv, read_config_file, underscored
 from warmstart.comparison import (
     KNOWN_METRICS,
     ComparisonArguments,
@@ -35,6 +35,7 @@ from warmstart.comparison import (
     run_comparison,
     write_comparison,
 )
+from warmstart.export import refuse_foreign_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -42,24 +43,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def split_arguments(argv: list[str]) -> tuple[ComparisonArguments, list[str], argparse.Namespace]:
     """The comparison's own arguments, the recipe's (a config file expanded into them), and the recipe values the
     comparison reads."""
-    import yaml
-
     if argv and argv[0].endswith(CONFIG_FILE_SUFFIXES) and not argv[0].startswith("-"):
-        path = Path(argv.pop(0))
-        try:
-            values = yaml.safe_load(path.read_text())  # JSON is YAML too
-        except (OSError, yaml.YAMLError) as err:
-            raise WarmstartError(f"cannot read the config file {path}: {str(err).splitlines()[0]}") from None
-        if not isinstance(values, dict):
-            raise WarmstartError(f"the config file {path} must hold a mapping of argument names to values")
-        argv = mapping_to_argv(values) + argv
+        argv = mapping_to_argv(read_config_file(argv.pop(0))) + argv
     argv = underscored(argv)  # --learning-rate is --learning_rate to the recipes: one spelling to read here
-    own = _Parser(add_help=False, allow_abbrev=False)
+    own = CliParser(add_help=False, allow_abbrev=False)
     own.add_argument("--strategies", nargs="+")
     own.add_argument("--learning_rates", nargs="+", type=float)
     parsed, rest = own.parse_known_args(argv)
     comparison = ComparisonArguments(parsed.strategies, parsed.learning_rates)
-    read = _Parser(add_help=False, allow_abbrev=False)
+    read = CliParser(add_help=False, allow_abbrev=False)
     for flag in READ_FLAGS:
         read.add_argument(f"--{flag}")
     read.add_argument("--num_train_epochs", type=float)
@@ -83,11 +75,6 @@ READ_FLAGS = (
     "resume_from_checkpoint",
     "hparam_search",
 )
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse would print its usage and exit
-        raise WarmstartError(f"{message} (see --help)")
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
@@ -136,13 +123,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     else:
         import text_classification as recipe
     output_dir = Path(values.output_dir)
-    holds_model = (output_dir / "config.json").is_file() and not (output_dir / "comparison.csv").is_file()
     overwrite = str(values.overwrite_output_dir).lower() in ("true", "1", "yes")
-    if holds_model and not overwrite:
-        raise WarmstartError(
-            f"--output_dir {output_dir} already holds a model that is not a comparison's: choose another --output_dir "
-            "or pass --overwrite_output_dir true"
-        )
+    refuse_foreign_model(output_dir, "comparison.csv", "a comparison", overwrite)
     shared = [
         a for i, a in enumerate(recipe_argv) if not _is_flag_or_value(recipe_argv, i, ("output_dir", "learning_rate"))
     ]

@@ -8,15 +8,15 @@ them, with labels) and validation.parquet (the held-out 20 %, never seen in pret
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 
 from warmstart import WarmstartError, run_cli
+from warmstart.arguments import CliParser
 from warmstart.quickstart import write_digits_chain_data
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, str]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = CliParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output_dir", required=True, help="where the three parquet files go")
     parser.add_argument("--image_size", type=int, default=32, help="side of the square images in pixels")
     parser.add_argument("--labeled_fraction", type=float, default=0.1, help="fraction of train that keeps labels")

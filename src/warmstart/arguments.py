@@ -3,6 +3,7 @@ one YAML / JSON file given first (``recipe.py config.yaml --learning_rate 1e-4``
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -354,12 +355,25 @@ class PerformanceArguments:
             raise WarmstartError(f"--feature_cache_memory_mb must not be negative, got {self.feature_cache_memory_mb}")
 
 
-class _Parser(HfArgumentParser):
-    def error(self, message: str) -> None:  # argparse would print the usage of 200+ options first
+class CliParser(argparse.ArgumentParser):
+    """An ``argparse`` parser whose errors are one-line :class:`WarmstartError` s (argparse would print its usage
+    first and exit), for the scripts that parse a few flags of their own."""
+
+    def error(self, message: str) -> None:
         raise WarmstartError(f"{message} (see --help)")
 
 
-def _config_to_argv(path: Path, known: set[str]) -> list[str]:
+class _Parser(HfArgumentParser):
+    error = CliParser.error  # the usage of 200+ options would bury the one line that matters
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping of argument names to values in a YAML / JSON config file.
+
+    Raises:
+        WarmstartError: the file cannot be read or parsed, or holds no mapping.
+    """
+    path = Path(path)
     try:
         text = path.read_text()
         values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
@@ -367,6 +381,11 @@ def _config_to_argv(path: Path, known: set[str]) -> list[str]:
         raise WarmstartError(f"cannot read the config file {path}: {str(err).splitlines()[0]}") from None
     if not isinstance(values, dict):
         raise WarmstartError(f"the config file {path} must hold a mapping of argument names to values")
+    return values
+
+
+def _config_to_argv(path: Path, known: set[str]) -> list[str]:
+    values = read_config_file(path)
     unknown = sorted(set(values) - known)
     if unknown:
         raise WarmstartError(f"unknown key {unknown[0]!r} in {path}: check the spelling against --help")

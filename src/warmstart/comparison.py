@@ -256,25 +256,11 @@ _TABLE_COLUMNS = (
 
 def comparison_table(rows: Sequence[dict[str, Any]], best: dict[str, Any] | None = None) -> str:
     """The comparison as a markdown table: one row per run, every eval / test metric, the best in bold."""
+    from warmstart.export import markdown_table
+
     metrics = [k for k in dict.fromkeys(k for row in rows for k in row) if k.startswith(("eval_", "test_"))]
-    header = [title for _, title in _TABLE_COLUMNS] + metrics
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    for row in rows:
-        cells = []
-        for key, _ in _TABLE_COLUMNS + tuple((m, m) for m in metrics):
-            cells.append(_cell(row.get(key)))
-        if best is not None and row["run"] == best["run"]:
-            cells[0] = f"**{cells[0]}** (best)"
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, bool) or value is None:
-        return "" if value is None else str(value)
-    if isinstance(value, int):
-        return f"{value:,}"
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    marked = next((row for row in rows if best is not None and row["run"] == best["run"]), None)
+    return markdown_table(rows, [*_TABLE_COLUMNS, *((m, m) for m in metrics)], best=marked)
 
 
 def write_comparison(rows: Sequence[dict[str, Any]], output_dir: Path, metric: str) -> dict[str, Any]:

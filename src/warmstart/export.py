@@ -95,6 +95,41 @@ def contiguous_state(state: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
+def refuse_foreign_model(output_dir: Path, marker: str, owner: str, overwrite: bool) -> None:
+    """Refuses an ``output_dir`` that holds a model ``owner`` (a comparison, a search) did not put there: one
+    without ``marker``, the file ``owner`` leaves beside the model it keeps.
+
+    Raises:
+        WarmstartError: it holds another model and ``overwrite`` is off.
+    """
+    if (output_dir / "config.json").is_file() and not (output_dir / marker).is_file() and not overwrite:
+        raise WarmstartError(
+            f"--output_dir {output_dir} already holds a model that is not {owner}'s: choose another --output_dir or "
+            "pass --overwrite_output_dir true"
+        )
+
+
+def markdown_cell(value: Any) -> str:
+    """A table cell: thousands separators for integers, 4 significant digits for floats, empty for ``None``."""
+    if isinstance(value, bool) or value is None:
+        return "" if value is None else str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]], best: Any = None) -> str:
+    """A markdown table of ``rows`` with ``columns`` as ``(key, title)``; the row that is ``best`` is marked in its
+    first cell."""
+    lines = ["| " + " | ".join(title for _, title in columns) + " |", "|" + " --- |" * len(columns)]
+    for row in rows:
+        cells = [markdown_cell(row.get(key)) for key, _ in columns]
+        if best is not None and row is best:
+            cells[0] = f"**{cells[0]}** (best)"
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def write_resolved_config(output_dir: str | Path, resolved_config: dict[str, Any]) -> Path:
     """Writes the run's resolved configuration as ``warmstart_config.yaml`` (tokens already redacted)."""
     path = Path(output_dir) / CONFIG_NAME

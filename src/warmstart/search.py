@@ -24,7 +24,7 @@ from typing import Any, Literal
 import yaml
 from transformers import TrainerCallback
 
-from warmstart.arguments import CONFIG_FILE_SUFFIXES, mapping_to_argv, underscored
+from warmstart.arguments import CONFIG_FILE_SUFFIXES, mapping_to_argv, read_config_file, underscored
 from warmstart.errors import WarmstartError
 
 logger = logging.getLogger(__name__)
@@ -138,8 +138,7 @@ def argv_as_mapping(argv: Sequence[str]) -> dict[str, Any]:
     argv = list(argv)
     values: dict[str, Any] = {}
     if argv and argv[0].endswith(CONFIG_FILE_SUFFIXES) and not argv[0].startswith("-"):
-        loaded = yaml.safe_load(Path(argv.pop(0)).read_text())
-        values.update({str(k).replace("-", "_"): v for k, v in (loaded if isinstance(loaded, dict) else {}).items()})
+        values.update({str(k).replace("-", "_"): v for k, v in read_config_file(argv.pop(0)).items()})
     key = None
     for token in underscored(argv):
         if token.startswith("--"):
@@ -276,13 +275,10 @@ def _write_results(rows: list[dict[str, Any]], key: str, best: int, output_dir: 
 
 def search_table(rows: list[dict[str, Any]], columns: list[str], best: int) -> str:
     """The trials as a markdown table, the best in bold."""
-    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
-    for row in rows:
-        cells = [f"{row.get(c):.4g}" if isinstance(row.get(c), float) else str(row.get(c, "")) for c in columns]
-        if row["trial"] == best:
-            cells[0] = f"**{cells[0]}** (best)"
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    from warmstart.export import markdown_table
+
+    marked = next((row for row in rows if row["trial"] == best), None)
+    return markdown_table(rows, [(c, c) for c in columns], best=marked)
 
 
 def _keep_best(source: Path, output_dir: Path, rows: list[dict[str, Any]], key: str, best: int) -> None:

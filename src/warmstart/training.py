@@ -34,7 +34,13 @@ from warmstart.arguments import (
     to_plain,
 )
 from warmstart.errors import WarmstartError
-from warmstart.export import check_output_dir, hub_upload_operations, write_model_card, write_resolved_config
+from warmstart.export import (
+    check_output_dir,
+    hub_upload_operations,
+    refuse_foreign_model,
+    write_model_card,
+    write_resolved_config,
+)
 from warmstart.feature_cache import (
     CacheDeclined,
     CachedFeatureCollator,
@@ -214,7 +220,7 @@ def start_recipe(argv: Sequence[str] | None, modality: str) -> RecipeArguments:
     }
     searching = search_args.hparam_search != "none"
     if searching:
-        _check_search_output_dir(Path(training_args.output_dir), model_args.overwrite_output_dir)
+        refuse_foreign_model(Path(training_args.output_dir), "search.db", "a search", model_args.overwrite_output_dir)
     run = start_run(
         named,
         training_args,
@@ -222,15 +228,6 @@ def start_recipe(argv: Sequence[str] | None, modality: str) -> RecipeArguments:
         task=f"{modality} classification",
     )
     return RecipeArguments(model_args, data_args, freeze_args, reg_args, perf_args, training_args, run, search_args)
-
-
-def _check_search_output_dir(output_dir: Path, overwrite: bool) -> None:
-    holds_model = (output_dir / "config.json").is_file() and not (output_dir / "search.db").is_file()
-    if holds_model and not overwrite:
-        raise WarmstartError(
-            f"--output_dir {output_dir} already holds a model that is not a search's: choose another --output_dir or "
-            "pass --overwrite_output_dir true"
-        )
 
 
 def search_or_none(args: RecipeArguments, argv: Sequence[str] | None, main: Callable) -> dict[str, Any] | None:
@@ -480,6 +477,14 @@ def train_evaluate_save(
     return results
 
 
+def checkpoints(output_dir: str | Path, *, complete: bool = True) -> list[Path]:
+    """The Trainer's ``checkpoint-<step>`` folders in ``output_dir``, oldest first; with ``complete``, only those
+    written to the end (their ``trainer_state.json``, saved last, is there)."""
+    numbered = [p for p in Path(output_dir).glob("checkpoint-*") if p.name.rsplit("-", 1)[-1].isdigit()]
+    kept = [p for p in numbered if not complete or (p / "trainer_state.json").is_file()]
+    return sorted(kept, key=lambda p: int(p.name.rsplit("-", 1)[-1]))
+
+
 def resume_point(training_args: TrainingArguments) -> str | None:
     """The checkpoint a run resumes from: ``--resume_from_checkpoint <path>``, or with ``auto`` the latest complete
     one in the output directory (a checkpoint a killed process left half-written, without its
@@ -487,11 +492,7 @@ def resume_point(training_args: TrainingArguments) -> str | None:
     asked = training_args.resume_from_checkpoint
     if asked != "auto":
         return asked
-    checkpoints = sorted(
-        (p for p in Path(training_args.output_dir).glob("checkpoint-*") if p.name.rsplit("-", 1)[-1].isdigit()),
-        key=lambda p: int(p.name.rsplit("-", 1)[-1]),
-    )
-    complete = [p for p in checkpoints if (p / "trainer_state.json").is_file()]
+    complete = checkpoints(training_args.output_dir)
     if not complete:
         logger.warning(
             "--resume_from_checkpoint auto: no checkpoint in %s, training from the start", training_args.output_dir
@@ -510,10 +511,8 @@ class StopOnNonFiniteLoss(TrainerCallback):
         for key in ("loss", "grad_norm"):
             value = (logs or {}).get(key)
             if isinstance(value, (int, float)) and not math.isfinite(value):
-                checkpoints = sorted(
-                    Path(args.output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[-1])
-                )
-                kept = f"the last good checkpoint is {checkpoints[-1]}" if checkpoints else "no checkpoint was saved"
+                saved = checkpoints(args.output_dir, complete=False)
+                kept = f"the last good checkpoint is {saved[-1]}" if saved else "no checkpoint was saved"
                 raise WarmstartError(
                     f"the training {key} became {value} at step {state.global_step}: lower --learning_rate (or train "
                     f"in fp32, or clip with --max_grad_norm); {kept}"
