@@ -31,6 +31,18 @@ def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] 
         message = " ".join(str(err).split())
         print(f"error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Tears down a torchrun / accelerate process group before the interpreter exits: left to interpreter
+    teardown, gloo's threads were destroyed still running now and then ("terminate called without an active
+    exception"), and a rank that had finished its work exited with SIGABRT."""
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        with contextlib.suppress(Exception):  # a peer already gone must not turn a finished run into a failure
+            distributed.destroy_process_group()
 
 
 def _close_progress_bars() -> None:
