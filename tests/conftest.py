@@ -247,3 +247,12 @@ def without_zero_init_scales(model):
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                 module.weight.fill_(1.0)
     return model
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now, for a process group's rendezvous."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

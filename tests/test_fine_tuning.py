@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import ListDataset, tiny_bert_classifier, trainer_flags, without_zero_init_scales
+from conftest import ListDataset, free_port, tiny_bert_classifier, trainer_flags, without_zero_init_scales
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from warmstart import FreezePolicy, WarmstartError, describe_blocks, prepare_fine_tuning
@@ -195,12 +194,6 @@ def test_gradual_counts_steps_too(tmp_path):
     )
     assert rec.changed[0] == rec.changed[2] == set(layout.head)
     assert rec.changed[3] == names_of(layout, "head", "neck", f"blocks.{len(layout.blocks) - 1}")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _final_weights(name, policy, out, resume=None, accumulation=1):

@@ -497,12 +497,11 @@ def test_lineage_of_an_output_made_before_lineage_was_recorded(tmp_path):
 def test_pretraining_recipes_run_under_two_process_ddp(recipe, bert_dir, tmp_path):
     """torchrun with 2 CPU processes (gloo): one output, written once, and a finite validation loss."""
     import os
-    import socket
     import subprocess
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    from conftest import free_port
+
+    port = free_port()
     out = tmp_path / "out"
     if recipe == "pretrain_mlm":
         data = ["--model_name_or_path", str(bert_dir), "--train_file", str(write_corpus(tmp_path / "c.txt", 80))]

@@ -12,9 +12,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from warmstart.distributed import launched_processes
 from warmstart.errors import WarmstartError
 from warmstart.freezing import FreezePolicy
 from warmstart.precision import (
@@ -472,6 +474,10 @@ def parse_args(
             check_precision(precision, on_cpu=on_cpu)
         if precision == "bf16" and on_cpu:
             values["use_cpu"] = True  # TrainingArguments accepts CPU bf16 only when told it is on the CPU
+        if launched_processes() > 1 and not torch.cuda.is_available():
+            # several processes with no GPU: without use_cpu, TrainingArguments sets no process group up, and each
+            # process trains alone on all the data and writes the output as if it were the only one
+            values["use_cpu"] = True
     outputs = []
     for dtype in dataclass_types:
         kwargs = {f.name: values.pop(f.name) for f in fields(dtype) if f.init and f.name in values}

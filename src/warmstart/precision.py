@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from warmstart.distributed import launched_processes
 from warmstart.errors import WarmstartError
 
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
@@ -238,10 +239,10 @@ def choose_precision(
         return PrecisionChoice(
             "fp32", f"auto on the CPU{_flags_note(True, flags)}: no native bf16, so fp32 (not measured)", on_cpu
         )
-    if measure is None and _processes() > 1:
+    if measure is None and launched_processes() > 1:
         # ranks timing at once on shared cores could land on both sides of the threshold, and DDP ranks in
         # different precisions disagree: several processes go by the flags alone
-        why = f"auto on the CPU{_flags_note(True, flags)}: native bf16 ({_processes()} processes: not timed)"
+        why = f"auto on the CPU{_flags_note(True, flags)}: native bf16 ({launched_processes()} processes: not timed)"
         return PrecisionChoice("bf16", why, on_cpu)
     speed = (measure or cpu_matmul_speed)()
     precision = "bf16" if speed.bf16_speedup >= BF16_MIN_SPEEDUP else "fp32"
@@ -252,14 +253,6 @@ def choose_precision(
         f"({speed.bf16_speedup:.2f}x {compared} {BF16_MIN_SPEEDUP}x, so {precision})"
     )
     return PrecisionChoice(precision, evidence, on_cpu)
-
-
-def _processes() -> int:
-    """The processes of this run (``torchrun`` / ``accelerate launch`` set ``WORLD_SIZE``)."""
-    try:
-        return int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        return 1
 
 
 def _gflops(value: float) -> str:
