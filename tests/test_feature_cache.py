@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -300,3 +301,67 @@ def test_cached_features_are_tensors_a_head_can_train_on(tmp_path):
         model.zero_grad()
         cached.close()
         assert not settings.cache_dir.exists()
+
+
+def _cache_in_process(rank: int, world: int, port: int, out: Path, budget: float) -> None:
+    """One process of a gloo group: computes the cache of a 13-example split (uneven shards) and saves what it got
+    and how many examples its backbone saw."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", rank=rank, world_size=world, init_method=f"tcp://127.0.0.1:{port}")
+    try:
+        model, splits = _shardable_model_and_splits()
+        seen, forward_features = [], model.timm_model.forward_features
+
+        def counted(pixels):  # every image the backbone runs on, in the check and in the extraction
+            seen.append(len(pixels))
+            return forward_features(pixels)
+
+        model.timm_model.forward_features = counted
+        settings = CacheSettings(image_collate, memory_budget_mb=budget, cache_dir=out / f"cache-rank{rank}")
+        cached = cache_features(model, splits, settings, batch_size=4)
+        tables = {
+            name: (torch.as_tensor(np.array(table.features)), table.labels.clone(), table.on_disk)
+            for name, table in cached.splits.items()
+        }
+        cached.close()
+        torch.save({"tables": tables, "seen": sum(seen), "stats": cached.stats}, out / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _shardable_model_and_splits():
+    torch.manual_seed(0)
+    model = wrap_timm_model(timm.create_model("test_resnet", pretrained=False, num_classes=3), ["a", "b", "c"])
+    generator = torch.Generator().manual_seed(1)
+    splits = {
+        name: [{"pixel_values": torch.randn(3, 32, 32, generator=generator), "labels": i % 3} for i in range(size)]
+        for name, size in (("train", 13), ("validation", 1))
+    }
+    return model, splits
+
+
+@pytest.mark.parametrize("budget", [2048.0, 0.0], ids=["in_memory", "memory_mapped"])
+def test_two_processes_compute_a_shard_each_and_both_get_every_feature(budget, tmp_path):
+    """Under a 2-process launch each process runs the backbone on its share of the examples only (7 + 6 of 13,
+    1 + 0 of 1), then both hold the whole table, equal to the one a single process computes, rows and labels in
+    dataset order."""
+    import torch.multiprocessing as mp
+    from conftest import free_port
+
+    mp.start_processes(_cache_in_process, args=(2, free_port(), tmp_path, budget), nprocs=2, start_method="spawn")
+    model, splits = _shardable_model_and_splits()
+    alone = cache_features(model, splits, CacheSettings(image_collate), batch_size=4)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    assert [r["stats"]["train"]["computed_by_this_process"] for r in ranks] == [7, 6]
+    assert [r["stats"]["validation"]["computed_by_this_process"] for r in ranks] == [1, 0]
+    # each process's backbone saw its shard of both splits, plus its first batch (its whole train shard, in batches
+    # of at least 32) once more through the full model for the check of the cut: never all 14 examples
+    assert [r["seen"] for r in ranks] == [7 + 1 + 7, 6 + 0 + 6]
+    for name, table in alone.splits.items():
+        for rank in ranks:
+            features, labels, on_disk = rank["tables"][name]
+            assert on_disk == (budget == 0.0)
+            torch.testing.assert_close(features, table.features, rtol=1e-5, atol=1e-6)
+            assert torch.equal(labels, table.labels)
+    assert not any((tmp_path / f"cache-rank{r}").exists() for r in range(2))

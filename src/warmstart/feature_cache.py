@@ -44,6 +44,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from warmstart.distributed import active as distributed_active
+from warmstart.distributed import any_process, gathered_blocks, shard_rows
 from warmstart.errors import WarmstartError
 from warmstart.export import contiguous_state
 
@@ -290,43 +292,57 @@ def cache_features(
     autocast = torch.autocast(device.type, dtype=settings.autocast_dtype, enabled=settings.autocast_dtype is not None)
     tables: dict[str, FeatureTable] = {}
     stats: dict[str, Any] = {}
-    budget_mb = settings.memory_budget_mb  # for all splits together
+    budget = [settings.memory_budget_mb]  # for all splits together
+    checked = False
     completed = False
     try:
         for name, dataset in splits.items():
             order = _extraction_order(dataset)
+            # several processes: each computes every world-th example (of the length order: similar work), then
+            # all gather the whole table; one process: all of them
+            alone = not distributed_active()
+            mine = order if alone else [order[i] for i in shard_rows(len(order))]
             loader = DataLoader(
-                dataset, batch_size=batch_size, sampler=order, collate_fn=settings.collate, num_workers=num_workers
+                dataset, batch_size=batch_size, sampler=mine, collate_fn=settings.collate, num_workers=num_workers
             )
             # the stores are made outside inference mode: the head trains on them, and autograd refuses tensors made
             # inside it
-            store: torch.Tensor | np.ndarray | None = None
-            labels = torch.empty(len(order), dtype=torch.long)
+            shard: torch.Tensor | np.ndarray | None = None
+            labels = torch.empty(len(mine), dtype=torch.long)
             done = 0
             for batch in loader:
                 batch = _to_device(batch, device)
                 with torch.inference_mode(), autocast:
                     features = backbone_features(model, batch).float()
-                    if not tables and store is None:  # the first batch of all: does the cut reproduce the model?
+                    if not checked:  # the first batch of all: does the cut reproduce the model?
                         problem = _check_head(model, head, key, batch, features, settings.autocast_dtype)
-                        if problem is not None:
-                            raise CacheDeclined(problem)
-                if store is None:
-                    store = _allocate(name, len(order), features.shape[1:], budget_mb, settings.cache_dir)
-                    if isinstance(store, torch.Tensor):
-                        budget_mb -= store.numel() * 4 / 2**20
-                rows = order[done : done + len(features)]
-                store[rows] = features.cpu().numpy() if isinstance(store, np.ndarray) else features.cpu()
+                        _agree_on_the_cut(problem, device)
+                        checked = True
+                if shard is None:
+                    split = name if alone else f"{name}-shard"
+                    shard = _allocate(split, len(mine), features.shape[1:], budget, settings.cache_dir)
+                # one process writes rows in dataset order; several write their shard in order, gathered below
+                rows = mine[done : done + len(features)] if alone else slice(done, done + len(features))
+                shard[rows] = features.cpu().numpy() if isinstance(shard, np.ndarray) else features.cpu()
                 labels[rows] = batch["labels"].cpu().long()
                 done += len(features)
-            if store is None:
+            if not checked and name == next(iter(splits)):  # no example here: the others still agree on the cut
+                _agree_on_the_cut(None, device)
+                checked = True
+            shape = _agreed_shape(None if shard is None else tuple(shard.shape[1:]), device)
+            if shape is None:
                 raise WarmstartError(f"the {name} split is empty: nothing to cache")
-            if isinstance(store, np.memmap):
-                store.flush()
-                store = np.load(store.filename, mmap_mode="r")  # read-only from here
-            tables[name] = FeatureTable(key, store, labels)
+            if shard is None:  # this process had no example of the split
+                shard = torch.empty((0, *shape))
+            store, all_labels = _whole_table(name, order, shard, labels, budget, settings.cache_dir, device)
+            tables[name] = FeatureTable(key, store, all_labels)
             on_disk = tables[name].on_disk
-            stats[name] = {"examples": len(order), "feature_shape": list(store.shape[1:]), "on_disk": on_disk}
+            stats[name] = {
+                "examples": len(order),
+                "feature_shape": list(store.shape[1:]),
+                "on_disk": on_disk,
+                "computed_by_this_process": len(mine),
+            }
         completed = True
     finally:
         model.train(was_training)
@@ -339,15 +355,79 @@ def cache_features(
     return CachedRun(head, key, tables, seconds, settings.cache_dir, stats)
 
 
+def _agree_on_the_cut(problem: str | None, device: torch.device) -> None:
+    """Declines the cache in every process when the head on features failed the check in any (each checks its
+    own first batch)."""
+    if any_process(problem is not None, device):
+        raise CacheDeclined(problem or "the head on cached features failed the check in another process")
+
+
+def _agreed_shape(shape: tuple[int, ...] | None, device: torch.device) -> tuple[int, ...] | None:
+    """The features' shape, from a process that computed some (a process can have no example of a small split)."""
+    if not distributed_active():
+        return shape
+    shapes: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(shapes, shape)
+    return next((s for s in shapes if s is not None), None)
+
+
+def _whole_table(
+    name: str,
+    order: list[int],
+    shard: torch.Tensor | np.ndarray,
+    labels: torch.Tensor,
+    budget: list[float],
+    cache_dir: Path | None,
+    device: torch.device,
+) -> tuple[torch.Tensor | np.ndarray, torch.Tensor]:
+    """A split's features and labels in dataset order, from this process's shard (all of it in one process) and,
+    with several processes, the others' (gathered a block at a time, into memory or onto disk)."""
+    if not distributed_active():  # one process: the shard is the table, written in dataset order
+        return _read_only(shard), labels
+    store = _allocate(name, len(order), shard.shape[1:], budget, cache_dir)
+    index = torch.tensor(order)
+    for start, stop, rows in gathered_blocks(shard, len(order), device):
+        where = index[start:stop]
+        if isinstance(store, np.ndarray):
+            store[where.numpy()] = rows.numpy()
+        else:
+            store[where] = rows
+    all_labels = torch.empty(len(order), dtype=torch.long)
+    for start, stop, rows in gathered_blocks(labels, len(order), device):
+        all_labels[index[start:stop]] = rows
+    if isinstance(shard, torch.Tensor):
+        budget[0] += shard.numel() * 4 / 2**20  # the shard's memory is free again
+    _drop(shard)
+    return _read_only(store), all_labels
+
+
+def _drop(array: torch.Tensor | np.ndarray) -> None:
+    """Deletes the file behind a memory-mapped array (a shard, once gathered)."""
+    if isinstance(array, np.memmap) and array.filename:
+        path = Path(array.filename)
+        del array
+        path.unlink(missing_ok=True)
+
+
+def _read_only(store: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+    if isinstance(store, np.memmap):
+        store.flush()
+        return np.load(store.filename, mmap_mode="r")
+    return store
+
+
 def _allocate(
-    split: str, rows: int, shape: torch.Size, budget_mb: float, cache_dir: Path | None
+    split: str, rows: int, shape: tuple[int, ...], budget: list[float], cache_dir: Path | None
 ) -> torch.Tensor | np.ndarray:
+    """Room for a split's features: in memory while the budget (``budget[0]`` MiB, lowered by what is taken) lasts,
+    else a memory-mapped file in ``cache_dir``."""
     size_mb = rows * math.prod(shape) * 4 / 2**20
-    if size_mb <= budget_mb:
+    if size_mb <= budget[0]:
+        budget[0] -= size_mb
         return torch.empty((rows, *shape), dtype=torch.float32)
     if cache_dir is None:
         raise WarmstartError(
-            f"the {split} features take {size_mb:.0f} MiB, over the {max(budget_mb, 0):.0f} MiB left of the feature "
+            f"the {split} features take {size_mb:.0f} MiB, over the {max(budget[0], 0):.0f} MiB left of the feature "
             "cache's memory budget, and no cache directory was given"
         )
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -357,8 +437,8 @@ def _allocate(
 
 
 def default_cache_dir(output_dir: Path, rank: int = 0) -> Path:
-    """Where a process of a run spills features: under the output directory, one folder per machine and rank (each
-    process computes its own; sharing them across ranks is for a later version)."""
+    """Where a process of a run spills features: under the output directory, one folder per machine and rank (the
+    processes compute a shard each, then every process holds the whole table)."""
     return output_dir / CACHE_DIR_NAME / f"{socket.gethostname()}-rank{rank}"
 
 
