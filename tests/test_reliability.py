@@ -13,7 +13,7 @@ from conftest import text_data_flags, trainer_flags
 from transformers import AutoModelForSequenceClassification, TrainerControl, TrainerState, TrainingArguments
 
 from warmstart import WarmstartError
-from warmstart.training import STAGING_DIR, StopOnNonFiniteLoss
+from warmstart.training import STAGING_DIR, StopOnNonFiniteLoss, checkpoints, resume_point
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
 import text_classification  # noqa: E402
@@ -78,11 +78,29 @@ def test_the_stop_names_the_last_checkpoint(tmp_path):
         stop.on_log(args, state, TrainerControl(), logs={"loss": float("nan")})
 
 
-@pytest.mark.parametrize("strategy", ["full", "head_only"])
+def test_resume_skips_a_checkpoint_killed_while_its_state_was_written(tmp_path):
+    """A checkpoint whose trainer_state.json is missing, empty or cut short (the process died writing it: seen in
+    the kill test under load) is not resumed from; the latest whole one is."""
+    for step, state in ((2, '{"global_step": 2}'), (4, '{"global_step": 4}'), (6, ""), (8, '{"global_st'), (10, None)):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if state is not None:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    assert [p.name for p in checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-4"]
+    assert len(checkpoints(tmp_path, complete=False)) == 5
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", resume_from_checkpoint="auto")
+    assert resume_point(args) == str(tmp_path / "checkpoint-4")
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [["full"], ["head_only"], ["lp_ft", "--probe_epochs", "4"], ["gradual", "--unfreeze_every", "2"]],
+    ids=["full", "head_only", "lp_ft", "gradual"],
+)
 def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(strategy, tiny_bert, text_files, tmp_path):
     """SIGKILL once a checkpoint is written, then --resume_from_checkpoint auto: the same final weights and
-    metrics as a run that was never stopped (fp32 on the CPU: identical), for full fine-tuning and for a head
-    trained on cached features."""
+    metrics as a run that was never stopped (fp32 on the CPU: identical), for full fine-tuning, a head trained on
+    cached features, LP-FT (killed in the probe on cached features at step 40 of 120, its fine-tuning phase from
+    step 48 after the resume) and gradual unfreezing (a block every 24 steps: killed between stages)."""
     import json
     import os
     import signal
@@ -99,7 +117,7 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(strategy, t
         "--precision",
         "fp32",
         "--freeze_strategy",
-        strategy,
+        *strategy,
         "--logging_steps",
         "10",
         "--disable_tqdm",
