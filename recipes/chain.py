@@ -17,6 +17,7 @@ from pathlib import Path
 from warmstart import WarmstartError, run_cli
 from warmstart.arguments import CliParser
 from warmstart.chain import chain_table, load_chain, run_chain
+from warmstart.distributed import ensure_process_group, is_main_process
 
 RECIPES = Path(__file__).resolve().parent
 
@@ -41,8 +42,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     for name in args.only or ():
         if name not in {link.name for link in chain.links}:
             raise WarmstartError(f"--only {name}: no link of that name in {args.chain_file}")
+    ensure_process_group()  # under torchrun: the links' recipes and the writes agree from the start
     rows = run_chain(chain, recipe_main, only=args.only)
-    print(f"\nchain {args.chain_file} -> {chain.output_dir}\n{chain_table(rows)}")
+    if is_main_process():
+        print(f"\nchain {args.chain_file} -> {chain.output_dir}\n{chain_table(rows)}")
     return rows
 
 

@@ -16,7 +16,6 @@ Takes every argument of the recipes (a config file too); the image or text recip
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +34,7 @@ from warmstart.comparison import (
     run_comparison,
     write_comparison,
 )
+from warmstart.distributed import barrier, ensure_process_group, is_main_process
 from warmstart.export import refuse_foreign_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -87,15 +87,16 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         raise WarmstartError("--freeze_strategy is chosen per run here: list the strategies with --strategies")
     for flag, why in (
         ("push_to_hub", "push the kept model afterwards (it is a normal warmstart output)"),
-        ("resume_from_checkpoint", "a rerun of the comparison skips the runs that finished"),
         ("hparam_search", "search one strategy's hyperparameters with the recipe itself"),
     ):
         value = getattr(values, flag)
         if value is not None and str(value).lower() not in ("false", "none", "no", "0"):
             raise WarmstartError(f"--{flag} does not apply to a comparison: {why}")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    resume = values.resume_from_checkpoint
+    if resume is not None and resume not in ("auto", "none"):
         raise WarmstartError(
-            "compare_strategies runs its runs one after another in one process: launch it as a single process"
+            f"--resume_from_checkpoint {resume}: a comparison resumes each interrupted run from its own checkpoints; "
+            "give auto (finished runs are skipped either way)"
         )
     if not values.model_name_or_path or not values.output_dir:
         raise WarmstartError("--model_name_or_path and --output_dir are required")
@@ -128,15 +129,19 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     shared = [
         a for i, a in enumerate(recipe_argv) if not _is_flag_or_value(recipe_argv, i, ("output_dir", "learning_rate"))
     ]
+    shared = [a for i, a in enumerate(shared) if not _is_flag_or_value(shared, i, ("resume_from_checkpoint",))]
+    ensure_process_group()  # several processes (torchrun): they agree on what to run before the first run
     store: dict = {}
     try:
-        rows = run_comparison(runs, recipe.main, shared, output_dir, feature_store=store)
+        rows = run_comparison(runs, recipe.main, shared, output_dir, feature_store=store, resume=resume == "auto")
     finally:
         close_feature_store(store)
-    best = write_comparison(rows, output_dir, metric)
-    keep_best(best, rows, output_dir, metric)
-    print(f"\nstrategy comparison ({modality}): best by eval_{metric} is {best['run']}, kept in {output_dir}")
-    print(comparison_table(rows, best))
+    if is_main_process():
+        best = write_comparison(rows, output_dir, metric)
+        keep_best(best, rows, output_dir, metric)
+        print(f"\nstrategy comparison ({modality}): best by eval_{metric} is {best['run']}, kept in {output_dir}")
+        print(comparison_table(rows, best))
+    barrier()  # the other processes return once the outputs are written
     return rows
 
 

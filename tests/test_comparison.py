@@ -10,13 +10,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import image_data_flags, text_data_flags, trainer_flags
 from PIL import Image
 from transformers import AutoModelForSequenceClassification
 
 from warmstart import WarmstartError
-from warmstart.comparison import PlannedRun, best_row, parse_strategy, plan_runs, run_comparison
+from warmstart.comparison import ROW_FILE, PlannedRun, best_row, parse_strategy, plan_runs, run_comparison
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
 import compare_strategies  # noqa: E402
@@ -294,3 +295,58 @@ def test_lp_ft_reuses_features_only_for_the_same_rows(image_dirs, tmp_path):
     second = yaml.safe_load((out / "runs" / "lp_ft-lr0.001" / "warmstart_config.yaml").read_text())
     assert second["feature_cache"]["splits"]["train"]["examples"] == 8
     assert "shared" not in second["feature_cache"]["splits"]["train"]
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint_when_asked(tiny_bert, text_files, tmp_path):
+    """With resume, the run a crash interrupted goes on from its last checkpoint (the finished one is skipped) and
+    ends with the weights of a comparison never interrupted; without it, the run trains again from the start."""
+    from safetensors.torch import load_file
+    from transformers import TrainerCallback
+
+    class Crash(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 5:
+                raise RuntimeError("killed")
+
+    runs = plan_runs(["head_only", "full"], [1e-2])
+    shared = [
+        *text_data_flags(tiny_bert, text_files),
+        *trainer_flags(tmp_path / "unused", "--max_steps", "8", "--save_strategy", "steps", "--save_steps", "2"),
+        *("--precision", "fp32", "--group_by_length", "false", "--per_device_train_batch_size", "4"),
+    ]
+    shared = [a for a in shared if a not in ("--output_dir", str(tmp_path / "unused"), "--learning_rate", "1e-3")]
+    straight = tmp_path / "straight"
+    run_comparison(runs, text_classification.main, shared, straight, progress=lambda line: None)
+
+    out, calls, lines = tmp_path / "cmp", [], []
+
+    def crashing(argv, feature_store=None):
+        crash = [Crash()] if "full" in argv else []
+        return text_classification.main(argv, feature_store=feature_store, callbacks=crash)
+
+    with pytest.raises(RuntimeError, match="killed"):
+        run_comparison(runs, crashing, shared, out, progress=lambda line: None)
+    assert (out / "runs" / "full-lr0.01" / "checkpoint-4" / "trainer_state.json").is_file()
+
+    def recording(argv, feature_store=None):
+        calls.append(argv)
+        return text_classification.main(argv, feature_store=feature_store)
+
+    rows = run_comparison(runs, recording, shared, out, progress=lines.append, resume=True)
+    assert [argv[argv.index("--freeze_strategy") + 1] for argv in calls] == ["full"]
+    assert calls[0][-2:] == ["--resume_from_checkpoint", "auto"]
+    assert "full-lr0.01: interrupted earlier, resuming from its last checkpoint ..." in lines[1]
+    state = json.loads((out / "runs" / "full-lr0.01" / "trainer_state.json").read_text())
+    assert [e["step"] for e in state["log_history"] if "loss" in e][0] > 4  # nothing before the checkpoint again
+    expected = load_file(straight / "runs" / "full-lr0.01" / "model.safetensors")
+    resumed = load_file(out / "runs" / "full-lr0.01" / "model.safetensors")
+    for name, value in expected.items():
+        assert torch.equal(resumed[name], value), name
+    assert [r["strategy"] for r in rows] == ["head_only", "full"]
+
+    # the same interruption without resume: trained again from the start, in its own folder
+    (out / "runs" / "full-lr0.01" / ROW_FILE).unlink()
+    calls.clear()
+    run_comparison(runs, recording, shared, out, progress=lines.append)
+    assert calls[0][-2:] == ["--overwrite_output_dir", "true"]
+    assert "full-lr0.01: interrupted earlier, trained again from the start" in lines[-3]

@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from warmstart.arguments import mapping_to_argv
+from warmstart.distributed import barrier, is_main_process
 from warmstart.errors import WarmstartError
 
 logger = logging.getLogger(__name__)
@@ -136,6 +137,8 @@ def run_chain(
 ) -> list[dict[str, Any]]:
     """Runs the links in order, each recipe in this process, and writes ``chain_results.json`` and
     ``chain_results.md`` (link, recipe, metric: mean and per seed, wall time) into the chain's output directory.
+    Under a multi-process launch every process runs every link (each recipe a multi-process run), and the main
+    process writes.
 
     Args:
         chain: from :func:`load_chain`.
@@ -167,6 +170,7 @@ def run_chain(
             args["output_dir"] = str(out)
             logger.warning("chain: %s (%s)%s", link.name, link.recipe, f", seed {seed}" if seed is not None else "")
             results = main(mapping_to_argv(args))
+            barrier()  # under torchrun: the next link reads this one's output only once it is written
             found = _summary_metric(results) if isinstance(results, dict) else None
             if found is not None:
                 metric = found[0]
@@ -183,9 +187,11 @@ def run_chain(
                 "wall_seconds_per_run": round((time.perf_counter() - started) / len(link.seeds or [None]), 1),
             }
         )
-    chain.output_dir.mkdir(parents=True, exist_ok=True)
-    (chain.output_dir / "chain_results.json").write_text(json.dumps(rows, indent=2))
-    (chain.output_dir / "chain_results.md").write_text(chain_table(rows) + "\n")
+    if is_main_process():
+        chain.output_dir.mkdir(parents=True, exist_ok=True)
+        (chain.output_dir / "chain_results.json").write_text(json.dumps(rows, indent=2))
+        (chain.output_dir / "chain_results.md").write_text(chain_table(rows) + "\n")
+    barrier()
     return rows
 
 

@@ -2,7 +2,9 @@
 seed and budget, one recipe run each, and keep the best by the validation metric.
 
 Runs go to ``<output_dir>/runs/<strategy>-lr<lr>``; a finished run leaves ``comparison_row.json`` there and is
-skipped by a rerun, so a comparison that crashed resumes where it stopped. Frozen-backbone runs (``head_only``, the
+skipped by a rerun, so a comparison that crashed resumes where it stopped (with ``--resume_from_checkpoint auto``,
+the interrupted run too resumes, from its last checkpoint). Under a multi-process launch every process runs each
+run (a multi-process run of the recipe) and the main process writes. Frozen-backbone runs (``head_only``, the
 probe of ``lp_ft``) share one feature cache: the backbone runs once for all of them.
 """
 
@@ -22,12 +24,15 @@ from typing import Any
 
 import torch
 
+from warmstart.distributed import barrier, broadcast_from_main, is_main_process
 from warmstart.errors import WarmstartError
 from warmstart.freezing import STRATEGIES
 
 logger = logging.getLogger(__name__)
 
 ROW_FILE = "comparison_row.json"
+# written when a run starts, with its arguments: a resumed comparison resumes only a run started with the same ones
+STARTED_FILE = "comparison_started.json"
 # what the metrics of a classification run are called (eval_<name>); loss is lower-is-better
 KNOWN_METRICS = ("accuracy", "f1_macro", "roc_auc", "loss")
 
@@ -199,9 +204,13 @@ def run_comparison(
     *,
     feature_store: dict[str, Any] | None = None,
     progress: Callable[[str], None] = print,
+    resume: bool = False,
 ) -> list[dict[str, Any]]:
     """Runs each planned run through ``recipe`` (a recipe's ``main``) into ``output_dir/runs/<name>``, skipping
     the runs a previous attempt finished with the same arguments, with one progress line per run.
+
+    Under a multi-process launch every process runs the same runs (each a multi-process run of the recipe); the
+    main process decides what to skip, and alone writes the rows and the progress lines.
 
     Args:
         runs: from :func:`plan_runs`.
@@ -210,39 +219,72 @@ def run_comparison(
         output_dir: the comparison's directory.
         feature_store: shared between runs, so that frozen-backbone runs compute the features once.
         progress: where the progress lines go.
+        resume: a run an earlier attempt started with the same arguments and did not finish resumes from its last
+            complete checkpoint (``--resume_from_checkpoint auto``), instead of starting again.
 
     Returns:
         One row per run (see :func:`row_from_results`), in plan order.
     """
     rows = []
-    for i, run in enumerate(runs, start=1):
+    main_process = is_main_process()
+    say = progress if main_process else lambda line: None
+    plans = [_plan(run, [*recipe_argv, *run.flags, "--output_dir", str(output_dir / "runs" / run.name)], resume)
+             for run in runs] if main_process else None  # fmt: skip
+    plans = broadcast_from_main(plans)  # every process runs what the main process decided, from its files
+    for i, (run, (argv, action, row)) in enumerate(zip(runs, plans, strict=True), start=1):
         run_dir = output_dir / "runs" / run.name
-        argv = [*recipe_argv, *run.flags, "--output_dir", str(run_dir)]
-        finished = run_dir / ROW_FILE
-        replace = []
-        if finished.is_file():
-            row = json.loads(finished.read_text())
-            if row.pop("argv", None) == argv:
-                rows.append(row)
-                progress(f"[{i}/{len(runs)}] {run.name}: finished earlier, skipped")
-                continue
-            progress(f"[{i}/{len(runs)}] {run.name}: finished earlier with other arguments, trained again")
-            finished.unlink()
-            replace = ["--overwrite_output_dir", "true"]  # the run's own folder, made by this comparison
-        progress(f"[{i}/{len(runs)}] {run.name}: training ...")
+        if action == "skip":
+            rows.append(row)
+            say(f"[{i}/{len(runs)}] {run.name}: finished earlier, skipped")
+            continue
+        extra = []
+        if action in ("replace", "restart"):
+            why = "finished earlier with other arguments" if action == "replace" else "interrupted earlier"
+            say(f"[{i}/{len(runs)}] {run.name}: {why}, trained again from the start")
+            extra = ["--overwrite_output_dir", "true"]  # the run's own folder, made by this comparison
+        elif action == "resume":
+            say(f"[{i}/{len(runs)}] {run.name}: interrupted earlier, resuming from its last checkpoint ...")
+            extra = ["--resume_from_checkpoint", "auto"]
+        if main_process:
+            (run_dir / ROW_FILE).unlink(missing_ok=True)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / STARTED_FILE).write_text(json.dumps({"argv": argv}, indent=2))
+        barrier()  # no process starts the run while the main process still changes its folder
+        if action != "resume":
+            say(f"[{i}/{len(runs)}] {run.name}: training ...")
         started = time.perf_counter()
         with PeakMemory() as memory:
-            results = recipe([*argv, *replace], feature_store=feature_store)
+            results = recipe([*argv, *extra], feature_store=feature_store)
         row = row_from_results(run, results, time.perf_counter() - started, memory)
-        # written last, with the arguments: the run counts as finished from here, for these arguments only
-        finished.write_text(json.dumps({**row, "argv": argv}, indent=2))
+        if main_process:
+            # written last, with the arguments: the run counts as finished from here, for these arguments only
+            (run_dir / ROW_FILE).write_text(json.dumps({**row, "argv": argv}, indent=2))
         rows.append(row)
         shown = ", ".join(f"{k} {row[k]:.4f}" for k in ("eval_accuracy", "eval_loss") if k in row)
-        progress(
+        say(
             f"[{i}/{len(runs)}] {run.name}: {shown}; {row['trainable_params']:,} trainable params, "
             f"{row['train_seconds'] + row['feature_cache_seconds']:.1f} s training, peak {row['peak_rss_mb']:.0f} MiB"
         )
     return rows
+
+
+def _plan(run: PlannedRun, argv: list[str], resume: bool) -> tuple[list[str], str, dict[str, Any] | None]:
+    """What to do with a run, from what its folder holds: ``skip`` (finished with these arguments; its row),
+    ``replace`` (finished with others), ``resume`` (started with these arguments, not finished, and resuming was
+    asked for), ``restart`` (started, not finished, not resumed) or ``train``."""
+    run_dir = Path(argv[argv.index("--output_dir") + 1])
+    finished = run_dir / ROW_FILE
+    if finished.is_file():
+        row = json.loads(finished.read_text())
+        if row.pop("argv", None) == argv:
+            return argv, "skip", row
+        return argv, "replace", None
+    started = run_dir / STARTED_FILE
+    same = started.is_file() and json.loads(started.read_text()).get("argv") == argv
+    if resume and same:
+        return argv, "resume", None
+    # a folder from an interrupted attempt is this comparison's own: trained again
+    return argv, "restart" if run_dir.exists() else "train", None
 
 
 _TABLE_COLUMNS = (
