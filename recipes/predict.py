@@ -10,6 +10,16 @@ every class, preprocessed as the model was evaluated (read from its directory, n
 / parquet file (ids: ``--id_column``, else the row number; images from an image or image-path column), or a split
 of a dataset in the local Hugging Face cache, ``name[:config]:split``. When the input has true labels (the
 ``--label_column_name`` column, or an image folder's class sub-folders) the accuracy is printed too.
+
+Several processes split the rows between them:
+
+    torchrun --nproc_per_node 4 recipes/predict.py --model_name_or_path outputs/imdb-full --input imdb:test
+    accelerate launch --config_file accelerate_configs/multi_gpu.yaml recipes/predict.py --input photos/ ...
+
+Each process predicts every N-th row from its rank on, on its own GPU (``cuda:<LOCAL_RANK>``; at most one process
+per GPU) or on the CPU (``--device cpu``, or no GPU: a gloo group); the probabilities are gathered in input order
+and the main process alone writes the file (the same file, row for row, as one process writes) and prints. Bad
+input, a refused ``--output`` included, stops every process with one ``error:`` line.
 """
 
 from __future__ import annotations
@@ -19,14 +29,17 @@ import sys
 from collections.abc import Sequence
 
 from warmstart import parse_args, run_cli
+from warmstart.distributed import is_main_process
 from warmstart.prediction import (
     PredictionArguments,
-    check_output_path,
+    check_output_path_once,
     load_predictor,
-    predict,
+    predict_in_processes,
     prediction_accuracy,
     read_prediction_input,
-    write_predictions,
+    start_prediction_processes,
+    stop_together,
+    write_predictions_once,
 )
 
 
@@ -34,28 +47,38 @@ def main(argv: Sequence[str] | None = None) -> dict:
     (args,) = parse_args([PredictionArguments], argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
     logging.getLogger("warmstart").setLevel(logging.INFO)
+    start_prediction_processes(args.device)  # several processes: the group first, each on its own device
     # before the model loads: a run must not end, after all its work, on an output it may not replace
-    check_output_path(args.output, args.overwrite)
+    check_output_path_once(args.output, args.overwrite)
 
-    predictor = load_predictor(args.model_name_or_path, device=args.device, precision=args.precision)
-    data = read_prediction_input(
-        args.input,
-        predictor,
-        id_column=args.id_column,
-        image_column=args.image_column_name,
-        text_columns=args.text_column_names,
-        label_column=args.label_column_name,
+    with stop_together():  # a bad model or input stops every process, reported once
+        predictor = load_predictor(args.model_name_or_path, device=args.device, precision=args.precision)
+        data = read_prediction_input(
+            args.input,
+            predictor,
+            id_column=args.id_column,
+            image_column=args.image_column_name,
+            text_columns=args.text_column_names,
+            label_column=args.label_column_name,
+        )
+    probs, rows_here = predict_in_processes(
+        predictor, data, args.batch_size, progress=not args.disable_tqdm, num_workers=args.num_workers
     )
-    probs = predict(predictor, data, args.batch_size, progress=not args.disable_tqdm, num_workers=args.num_workers)
-    path = write_predictions(args.output, data.ids, predictor.labels, probs, overwrite=args.overwrite)
+    path = write_predictions_once(args.output, data.ids, predictor.labels, probs, overwrite=args.overwrite)
 
-    results = {"output": str(path), "rows": len(data.ids), "labels": predictor.labels}
+    results = {
+        "output": str(path),
+        "rows": len(data.ids),
+        "labels": predictor.labels,
+        "rows_predicted_here": rows_here,
+    }
     accuracy = prediction_accuracy(probs, data.true_labels)
     message = f"{len(data.ids)} predictions written to {path}"
     if accuracy is not None:
         results["accuracy"] = accuracy
         message += f"; accuracy {accuracy:.4f} against the input's labels"
-    print(message)
+    if is_main_process():
+        print(message)
     return results
 
 

@@ -8,8 +8,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import re
 import shutil
 import struct
+import subprocess
 import sys
 import zlib
 from pathlib import Path
@@ -19,7 +22,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from conftest import _sentences, _write_bert, trainer_flags, write_image_folder, write_text_csv
+from conftest import _sentences, _write_bert, free_port, trainer_flags, write_image_folder, write_text_csv
 from PIL import Image
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -33,7 +36,8 @@ from warmstart.prediction import (
     write_predictions,
 )
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+sys.path.insert(0, str(RECIPES))
 import image_classification  # noqa: E402
 import predict as predict_recipe  # noqa: E402
 import text_classification  # noqa: E402
@@ -537,3 +541,145 @@ def test_the_saved_data_config_is_used_not_the_architecture_default(image_model)
     assert predictor.modality == "image" and predictor.labels == LABELS
     assert predictor.data_config["input_size"] == (3, 32, 32)
     assert timm.create_model("test_resnet").pretrained_cfg["input_size"] != (3, 32, 32)
+
+
+# ------------------------------------------------------------------------------------------- several processes
+
+
+def test_a_subset_of_rows_is_predicted_as_in_the_whole_input(image_model, text_model, tmp_path):
+    texts = write_text_csv(tmp_path / "input.csv", _sentences(7, 4))
+    folder = write_noise_folder(tmp_path / "val", 2, 8)
+    for model, source in ((text_model, texts), (image_model, folder)):
+        predictor = load_predictor(model, device="cpu")
+        data = read_prediction_input(source, predictor)
+        whole = predict(predictor, data, 3, progress=False)
+        for rows in ([5, 0, 3], range(1, 6, 2), []):
+            part = predict(predictor, data, 2, progress=False, rows=rows)
+            torch.testing.assert_close(part, whole[list(rows)], rtol=0, atol=1e-6)
+
+
+def run_two_processes(script: Path, argv: list[str], timeout: int = 150) -> subprocess.CompletedProcess:
+    """``script`` under ``torchrun`` with 2 CPU processes (a gloo group)."""
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        str(script),
+        *argv,
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+# runs the recipe as its __main__ does, and keeps what main returned in each process
+RECORDING_RUN = """
+import json, os, sys
+sys.path.insert(0, {recipes!r})
+import predict
+from warmstart import run_cli
+
+def record(argv):
+    results = predict.main(argv)
+    with open(os.path.join({folder!r}, "results-" + os.environ["RANK"] + ".json"), "w") as f:
+        json.dump(results, f)
+
+run_cli(record)
+"""
+
+
+def per_process_counts(stdout: str, rows: int) -> dict[int, int]:
+    """What each process logged it predicted."""
+    found = re.findall(rf"process (\d) of 2 predicted (\d+) of the {rows} rows", stdout)
+    return {int(rank): int(count) for rank, count in found}
+
+
+@pytest.mark.parametrize("modality", ["text", "image"])
+def test_two_processes_predict_their_shares_and_write_the_single_process_file(
+    modality, image_model, text_model, tmp_path
+):
+    if modality == "text":
+        rows = _sentences(13, 11)
+        rows[4] = ("good", "pos")  # a short one: each process pads its own batches
+        model, source, labels = text_model, write_text_csv(tmp_path / "input.csv", rows), ["neg", "pos"]
+    else:
+        model, source, labels = image_model, write_noise_folder(tmp_path / "val", 3, 12), LABELS
+    count = 13 if modality == "text" else 9  # odd: the processes get 7 and 6, 5 and 4
+    alone = run_predict(model, source, tmp_path / "alone.csv", "--batch_size", "2")
+    out = tmp_path / "out" / "predictions.csv"
+    argv = ["--model_name_or_path", str(model), "--input", str(source), "--output", str(out), "--batch_size", "2"]
+    if modality == "text":  # the recipe itself, with its progress bar
+        done = run_two_processes(RECIPES / "predict.py", argv)
+    else:  # the recipe's main as its __main__ runs it, keeping each process's results
+        script = tmp_path / "recording_run.py"
+        script.write_text(RECORDING_RUN.format(recipes=str(RECIPES), folder=str(tmp_path)))
+        done = run_two_processes(script, [*argv, "--disable_tqdm", "true"])
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    ids, predicted, probs = read_output(out, labels)
+    alone_ids, alone_predicted, alone_probs = read_output(tmp_path / "alone.csv", labels)
+    assert ids == alone_ids and len(set(ids)) == count  # every input once, in input order
+    assert_probs(probs, alone_probs)
+    assert predicted == alone_predicted
+    # each process predicted every other row, from its rank on
+    assert per_process_counts(done.stdout, count) == {0: (count + 1) // 2, 1: count // 2}
+    # the main process alone wrote (one file, no temporary left) and printed
+    assert sorted(p.name for p in out.parent.iterdir()) == ["predictions.csv"]
+    summary = [line for line in done.stdout.splitlines() if "predictions written to" in line]
+    assert summary == [
+        f"{count} predictions written to {out}; accuracy {alone['accuracy']:.4f} against the input's labels"
+    ]
+    if modality == "text":  # the main process's bar alone, over its share
+        assert (
+            f"{(count + 1) // 2}/{(count + 1) // 2}" in done.stderr and f"{count // 2}/{count // 2}" not in done.stderr
+        )
+    else:  # the same results in both processes, but for the rows each predicted
+        results = [json.loads((tmp_path / f"results-{rank}.json").read_text()) for rank in (0, 1)]
+        assert [r.pop("rows_predicted_here") for r in results] == [(count + 1) // 2, count // 2]
+        del alone["rows_predicted_here"]
+        assert results[0] == results[1] == {**alone, "output": str(out)}
+
+
+@pytest.mark.parametrize("case", ["existing_output", "unreadable_image_in_one_share"])
+def test_two_processes_stop_together_on_bad_input_with_one_line(case, image_model, tmp_path):
+    folder = write_image_folder(tmp_path / "val", 1, 2)  # blue/0.png, green/0.png, red/0.png: rows 0, 1, 2
+    out = tmp_path / "predictions.csv"
+    if case == "existing_output":
+        out.write_text("old\n")
+        message = "already exists: choose another file or pass --overwrite true"
+    else:
+        (folder / "green" / "0.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")  # row 1: the second process's
+        message = "green/0.png cannot be read"
+    argv = ["--model_name_or_path", str(image_model), "--input", str(folder), "--output", str(out)]
+    done = run_two_processes(RECIPES / "predict.py", [*argv, "--disable_tqdm", "true"], timeout=120)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], done.stderr[-3000:]
+    if case == "existing_output":  # decided before any model loaded
+        assert out.read_text() == "old\n" and "loaded the image classifier" not in done.stdout
+    else:
+        assert not out.exists() and per_process_counts(done.stdout, 3) == {}
+
+
+@pytest.mark.parametrize(("rank", "stopped"), [("0", WarmstartError), ("1", SystemExit)])
+def test_a_gpu_run_with_more_processes_than_gpus_stops_every_process_reported_by_the_main_one(
+    monkeypatch, rank, stopped
+):
+    from warmstart import prediction
+
+    for name, value in {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "RANK": rank, "LOCAL_RANK": rank}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(stopped) as raised:  # before a process group (and its CUDA device) is set up
+        prediction.start_prediction_processes("auto")
+    if stopped is SystemExit:  # silent, with run_cli's status for bad input
+        assert raised.value.code == 2
+    else:
+        assert "2 processes were launched on this machine but it has 1 CUDA GPU(s)" in str(raised.value)
+    assert not torch.distributed.is_initialized()
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert prediction._resolve_device("auto") == torch.device("cuda", int(rank))  # the GPU of its local rank

@@ -10,10 +10,26 @@ prediction cannot quietly preprocess otherwise than the model was validated with
     data = read_prediction_input("photos/", predictor)
     probs = predict(predictor, data, batch_size=64)
     write_predictions("predictions.csv", data.ids, predictor.labels, probs)
+
+Under a multi-process launch (``torchrun --nproc_per_node N`` or ``accelerate launch``) the work is split: each
+process predicts every N-th row from its rank on, on its own device (the GPU of its local rank, or the CPU), and
+every process gathers the whole table in input order; the main process alone writes the file. Decisions are taken
+once for all processes, so that a refusal is one ``error:`` line and no process waits on another that stopped:
+
+    start_prediction_processes(device="auto")
+    check_output_path_once("predictions.csv")
+    with stop_together():  # a bad model or input in any process stops them all, reported once
+        predictor = load_predictor("outputs/resnet18-top2", device="auto")
+        data = read_prediction_input("photos/", predictor)
+    probs, rows_here = predict_in_processes(predictor, data, batch_size=64)
+    write_predictions_once("predictions.csv", data.ids, predictor.labels, probs)
+
+In one process each of these is the single-process step it wraps.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -22,10 +38,11 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import datasets
 import torch
+import torch.distributed as dist
 import yaml
 from datasets import ClassLabel, DatasetDict
 from PIL import Image, UnidentifiedImageError
@@ -42,6 +59,16 @@ from warmstart.data import (
     _root_cause,
     resolve_image_column,
     resolve_text_columns,
+)
+from warmstart.distributed import (
+    active,
+    broadcast_from_main,
+    ensure_process_group,
+    gather_rows,
+    is_main_process,
+    launched_processes,
+    rank,
+    shard_rows,
 )
 from warmstart.errors import WarmstartError
 from warmstart.export import CONFIG_NAME
@@ -251,12 +278,40 @@ def _model_directory(model_name_or_path: str) -> Path:
 
 def _resolve_device(device: str) -> torch.device:
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
         raise WarmstartError("--device cuda was asked for but no CUDA GPU is available: use --device cpu or auto")
-    if device not in ("cpu", "cuda"):
+    elif device not in ("cpu", "cuda"):
         raise WarmstartError(f"--device must be auto, cpu or cuda, got {device!r}")
+    if device == "cuda" and launched_processes() > 1:
+        # each process of a launch on its own GPU, the one of its local rank, as the Trainer (Accelerate) places it
+        _check_a_gpu_per_process()
+        return torch.device("cuda", _local_rank())
     return torch.device(device)
+
+
+def _local_rank() -> int:
+    try:
+        return int(os.environ.get("LOCAL_RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def _local_processes() -> int:
+    """The processes of the launch on this machine (``LOCAL_WORLD_SIZE``, set by ``torchrun``)."""
+    try:
+        return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+def _check_a_gpu_per_process() -> None:
+    gpus, processes = torch.cuda.device_count(), max(_local_processes(), _local_rank() + 1)
+    if processes > gpus:
+        raise WarmstartError(
+            f"{processes} processes were launched on this machine but it has {gpus} CUDA GPU(s): launch at most "
+            f"{gpus} per machine (--nproc_per_node), or predict on the CPU with --device cpu"
+        )
 
 
 def _image_predictor(model_dir: Path, config: dict[str, Any], device: torch.device, precision: str) -> Predictor:
@@ -639,6 +694,7 @@ def predict_batches(
     *,
     progress: bool = True,
     num_workers: int = 0,
+    rows: Sequence[int] | None = None,
 ) -> Iterator[tuple[list[int], torch.Tensor]]:
     """Runs the model over the input in batches.
 
@@ -651,6 +707,7 @@ def predict_batches(
         batch_size: inputs per forward pass.
         progress: show a tqdm progress bar (rows).
         num_workers: images: DataLoader worker processes.
+        rows: the row numbers of ``data`` to predict (a process's share of a multi-process run); ``None``: all.
 
     Yields:
         ``(rows, probabilities)``: the batch's row numbers in ``data`` and a ``(len(rows), num_labels)`` float32 CPU
@@ -663,17 +720,18 @@ def predict_batches(
         raise WarmstartError(f"--batch_size must be a positive integer, got {batch_size}")
     if predictor.modality == "image":
         table_dir = Path(data.source).parent if Path(data.source).is_file() else None
-        rows = _ImageRows(data, predictor.preprocess, table_dir)
         batches = torch.utils.data.DataLoader(
-            rows,
+            _ImageRows(data, predictor.preprocess, table_dir),
             batch_size=batch_size,
+            sampler=rows,
             num_workers=num_workers,
             collate_fn=_image_batch,
             pin_memory=predictor.device.type == "cuda",
         )
     else:
-        batches = _text_batches(predictor, data, batch_size)
-    with tqdm(total=len(data.ids), unit="row", desc="predicting", disable=not progress) as bar:
+        batches = _text_batches(predictor, data, batch_size, rows)
+    total = len(data.ids) if rows is None else len(rows)
+    with tqdm(total=total, unit="row", desc="predicting", disable=not progress) as bar:
         for batch_rows, batch in batches:
             if "error" in batch:
                 raise WarmstartError(batch["error"])
@@ -684,16 +742,20 @@ def predict_batches(
 
 
 def _text_batches(
-    predictor: Predictor, data: PredictionInput, batch_size: int
+    predictor: Predictor, data: PredictionInput, batch_size: int, rows: Sequence[int] | None = None
 ) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
-    columns = [data.dataset[c] for c in data.columns]
-    encoded = predictor.preprocess(*columns)
+    # only the rows asked for are read and tokenized: a process of a multi-process run does its share alone
+    dataset = data.dataset if rows is None else data.dataset.select(rows)
+    if len(dataset) == 0:
+        return
+    numbers = range(len(dataset)) if rows is None else list(rows)
+    encoded = predictor.preprocess(*(dataset[c] for c in data.columns))
     features = [dict(zip(encoded.keys(), values)) for values in zip(*encoded.values())]
     order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]), reverse=True)
     collate = TextCollator(predictor.tokenizer)
     for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        yield rows, collate([features[i] for i in rows])
+        batch = order[start : start + batch_size]
+        yield [numbers[i] for i in batch], collate([features[i] for i in batch])
 
 
 def predict(
@@ -703,15 +765,23 @@ def predict(
     *,
     progress: bool = True,
     num_workers: int = 0,
+    rows: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """The class probabilities of every input row, in input order: :func:`predict_batches` gathered.
 
+    Args:
+        rows: the row numbers of ``data`` to predict, the others being left out; ``None``: all.
+
     Returns:
-        A ``(rows, num_labels)`` float32 tensor.
+        A ``(rows, num_labels)`` float32 tensor: a row per input row, or per entry of ``rows`` in its order.
     """
-    probs = torch.empty(len(data.ids), len(predictor.labels), dtype=torch.float32)
-    for rows, batch_probs in predict_batches(predictor, data, batch_size, progress=progress, num_workers=num_workers):
-        probs[rows] = batch_probs
+    count = len(data.ids) if rows is None else len(rows)
+    probs = torch.empty(count, len(predictor.labels), dtype=torch.float32)
+    # the batches name rows of the input; with a subset, each goes to its place in ``rows``
+    place = None if rows is None else {row: i for i, row in enumerate(rows)}
+    batches = predict_batches(predictor, data, batch_size, progress=progress, num_workers=num_workers, rows=rows)
+    for batch_rows, batch_probs in batches:
+        probs[batch_rows if place is None else [place[row] for row in batch_rows]] = batch_probs
     return probs
 
 
@@ -720,6 +790,123 @@ def prediction_accuracy(probs: torch.Tensor, true_labels: Sequence[int] | None) 
     if true_labels is None or len(true_labels) == 0:
         return None
     return (probs.argmax(dim=-1) == torch.as_tensor(list(true_labels))).float().mean().item()
+
+
+# ------------------------------------------------------------------------------------------------------ processes
+
+
+def start_prediction_processes(device: str = "auto") -> None:
+    """Sets up the process group of a multi-process launch (``torchrun``, ``accelerate launch``) before the model
+    loads: gloo when the processes predict on the CPU, nccl when each has a CUDA GPU. Processes other than the main
+    one show no progress bars. Nothing in one process.
+
+    Args:
+        device: the ``--device`` asked for (``auto``, ``cpu`` or ``cuda``).
+
+    Raises:
+        WarmstartError: a GPU run launched with more processes on a machine than it has GPUs (raised in the main
+            process; the others exit with status 2).
+    """
+    if launched_processes() <= 1:
+        return
+    on_gpu = device != "cpu" and torch.cuda.is_available()
+    if on_gpu:
+        try:
+            _check_a_gpu_per_process()
+        except WarmstartError as err:
+            # setting the group up would fail in the processes without a GPU, with a CUDA traceback; every process
+            # sees the same launch, so all stop here, without a group to agree in
+            _stop_all_processes(str(err))
+    ensure_process_group(use_cpu=not on_gpu)
+    if not is_main_process():
+        # the main process's bars (reading the input, loading the weights) stand for all: a copy from every process,
+        # interleaved on one terminal, would garble them
+        from transformers.utils import logging as transformers_logging
+
+        datasets.disable_progress_bars()
+        transformers_logging.disable_progress_bar()
+
+
+def _stop_all_processes(message: str) -> NoReturn:
+    """Stops on a problem that every process of the launch stops on: the main process raises it (``run_cli`` prints
+    it), the others exit with the same status in silence, so that the terminal shows it once, not once a process."""
+    if launched_processes() > 1 and not is_main_process():
+        raise SystemExit(2)
+    raise WarmstartError(message)
+
+
+@contextlib.contextmanager
+def stop_together() -> Iterator[None]:
+    """Runs a step that bad input can fail in some processes only (an unreadable image in one's share) or in all
+    (a missing input); at the step's end the processes agree, and a failure in any stops every one of them with a
+    single message, the main process's own when it has one. Without it, a process that stops leaves the others
+    waiting for it in the next collective until the launcher kills them, and a failure of all is printed by each.
+
+    Every process must run the block: its end is a collective, a barrier too. In one process, the block alone.
+
+    Raises:
+        WarmstartError: the step's, in the main process (the others exit with status 2).
+    """
+    if not active():
+        yield
+        return
+    problem = None
+    try:
+        yield
+    except WarmstartError as err:
+        problem = str(err)
+    problems: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(problems, problem)
+    first = next((p for p in problems if p is not None), None)  # in rank order: the main process's first
+    if first is not None:
+        _stop_all_processes(first)
+
+
+def predict_in_processes(
+    predictor: Predictor,
+    data: PredictionInput,
+    batch_size: int = 64,
+    *,
+    progress: bool = True,
+    num_workers: int = 0,
+) -> tuple[torch.Tensor, int]:
+    """:func:`predict` with the rows split between the processes of a launch: each predicts its share on its own
+    device (every world-th row from its rank on, :func:`~warmstart.distributed.shard_rows`: an input sorted by
+    length still gives each a similar share of the work), and every process gathers the whole table, in input
+    order. In one process, :func:`predict`.
+
+    Args:
+        predictor: the model, loaded by every process (:func:`load_predictor`).
+        data: the input, read by every process (:func:`read_prediction_input`).
+        batch_size: inputs per forward pass.
+        progress: show a progress bar (on the main process only, for its share).
+        num_workers: images: DataLoader worker processes of each process.
+
+    Returns:
+        ``(probabilities, rows_predicted_here)``: the ``(rows, num_labels)`` float32 probabilities of every input
+        row, in input order, the same in every process; and how many of them this process computed.
+
+    Raises:
+        WarmstartError: as :func:`predict`, in any process (raised in the main one; the others exit with status 2).
+    """
+    if not active():
+        probs = predict(predictor, data, batch_size, progress=progress, num_workers=num_workers)
+        return probs, len(data.ids)
+    count = len(data.ids)
+    mine = shard_rows(count)
+    with stop_together():
+        probs = predict(
+            predictor, data, batch_size, progress=progress and is_main_process(), num_workers=num_workers, rows=mine
+        )
+    logger.info("process %d of %d predicted %d of the %d rows", rank(), dist.get_world_size(), len(mine), count)
+    return gather_rows(probs, count, _collective_device()), len(mine)
+
+
+def _collective_device() -> torch.device:
+    """Where the group's collectives run: nccl moves CUDA tensors only, gloo CPU ones."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 # ---------------------------------------------------------------------------------------------------------- output
@@ -741,6 +928,49 @@ def check_output_path(path: str | Path, overwrite: bool = False) -> Path:
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise WarmstartError(f"--output {path} cannot be written ({existing} is not a writable folder)")
     return path
+
+
+def check_output_path_once(path: str | Path, overwrite: bool = False) -> Path:
+    """:func:`check_output_path`, decided by the main process (the one that writes) and agreed by all the processes
+    of a launch: a refusal stops every one of them at once, with one message, rather than leaving the others to
+    load the model and wait for a process that stopped. In one process, :func:`check_output_path`.
+
+    Raises:
+        WarmstartError: as :func:`check_output_path` (raised in the main process; the others exit with status 2).
+    """
+    if not active():
+        return check_output_path(path, overwrite)
+    problem = None
+    if is_main_process():
+        try:
+            check_output_path(path, overwrite)
+        except WarmstartError as err:
+            problem = str(err)
+    problem = broadcast_from_main(problem)
+    if problem is not None:
+        _stop_all_processes(problem)
+    return Path(path)
+
+
+def write_predictions_once(
+    path: str | Path,
+    ids: Sequence[str],
+    labels: Sequence[str],
+    probs: torch.Tensor,
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """:func:`write_predictions` by the main process alone, the others waiting until it is written (or failed, which
+    stops them all): no process returns, and so the launch does not end, before the file is in place. In one
+    process, :func:`write_predictions`.
+
+    Raises:
+        WarmstartError: as :func:`write_predictions` (raised in the main process; the others exit with status 2).
+    """
+    with stop_together():  # its closing collective is the barrier
+        if not active() or is_main_process():
+            write_predictions(path, ids, labels, probs, overwrite=overwrite)
+    return Path(path)
 
 
 def write_predictions(
