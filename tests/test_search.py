@@ -1,21 +1,30 @@
 """Hyperparameter search (optuna over whole recipe runs): a 2-trial search keeps the best run and writes a config the
-recipe accepts, a rerun goes on with the trials left, and bad search settings are one-line errors."""
+recipe accepts, a rerun goes on with the trials left, a killed trial resumes from its checkpoint, a search runs under
+a 2-process torchrun launch, and bad search settings are one-line errors."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
-from conftest import image_data_flags, text_data_flags, trainer_flags
+from conftest import free_port, image_data_flags, text_data_flags, trainer_flags
+from transformers import TrainerControl, TrainerState
 
 from warmstart import WarmstartError
-from warmstart.search import argv_as_mapping
+from warmstart.search import PruneOnEvaluation, argv_as_mapping
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "recipes"))
 import image_classification  # noqa: E402
 import text_classification  # noqa: E402
 
@@ -59,7 +68,9 @@ def test_two_trial_search_keeps_the_best_and_writes_a_config_the_recipe_takes(ti
 
     more = search(tiny_bert, text_files, out, "--n_trials", "3")  # two finished: one more
     with (out / "search_results.csv").open() as f:
-        assert len(list(csv.DictReader(f))) == 3
+        trials = list(csv.DictReader(f))
+    assert len(trials) == 3
+    assert trials[2]["learning_rate"] not in (trials[0]["learning_rate"], trials[1]["learning_rate"])  # sampled anew
     assert more["best_trial"] in (0, 1, 2)
 
 
@@ -129,3 +140,167 @@ def test_a_dashed_search_flag_does_not_nest_searches(tiny_bert, text_files, tmp_
     trial = yaml.safe_load((out / "trials" / "trial-000" / "warmstart_config.yaml").read_text())
     assert trial["search"]["hparam_search"] == "none"
     assert not (out / "trials" / "trial-000" / "trials").exists()
+
+
+def test_a_search_refuses_one_checkpoint_for_all_its_trials(tiny_bert, text_files, tmp_path):
+    checkpoint = tmp_path / "checkpoint-2"
+    checkpoint.mkdir()
+    (checkpoint / "trainer_state.json").write_text("{}")
+    out = tmp_path / "search"
+    with pytest.raises(WarmstartError, match="--resume_from_checkpoint .* with --hparam_search: give auto"):
+        search(tiny_bert, text_files, out, "--n_trials", "1", "--resume_from_checkpoint", str(checkpoint))
+    assert not out.exists()
+
+
+class ScriptedTrial:
+    """The part of an optuna trial that pruning uses: it records the reports and prunes when told to."""
+
+    def __init__(self, prune: bool):
+        self.reports, self.prune = [], prune
+
+    def report(self, value, step):
+        self.reports.append((step, value))
+
+    def should_prune(self):
+        return self.prune
+
+
+@pytest.mark.parametrize("prune", [False, True])
+def test_pruning_numbers_evaluations_by_the_log_history(prune):
+    trial = ScriptedTrial(prune)
+    pruning = PruneOnEvaluation(trial, "eval_accuracy")
+    state, control = TrainerState(), TrainerControl()
+    # a run resumed from a checkpoint holding two evaluations: the third one is logged, then on_evaluate is called
+    state.log_history = [
+        {"eval_accuracy": 0.5, "step": 2},
+        {"loss": 0.7, "step": 3},
+        {"eval_accuracy": 0.6, "step": 4},
+        {"eval_accuracy": 0.75, "step": 6},
+    ]
+    pruning.on_evaluate(None, state, control, metrics={"eval_accuracy": 0.75, "eval_loss": 0.4})
+    assert trial.reports == [(3, 0.75)]
+    assert pruning.pruned is prune and control.should_training_stop is prune
+    pruning.on_evaluate(None, state, control, metrics={"eval_loss": 0.4})  # another metric: nothing to report
+    assert trial.reports == [(3, 0.75)]
+
+
+def finished_trials(out: Path) -> list:
+    study = optuna.load_study(study_name="warmstart", storage=f"sqlite:///{out / 'search.db'}")
+    return [t for t in study.trials if t.state.is_finished()]
+
+
+def test_a_search_runs_under_a_two_process_torchrun_launch(tiny_bert, text_files, tmp_path):
+    out = tmp_path / "search"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        str(REPO / "recipes" / "text_classification.py"),
+        *text_data_flags(tiny_bert, text_files),
+        *trainer_flags(out),
+        "--hparam_search",
+        "optuna",
+        "--n_trials",
+        "3",
+        # optuna's seeded start samples 1.0, 1e-5, 1.0: the third trial diverges as the first did, and is pruned at
+        # its first evaluation, where the two processes must stop together
+        "--hparam_space",
+        '{"learning_rate": [1e-5, 1.0]}',
+        "--eval_strategy",
+        "steps",
+        "--eval_steps",
+        "1",
+        "--metric_for_best_model",
+        "eval_loss",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with (out / "search_results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [row["trial"] for row in rows] == ["0", "1", "2"]  # each once: one process keeps the study
+    assert [row["state"] for row in rows] == ["complete", "complete", "pruned"]
+    assert done.stdout.count("[trial 2]") == 1
+    pruned = json.loads((out / "trials" / "trial-002" / "trainer_state.json").read_text())
+    assert pruned["global_step"] == 1  # stopped at its first evaluation, in both processes (or the run would hang)
+    states = [t.state for t in finished_trials(out)]
+    assert len(states) == 3 and optuna.trial.TrialState.FAIL not in states
+    for trial in ("trial-000", "trial-001", "trial-002"):
+        config = yaml.safe_load((out / "trials" / trial / "warmstart_config.yaml").read_text())
+        assert len(config["lineage"]["runs"]) == 1  # written once, not once per process
+    assert (out / "best_config.yaml").is_file() and (out / "model.safetensors").is_file()
+    assert yaml.safe_load((out / "best_config.yaml").read_text())["learning_rate"] == 1e-5
+
+
+def checkpointed_search(tiny_bert, text_files, out: Path) -> list[str]:
+    """A 1-trial search of 12 steps, with a checkpoint and an evaluation every 2."""
+    return [
+        *text_data_flags(tiny_bert, text_files),
+        *trainer_flags(out),
+        *("--max_steps", "12", "--save_strategy", "steps", "--save_steps", "2"),
+        *("--eval_strategy", "steps", "--eval_steps", "2"),
+        *("--hparam_search", "optuna", "--n_trials", "1", "--hparam_space", SPACE),
+    ]
+
+
+def kill_once_checkpointed(argv: list[str], out: Path) -> int:
+    """Runs the search of ``argv`` in a process killed with SIGKILL, as a crash would, once its first trial saved a
+    checkpoint; returns the step of that trial's latest complete checkpoint."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    with (out.parent / "killed.log").open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, str(REPO / "recipes" / "text_classification.py"), *argv],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        first = out / "trials" / "trial-000" / "checkpoint-2" / "trainer_state.json"
+        deadline = time.monotonic() + 240
+        while not first.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert process.returncode == -signal.SIGKILL, (out.parent / "killed.log").read_text()[-3000:]
+    steps = checkpoint_steps(out / "trials" / "trial-000")
+    assert steps and steps[-1] < 12
+    return steps[-1]
+
+
+def checkpoint_steps(run_dir: Path) -> list[int]:
+    """The steps of the complete checkpoints in ``run_dir``, in order."""
+    return sorted(int(p.parent.name.split("-")[1]) for p in run_dir.glob("checkpoint-*/trainer_state.json"))
+
+
+def test_a_killed_trial_resumes_from_its_checkpoint_or_is_recorded_as_failed(tiny_bert, text_files, tmp_path, capsys):
+    out = tmp_path / "search"
+    step = kill_once_checkpointed(checkpointed_search(tiny_bert, text_files, out), out)
+    assert finished_trials(out) == []  # the killed process left its trial running
+    without = tmp_path / "without_auto"
+    shutil.copytree(out, without)
+
+    text_classification.main([*checkpointed_search(tiny_bert, text_files, out), "--resume_from_checkpoint", "auto"])
+    printed = capsys.readouterr().out
+    assert f"resumes interrupted trial 0 from {out / 'trials' / 'trial-000' / f'checkpoint-{step}'}" in printed
+    old, new = finished_trials(out)
+    assert old.state == optuna.trial.TrialState.FAIL and old.user_attrs["interrupted"]
+    assert new.state == optuna.trial.TrialState.COMPLETE and new.params == old.params
+    resumed = out / "trials" / "trial-001"
+    assert checkpoint_steps(resumed) == list(range(step + 2, 13, 2))  # went on from the checkpoint, not from 0
+    assert json.loads((resumed / "trainer_state.json").read_text())["global_step"] == 12
+    assert sorted(new.intermediate_values) == [1, 2, 3, 4, 5, 6]  # evaluations numbered on across the resume
+    with (out / "search_results.csv").open() as f:
+        assert [(row["trial"], row["state"]) for row in csv.DictReader(f)] == [("0", "interrupted"), ("1", "complete")]
+
+    # without auto: the interrupted trial stays failed, and a fresh one, sampled anew, takes its place
+    text_classification.main(checkpointed_search(tiny_bert, text_files, without))
+    assert "trial 0 was interrupted: recorded as failed" in capsys.readouterr().out
+    old, new = finished_trials(without)
+    assert old.state == optuna.trial.TrialState.FAIL and old.user_attrs["interrupted"]
+    assert new.state == optuna.trial.TrialState.COMPLETE and "resumes_trial" not in new.user_attrs
+    assert new.params != old.params
+    assert checkpoint_steps(without / "trials" / "trial-001") == [2, 4, 6, 8, 10, 12]  # from the start

@@ -9,22 +9,30 @@ layer-wise decay, blocks an unfreezing schedule adds later), and ``unfreeze_top_
 train at all. A trial here is a whole run, so every policy, the feature cache and the report work as in any run;
 pruning reports each evaluation to optuna as the Trainer's integration does.
 
-The study is stored in ``<output_dir>/search.db`` (SQLite): a rerun after a crash goes on with the trials left.
+The study is stored in ``<output_dir>/search.db`` (SQLite): a rerun after a crash goes on with the trials left. A
+trial the crash interrupted (left running in the study) is recorded as failed; with ``--resume_from_checkpoint auto``
+it runs again, with the same values, from the latest complete checkpoint it saved.
+
+Under a multi-process launch (``torchrun``) every process runs each trial (a DDP run of the recipe), while the main
+process alone asks optuna for the trials, tells it their outcomes and writes the search's files: it broadcasts each
+trial's values, and each pruning decision, to the others.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from transformers import TrainerCallback
 
 from warmstart.arguments import CONFIG_FILE_SUFFIXES, mapping_to_argv, read_config_file, underscored
+from warmstart.distributed import barrier, broadcast_from_main, ensure_process_group, is_main_process
 from warmstart.errors import WarmstartError
 
 logger = logging.getLogger(__name__)
@@ -36,6 +44,9 @@ DEFAULT_SPACE = {
     "weight_decay": {"low": 0.0, "high": 0.1},
 }
 BEST_CONFIG = "best_config.yaml"
+# flags the search sets per trial, or that say how this run of the search goes: not part of the search's settings
+_SEARCH_FLAGS = ("hparam_search", "n_trials", "hparam_space", "resume_from_checkpoint")
+T = TypeVar("T")
 
 
 @dataclass
@@ -114,9 +125,14 @@ def sample(trial: Any, space: dict[str, Any]) -> dict[str, Any]:
 
 
 class PruneOnEvaluation(TrainerCallback):
-    """Reports each evaluation's metric to an optuna trial and stops the run when the pruner says so."""
+    """Reports each evaluation's metric to an optuna trial and stops the run when the pruner says so.
 
-    def __init__(self, trial: Any, metric_key: str):
+    Under a multi-process launch only the main process holds the trial (``trial`` is ``None`` in the others): it
+    decides, and the decision is broadcast, so that every process stops at the same step (they all evaluate at the
+    same points, on the same gathered predictions).
+    """
+
+    def __init__(self, trial: Any | None, metric_key: str):
         self.trial, self.metric_key, self.pruned = trial, metric_key, False
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
@@ -124,12 +140,21 @@ class PruneOnEvaluation(TrainerCallback):
         if value is None:
             return
         # the evaluation's number, not the optimizer step: trials with other batch sizes take other step counts,
-        # and the pruner compares trials at the same step
-        self.evaluations = getattr(self, "evaluations", 0) + 1
-        self.trial.report(float(value), step=self.evaluations)
-        if self.trial.should_prune():
+        # and the pruner compares trials at the same step. Counted in the log history, which holds this evaluation
+        # already and which a run resumed from a checkpoint restores, where a counter would start again at 1
+        number = evaluations(state.log_history, self.metric_key)
+        prune = False
+        if self.trial is not None:
+            self.trial.report(float(value), step=number)
+            prune = self.trial.should_prune()
+        if broadcast_from_main(prune):
             self.pruned = True
             control.should_training_stop = True
+
+
+def evaluations(log_history: Sequence[dict[str, Any]], metric_key: str) -> int:
+    """How many evaluations a Trainer's ``log_history`` holds: its entries with ``metric_key``."""
+    return sum(metric_key in entry for entry in log_history)
 
 
 def argv_as_mapping(argv: Sequence[str]) -> dict[str, Any]:
@@ -164,6 +189,11 @@ def run_search(
     """Runs the search: ``search.n_trials`` runs of ``recipe`` (its ``main``) into ``output_dir/trials``, keeps
     the best in ``output_dir`` and writes ``search_results.csv``, ``search_results.md`` and ``best_config.yaml``.
 
+    A rerun goes on with the trials left. A trial an earlier run left unfinished (killed) is recorded as failed;
+    with ``--resume_from_checkpoint auto`` in ``argv`` it runs again with the same values, from the latest complete
+    checkpoint in its folder. Under a multi-process launch every process runs every trial and returns the results,
+    and the main process alone keeps the study and writes the files.
+
     Args:
         search: the search arguments.
         argv: the recipe's command line, as given (the search flags are replaced per trial).
@@ -176,7 +206,8 @@ def run_search(
         The best trial's results, with ``best_trial`` and ``best_params``.
 
     Raises:
-        WarmstartError: optuna is not installed, or no trial finished.
+        WarmstartError: optuna is not installed, ``--resume_from_checkpoint`` names one checkpoint, the output
+            directory holds a search with other settings, or no trial finished.
     """
     try:
         import optuna
@@ -184,24 +215,88 @@ def run_search(
         raise WarmstartError("--hparam_search optuna needs optuna: pip install 'warmstart[hpo]'") from None
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the progress lines below say what happens
     key = f"eval_{metric.removeprefix('eval_')}"
-    base = {k: v for k, v in argv_as_mapping(argv).items() if k not in ("hparam_search", "n_trials", "hparam_space")}
+    given = argv_as_mapping(argv)
+    resume = given.get("resume_from_checkpoint") == "auto"
+    if given.get("resume_from_checkpoint") not in (None, "auto"):
+        # one checkpoint cannot start runs of other batch sizes and learning rates
+        raise WarmstartError(
+            f"--resume_from_checkpoint {given['resume_from_checkpoint']} with --hparam_search: give auto, which "
+            "resumes the trials an interrupted search left from their own checkpoints"
+        )
+    base = {k: v for k, v in given.items() if k not in _SEARCH_FLAGS}
     space = search.space()
-    direction = "minimize" if "loss" in key else "maximize"
-    output_dir.mkdir(parents=True, exist_ok=True)
-    study = optuna.create_study(
-        study_name="warmstart",
-        storage=f"sqlite:///{(output_dir / 'search.db').resolve()}",
-        load_if_exists=True,
-        direction=direction,
-        sampler=optuna.samplers.TPESampler(seed=seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=2),
-    )
     # a rerun goes on with the same search only: other data, budget, space or metric would mix incomparable trials
     settings = json.dumps(
         {"argv": {k: v for k, v in base.items() if k != "output_dir"}, "space": space, "metric": key},
         sort_keys=True,
         default=str,
     )
+    ensure_process_group()  # the processes agree on the first trial before any Trainer sets the group up
+    study, storage = _on_main(lambda: _open_study(optuna, output_dir, settings, key, seed)) or (None, None)
+    counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+    def left() -> int:
+        return search.n_trials - sum(t.state in counted for t in study.trials)
+
+    if is_main_process():
+        _settle_interrupted(optuna, study, storage, output_dir, key, resume=resume)
+        finished = search.n_trials - left()
+        if finished:
+            print(f"search: {finished} of {search.n_trials} trials finished earlier; {max(left(), 0)} to go")
+
+    stop = False
+    while True:
+        trial, plan = None, None
+        if is_main_process() and not stop and left() > 0:
+            trial = study.ask()  # a trial waiting to run again first, with its values
+            plan = _plan_trial(trial, space, output_dir, resume=resume)
+        plan = broadcast_from_main(plan)
+        if plan is None:
+            break
+        _run_trial(optuna, study, trial, plan, recipe, base, key)
+        if is_main_process():
+            failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+            # the space keeps producing runs that cannot train: stop rather than loop (an interrupted trial is no sign)
+            stop = sum(not t.user_attrs.get("interrupted") for t in failed) >= 2 * search.n_trials
+    results = broadcast_from_main(_on_main(lambda: _keep_results(optuna, study, base, key, output_dir)))
+    barrier()  # the outputs are written when any process returns
+    return results
+
+
+def _on_main(work: Callable[[], T]) -> T | None:
+    """``work()`` in the main process (``None`` in the others); a :class:`WarmstartError` it raises is raised in
+    every process, where the others would wait for the main process forever."""
+    value, error = None, None
+    if is_main_process():
+        try:
+            value = work()
+        except WarmstartError as err:
+            error = err
+    message = broadcast_from_main(None if error is None else str(error))
+    if error is not None:
+        raise error
+    if message is not None:
+        raise WarmstartError(message)
+    return value
+
+
+def _open_study(optuna: Any, output_dir: Path, settings: str, key: str, seed: int) -> tuple[Any, Any]:
+    """The search's study in ``output_dir/search.db`` (new, or the one of this same search) and its storage.
+
+    Raises:
+        WarmstartError: ``output_dir`` holds a search with other settings.
+    """
+    output_dir.mkdir(parents=True, exist_ok=True)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{(output_dir / 'search.db').resolve()}")
+    study = optuna.create_study(
+        study_name="warmstart",
+        storage=storage,
+        load_if_exists=True,
+        direction="minimize" if "loss" in key else "maximize",
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=2),
+    )
+    # a rerun's sampler seeded as the first run's would draw the first run's values again, for trials already run
+    study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))
     recorded = study.user_attrs.get("settings")
     if recorded is None:
         study.set_user_attr("settings", settings)
@@ -210,44 +305,155 @@ def run_search(
             f"--output_dir {output_dir} holds a search with other settings (arguments, --hparam_space or metric): "
             "choose another --output_dir to start a new search"
         )
-    counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    finished = [t for t in study.trials if t.state in counted]
-    left = search.n_trials - len(finished)
-    if finished:
-        print(f"search: {len(finished)} of {search.n_trials} trials finished earlier; {max(left, 0)} to go")
+    return study, storage
 
-    def objective(trial: Any) -> float:
-        values = sample(trial, space)
-        run_dir = output_dir / "trials" / f"trial-{trial.number:03d}"
-        pruning = PruneOnEvaluation(trial, key)
-        # hparam_search none last: a trial trains once, whatever spelling the search was asked with
-        args = {**base, **values, "output_dir": str(run_dir), "overwrite_output_dir": True, "hparam_search": "none"}
-        trial.set_user_attr("output_dir", str(run_dir))
-        shown = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
-        try:
-            results = recipe(mapping_to_argv(args), callbacks=[pruning])
-        except WarmstartError as err:  # these values do not work here (e.g. more blocks than the model has)
-            print(f"[trial {trial.number}] {shown}: failed: {err}")
-            return float("nan")  # optuna records a failed trial and goes on
-        if pruning.pruned:
-            print(f"[trial {trial.number}] {shown}: pruned at {key} {results.get(key, float('nan')):.4f}")
-            raise optuna.TrialPruned()
-        if key not in results:
-            raise WarmstartError(f"--metric_for_best_model: the run reports no {key}")
-        print(f"[trial {trial.number}] {shown}: {key} {results[key]:.4f}")
-        return float(results[key])
 
-    while left > 0:
-        study.optimize(objective, n_trials=1, catch=())
-        left = search.n_trials - sum(t.state in counted for t in study.trials)
-        if sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials) >= 2 * search.n_trials:
-            break  # the space keeps producing runs that cannot train: stop rather than loop
+def _trial_dir(output_dir: Path, number: int) -> Path:
+    return output_dir / "trials" / f"trial-{number:03d}"
+
+
+def _step(checkpoint: Path) -> int:
+    return int(checkpoint.name.rsplit("-", 1)[-1])
+
+
+def _settle_interrupted(optuna: Any, study: Any, storage: Any, output_dir: Path, key: str, *, resume: bool) -> None:
+    """Records the trials an earlier run left running (its process was killed: a study serves one search at a time)
+    as failed, with the user attribute ``interrupted``; with ``resume``, queues each to run again with the same
+    values, from its latest complete checkpoint (user attribute ``resume_from``) or from the start."""
+    study_id = storage.get_study_id_from_name(study.study_name)
+    for old in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, old.number)
+        storage.set_trial_user_attr(trial_id, "interrupted", True)
+        study.tell(old.number, state=optuna.trial.TrialState.FAIL)
+        if not resume:
+            print(
+                f"search: trial {old.number} was interrupted: recorded as failed (with --resume_from_checkpoint "
+                "auto it would run again)"
+            )
+            continue
+        checkpoint = _latest_checkpoint(old, output_dir)
+        attrs: dict[str, Any] = {"resumes_trial": old.number}
+        done = 0
+        if checkpoint is not None:
+            attrs["resume_from"] = str(checkpoint)
+            done = evaluations(json.loads((checkpoint / "trainer_state.json").read_text())["log_history"], key)
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=optuna.trial.TrialState.WAITING,
+                params=old.params,
+                distributions=old.distributions,
+                user_attrs=attrs,
+                # the evaluations the checkpoint holds: the pruner sees the whole curve, and the resumed run reports
+                # the evaluations after it, under the same numbers
+                intermediate_values={step: v for step, v in old.intermediate_values.items() if step <= done},
+            )
+        )
+        where = f"from {checkpoint}" if checkpoint is not None else "from the start (it saved no checkpoint)"
+        print(f"search: trial {old.number} was interrupted: it runs again with the same values, {where}")
+
+
+def _latest_checkpoint(trial: Any, output_dir: Path) -> Path | None:
+    """The latest complete checkpoint of an interrupted trial: in its folder, or the one it resumed from itself."""
+    from warmstart.training import checkpoints  # not at the top: training imports this module
+
+    found = checkpoints(_trial_dir(output_dir, trial.number))
+    earlier = trial.user_attrs.get("resume_from")
+    if earlier and (Path(earlier) / "trainer_state.json").is_file():
+        found.append(Path(earlier))
+    return max(found, key=_step, default=None)
+
+
+def _plan_trial(trial: Any, space: dict[str, Any], output_dir: Path, *, resume: bool) -> dict[str, Any]:
+    """What every process needs to run ``trial``: its number, values, folder and the checkpoint it resumes from."""
+    from warmstart.training import checkpoints
+
+    values = sample(trial, space)
+    run_dir = _trial_dir(output_dir, trial.number)
+    trial.set_user_attr("output_dir", str(run_dir))
+    # a folder of this number left by an earlier search (its search.db deleted): its checkpoints would be taken for
+    # this trial's if it were interrupted
+    for stale in checkpoints(run_dir, complete=False):
+        shutil.rmtree(stale)
+    resume_from = trial.user_attrs.get("resume_from") if resume else None
+    if resume_from is not None:
+        interrupted = trial.user_attrs["resumes_trial"]
+        print(f"[trial {trial.number}] {_shown(values)}: resumes interrupted trial {interrupted} from {resume_from}")
+    return {"number": trial.number, "values": values, "output_dir": str(run_dir), "resume_from": resume_from}
+
+
+def _shown(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
+
+
+def _run_trial(
+    optuna: Any,
+    study: Any,
+    trial: Any | None,
+    plan: dict[str, Any],
+    recipe: Callable[..., dict[str, Any]],
+    base: dict[str, Any],
+    key: str,
+) -> None:
+    """Runs one trial of the plan, in every process; the main process (holding ``trial``) tells optuna how it went.
+
+    A trial that raises anything but a :class:`WarmstartError` is recorded as failed and the error raised, as
+    optuna's ``optimize`` does; one interrupted (Ctrl-C) stays running, for the next run to resume or record.
+    """
+    number, values = plan["number"], plan["values"]
+    pruning = PruneOnEvaluation(trial, key)
+    # a fresh trial starts from the start, whatever --resume_from_checkpoint the search was given; hparam_search none
+    # last: a trial trains once, whatever spelling the search was asked with
+    args = {
+        **base,
+        **values,
+        "output_dir": plan["output_dir"],
+        "overwrite_output_dir": True,
+        "resume_from_checkpoint": plan["resume_from"],
+        "hparam_search": "none",
+    }
+    failed = optuna.trial.TrialState.FAIL
+    try:
+        results = recipe(mapping_to_argv(args), callbacks=[pruning])
+    except WarmstartError as err:  # these values do not work here (e.g. more blocks than the model has)
+        if trial is not None:
+            print(f"[trial {number}] {_shown(values)}: failed: {err}")
+            study.tell(trial, state=failed)  # and the search goes on
+        return
+    except Exception:
+        if trial is not None:
+            study.tell(trial, state=failed)
+        raise
+    if not pruning.pruned and key not in results:
+        if trial is not None:
+            study.tell(trial, state=failed)
+        raise WarmstartError(f"--metric_for_best_model: the run reports no {key}")
+    if trial is None:
+        return
+    if pruning.pruned:
+        print(f"[trial {number}] {_shown(values)}: pruned at {key} {results.get(key, float('nan')):.4f}")
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    else:
+        print(f"[trial {number}] {_shown(values)}: {key} {results[key]:.4f}")
+        study.tell(trial, float(results[key]))
+
+
+def _keep_results(optuna: Any, study: Any, base: dict[str, Any], key: str, output_dir: Path) -> dict[str, Any]:
+    """Writes the search's results and keeps its best run in ``output_dir``; returns the best run's results.
+
+    Raises:
+        WarmstartError: no trial finished.
+    """
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         raise WarmstartError("no trial of the search finished (all pruned or failed): widen --hparam_space")
     best = study.best_trial
     rows = [
-        {"trial": t.number, "state": t.state.name.lower(), key: t.value, **t.params}
+        {
+            "trial": t.number,
+            "state": "interrupted" if t.user_attrs.get("interrupted") else t.state.name.lower(),
+            key: t.value,
+            **t.params,
+        }
         for t in study.trials
         if t.state.is_finished()
     ]
