@@ -9,7 +9,9 @@ learning rate) is one run of the image or text recipe on the same splits, seed a
 
 Writes comparison.csv, comparison.md and comparison.png (validation metric against training time, marker size:
 trainable parameters) and the best model (by --metric_for_best_model, default accuracy) into --output_dir, in hub
-format, with the comparison in its model card; every run stays in output_dir/runs/. A rerun skips finished runs.
+format, with the comparison in its model card; every run stays in output_dir/runs/. A rerun skips finished runs
+(with --resume_from_checkpoint auto it resumes the interrupted one from its checkpoint). Under torchrun every run
+is a multi-process run, and the main process writes.
 Takes every argument of the recipes (a config file too); the image or text recipe is chosen from the model / data.
 """
 

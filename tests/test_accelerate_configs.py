@@ -36,6 +36,8 @@ EXPECTED = {
                         "num_machines": 1, "use_cpu": False, "gpu_ids": "0"},
     "multi_gpu.yaml": {"distributed_type": DistributedType.MULTI_GPU, "mixed_precision": "no", "num_processes": 2,
                        "num_machines": 1, "use_cpu": False, "gpu_ids": "all"},
+    "multi_cpu.yaml": {"distributed_type": DistributedType.MULTI_GPU, "mixed_precision": "no", "num_processes": 2,
+                       "num_machines": 1, "use_cpu": False, "gpu_ids": "all"},
     "bf16.yaml": {"distributed_type": DistributedType.NO, "mixed_precision": "bf16", "num_processes": 1,
                   "num_machines": 1, "use_cpu": False, "gpu_ids": "0"},
     "fp16.yaml": {"distributed_type": DistributedType.NO, "mixed_precision": "fp16", "num_processes": 1,
@@ -81,12 +83,15 @@ KEY_LINE = re.compile(r"^(?P<indent>\s*)(?P<key>[A-Za-z_][\w-]*)\s*:")
 
 # Prints what accelerate launch handed the script; imports nothing heavy, so it runs anywhere.
 PROBE = """
-import json, os
+import json, os, sys
 keys = ("ACCELERATE_MIXED_PRECISION", "ACCELERATE_USE_CPU", "CUDA_VISIBLE_DEVICES", "WORLD_SIZE", "RANK", "GROUP_RANK",
         "MASTER_ADDR")
 env = {k: os.environ.get(k) for k in keys}
 env.update({k: v for k, v in os.environ.items() if k.startswith(("ACCELERATE_", "FSDP_"))})
-print("PROBE " + json.dumps(env), flush=True)
+# one write of the whole line: two processes printing at once must not splice their lines (print writes the end
+# separately, and a line of one process once ended up inside the other's)
+sys.stdout.write("PROBE " + json.dumps(env) + "\\n")
+sys.stdout.flush()
 """
 
 

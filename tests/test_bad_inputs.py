@@ -1097,6 +1097,12 @@ CASES = [
         ("--push_to_hub does not apply to a comparison",),
     ),
     Case(
+        "compare-resume-from-one-checkpoint",
+        "compare",
+        lambda e: e.compare("--resume_from_checkpoint", str(e.tmp / "checkpoint-9")),
+        ("--resume_from_checkpoint", "give auto"),
+    ),
+    Case(
         "compare-gradual-without-unfreeze-every",
         "compare",
         lambda e: e.compare("--strategies", "gradual"),

@@ -10,11 +10,13 @@ probe of ``lp_ft``) share one feature cache: the backbone runs once for all of t
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib.util
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -245,6 +247,7 @@ def run_comparison(
         elif action == "resume":
             say(f"[{i}/{len(runs)}] {run.name}: interrupted earlier, resuming from its last checkpoint ...")
             extra = ["--resume_from_checkpoint", "auto"]
+        made = main_process and not run_dir.exists()
         if main_process:
             (run_dir / ROW_FILE).unlink(missing_ok=True)
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -253,8 +256,16 @@ def run_comparison(
         if action != "resume":
             say(f"[{i}/{len(runs)}] {run.name}: training ...")
         started = time.perf_counter()
-        with PeakMemory() as memory:
-            results = recipe([*argv, *extra], feature_store=feature_store)
+        try:
+            with PeakMemory() as memory:
+                results = recipe([*argv, *extra], feature_store=feature_store)
+        except WarmstartError:
+            if made and [p.name for p in run_dir.iterdir()] == [STARTED_FILE]:
+                # refused before it wrote anything (bad arguments): the comparison leaves no trace of it
+                shutil.rmtree(run_dir, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    run_dir.parent.rmdir()  # the runs/ folder, if this was its first run
+            raise
         row = row_from_results(run, results, time.perf_counter() - started, memory)
         if main_process:
             # written last, with the arguments: the run counts as finished from here, for these arguments only
