@@ -19,7 +19,7 @@ FILLER = ["the", "movie", "was", "really", "a", "plot", "and", "it", "very", "so
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
 
 
-def _write_bert(path: Path, num_labels: int | None = None) -> Path:
+def _write_bert(path: Path, num_labels: int | None = None, dropout: float | None = None) -> Path:
     from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizer
 
     path.mkdir(parents=True, exist_ok=True)
@@ -34,6 +34,8 @@ def _write_bert(path: Path, num_labels: int | None = None) -> Path:
         intermediate_size=37,
         max_position_embeddings=64,
     )
+    if dropout is not None:  # e.g. 0: dropout masks are drawn per process, which no multi-process launch can match
+        config.hidden_dropout_prob = config.attention_probs_dropout_prob = dropout
     if num_labels:
         config.num_labels = num_labels
         model = BertForSequenceClassification(config)
@@ -256,3 +258,11 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def torchrun_command(script: str | Path, *args: str, processes: int = 2) -> list[str]:
+    """``torchrun --nproc_per_node <processes> --master_port <a free port> script args``, with this interpreter."""
+    import sys
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
+    return [*command, "--master_port", str(free_port()), str(script), *args]

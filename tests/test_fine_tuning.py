@@ -6,13 +6,18 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import ListDataset, free_port, tiny_bert_classifier, trainer_flags, without_zero_init_scales
+from conftest import (
+    ListDataset,
+    tiny_bert_classifier,
+    torchrun_command,
+    trainer_flags,
+    without_zero_init_scales,
+)
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from warmstart import FreezePolicy, WarmstartError, describe_blocks, prepare_fine_tuning
@@ -250,14 +255,7 @@ def test_schedules_run_under_two_process_ddp(strategy, tiny_bert, text_files, tm
     out = tmp_path / "out"
     flags = [a for a in trainer_flags(out) if a != "--max_steps" and a != "3"]
     command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(free_port()),
-        str(REPO / "recipes" / "text_classification.py"),
+        *torchrun_command(str(REPO / "recipes" / "text_classification.py")),
         "--model_name_or_path",
         str(tiny_bert),
         "--train_file",

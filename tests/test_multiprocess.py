@@ -20,12 +20,11 @@ import pytest
 import torch
 import yaml
 from conftest import (
-    FILLER,
-    NEGATIVE,
-    POSITIVE,
     _sentences,
+    _write_bert,
     free_port,
     text_data_flags,
+    torchrun_command,
     write_image_folder,
     write_text_csv,
 )
@@ -34,28 +33,6 @@ from safetensors.torch import load_file
 REPO = Path(__file__).resolve().parents[1]
 # losses of the two runs: the same arithmetic summed in another order (measured: 3e-8 relative)
 TOLERANCE = 1e-5
-
-
-def _dropout_free_bert(path: Path) -> Path:
-    """A tiny BERT without dropout: dropout masks are drawn per process, which no launch can make equal."""
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POSITIVE, *NEGATIVE, *FILLER]
-    tokenizer = BertTokenizer(vocab={word: i for i, word in enumerate(vocab)}, do_lower_case=True)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=64,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def _flags(out: Path, batch: int, steps: int, lr: str) -> list[str]:
@@ -90,10 +67,9 @@ def _env() -> dict[str, str]:
     return {**env, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def torchrun(script: str, *args: str, processes: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
-    """``torchrun --nproc_per_node <processes> recipes/<script> args``, as a user would run it."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
-    command += ["--master_port", str(free_port()), str(REPO / "recipes" / script), *args]
+def torchrun(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node 2 recipes/<script> args``, as a user would run it."""
+    command = torchrun_command(REPO / "recipes" / script, *args)
     return subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout)
 
 
@@ -103,7 +79,7 @@ def _single(script: str, *args: str) -> subprocess.CompletedProcess:
 
 
 def _text_case(tmp_path: Path) -> tuple[str, list[str], int, str, int]:
-    bert = _dropout_free_bert(tmp_path / "bert")
+    bert = _write_bert(tmp_path / "bert", dropout=0.0)  # dropout masks are drawn per process
     train = write_text_csv(tmp_path / "train.csv", _sentences(64, 0))
     validation = write_text_csv(tmp_path / "validation.csv", _sentences(33, 1))  # odd: uneven evaluation shards
     data = ["--model_name_or_path", str(bert), "--train_file", str(train), "--validation_file", str(validation)]

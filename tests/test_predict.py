@@ -22,7 +22,14 @@ import numpy as np
 import pytest
 import timm
 import torch
-from conftest import _sentences, _write_bert, free_port, trainer_flags, write_image_folder, write_text_csv
+from conftest import (
+    _sentences,
+    _write_bert,
+    torchrun_command,
+    trainer_flags,
+    write_image_folder,
+    write_text_csv,
+)
 from PIL import Image
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -561,14 +568,7 @@ def test_a_subset_of_rows_is_predicted_as_in_the_whole_input(image_model, text_m
 def run_two_processes(script: Path, argv: list[str], timeout: int = 150) -> subprocess.CompletedProcess:
     """``script`` under ``torchrun`` with 2 CPU processes (a gloo group)."""
     command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(free_port()),
-        str(script),
+        *torchrun_command(str(script)),
         *argv,
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

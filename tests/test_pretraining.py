@@ -14,7 +14,16 @@ import pytest
 import timm
 import torch
 import yaml
-from conftest import FILLER, NEGATIVE, POSITIVE, _write_bert, trainer_flags, write_image_folder, write_text_csv
+from conftest import (
+    FILLER,
+    NEGATIVE,
+    POSITIVE,
+    _write_bert,
+    torchrun_command,
+    trainer_flags,
+    write_image_folder,
+    write_text_csv,
+)
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoModelForImageClassification, AutoModelForMaskedLM, AutoTokenizer
@@ -499,9 +508,6 @@ def test_pretraining_recipes_run_under_two_process_ddp(recipe, bert_dir, tmp_pat
     import os
     import subprocess
 
-    from conftest import free_port
-
-    port = free_port()
     out = tmp_path / "out"
     if recipe == "pretrain_mlm":
         data = ["--model_name_or_path", str(bert_dir), "--train_file", str(write_corpus(tmp_path / "c.txt", 80))]
@@ -509,14 +515,7 @@ def test_pretraining_recipes_run_under_two_process_ddp(recipe, bert_dir, tmp_pat
         folder = write_unlabeled_images(tmp_path / "u", 24, 0)
         data = ["--model_name_or_path", "test_resnet", "--random_init", "--train_dir", str(folder)]
     command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(port),
-        str(Path(__file__).resolve().parents[1] / "recipes" / f"{recipe}.py"),
+        *torchrun_command(str(Path(__file__).resolve().parents[1] / "recipes" / f"{recipe}.py")),
         *data,
         "--image_size",
         "32",

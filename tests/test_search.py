@@ -17,7 +17,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from conftest import free_port, image_data_flags, text_data_flags, trainer_flags
+from conftest import image_data_flags, text_data_flags, torchrun_command, trainer_flags
 from transformers import TrainerControl, TrainerState
 
 from warmstart import WarmstartError
@@ -192,14 +192,7 @@ def finished_trials(out: Path) -> list:
 def test_a_search_runs_under_a_two_process_torchrun_launch(tiny_bert, text_files, tmp_path):
     out = tmp_path / "search"
     command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(free_port()),
-        str(REPO / "recipes" / "text_classification.py"),
+        *torchrun_command(str(REPO / "recipes" / "text_classification.py")),
         *text_data_flags(tiny_bert, text_files),
         *trainer_flags(out),
         "--hparam_search",
