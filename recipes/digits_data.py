@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from warmstart import WarmstartError, run_cli
 from warmstart.arguments import CliParser
-from warmstart.distributed import broadcast_from_main, ensure_process_group, is_main_process
+from warmstart.distributed import broadcast_from_main, ensure_process_group, on_main_process
 from warmstart.quickstart import write_digits_chain_data
 
 
@@ -25,17 +25,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, str]:
     args = parser.parse_args(argv)
     if args.image_size < 8:
         raise WarmstartError(f"--image_size must be at least 8 (the scans are 8x8), got {args.image_size}")
-    ensure_process_group()  # in a chain under torchrun: the main process writes, the others wait for the files
-    paths: dict | str | None = None
-    if is_main_process():
+
+    def write() -> dict[str, str]:
         try:
             paths = write_digits_chain_data(args.output_dir, args.image_size, args.labeled_fraction, args.seed)
         except ValueError as err:
-            paths = f"--labeled_fraction: {err}"
-    paths = broadcast_from_main(paths)
-    if isinstance(paths, str):  # every process stops on the same one line
-        raise WarmstartError(paths)
-    return {name: str(path) for name, path in paths.items()}
+            raise WarmstartError(f"--labeled_fraction: {err}") from None
+        return {name: str(path) for name, path in paths.items()}
+
+    ensure_process_group()  # in a chain under torchrun: the main process writes, the others wait for the files
+    return broadcast_from_main(on_main_process(write))
 
 
 if __name__ == "__main__":

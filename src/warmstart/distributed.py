@@ -12,7 +12,7 @@ Every function here is a no-op (or the identity) in a single process.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import numpy as np
@@ -71,6 +71,26 @@ def broadcast_from_main(value: T) -> T:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def on_main_process(work: Callable[[], T]) -> T | None:
+    """``work()`` in the main process (``None`` in the others), for a step only the main process may do (open a
+    study, write files); a :class:`~warmstart.errors.WarmstartError` it raises is raised in every process, where the
+    others would otherwise wait for the main process forever. In one process, ``work()``."""
+    from warmstart.errors import WarmstartError
+
+    value, error = None, None
+    if is_main_process():
+        try:
+            value = work()
+        except WarmstartError as err:
+            error = err
+    message = broadcast_from_main(None if error is None else str(error))
+    if error is not None:
+        raise error
+    if message is not None:
+        raise WarmstartError(message)
+    return value
 
 
 def barrier() -> None:

@@ -62,7 +62,6 @@ from warmstart.data import (
 )
 from warmstart.distributed import (
     active,
-    broadcast_from_main,
     ensure_process_group,
     gather_rows,
     is_main_process,
@@ -940,15 +939,9 @@ def check_output_path_once(path: str | Path, overwrite: bool = False) -> Path:
     """
     if not active():
         return check_output_path(path, overwrite)
-    problem = None
-    if is_main_process():
-        try:
+    with stop_together():
+        if is_main_process():
             check_output_path(path, overwrite)
-        except WarmstartError as err:
-            problem = str(err)
-    problem = broadcast_from_main(problem)
-    if problem is not None:
-        _stop_all_processes(problem)
     return Path(path)
 
 

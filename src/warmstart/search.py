@@ -26,13 +26,19 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import yaml
 from transformers import TrainerCallback
 
 from warmstart.arguments import CONFIG_FILE_SUFFIXES, mapping_to_argv, read_config_file, underscored
-from warmstart.distributed import barrier, broadcast_from_main, ensure_process_group, is_main_process
+from warmstart.distributed import (
+    barrier,
+    broadcast_from_main,
+    ensure_process_group,
+    is_main_process,
+    on_main_process,
+)
 from warmstart.errors import WarmstartError
 
 logger = logging.getLogger(__name__)
@@ -46,7 +52,6 @@ DEFAULT_SPACE = {
 BEST_CONFIG = "best_config.yaml"
 # flags the search sets per trial, or that say how this run of the search goes: not part of the search's settings
 _SEARCH_FLAGS = ("hparam_search", "n_trials", "hparam_space", "resume_from_checkpoint")
-T = TypeVar("T")
 
 
 @dataclass
@@ -232,7 +237,7 @@ def run_search(
         default=str,
     )
     ensure_process_group()  # the processes agree on the first trial before any Trainer sets the group up
-    study, storage = _on_main(lambda: _open_study(optuna, output_dir, settings, key, seed)) or (None, None)
+    study, storage = on_main_process(lambda: _open_study(optuna, output_dir, settings, key, seed)) or (None, None)
     counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
     def left() -> int:
@@ -258,26 +263,9 @@ def run_search(
             failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
             # the space keeps producing runs that cannot train: stop rather than loop (an interrupted trial is no sign)
             stop = sum(not t.user_attrs.get("interrupted") for t in failed) >= 2 * search.n_trials
-    results = broadcast_from_main(_on_main(lambda: _keep_results(optuna, study, base, key, output_dir)))
+    results = broadcast_from_main(on_main_process(lambda: _keep_results(optuna, study, base, key, output_dir)))
     barrier()  # the outputs are written when any process returns
     return results
-
-
-def _on_main(work: Callable[[], T]) -> T | None:
-    """``work()`` in the main process (``None`` in the others); a :class:`WarmstartError` it raises is raised in
-    every process, where the others would wait for the main process forever."""
-    value, error = None, None
-    if is_main_process():
-        try:
-            value = work()
-        except WarmstartError as err:
-            error = err
-    message = broadcast_from_main(None if error is None else str(error))
-    if error is not None:
-        raise error
-    if message is not None:
-        raise WarmstartError(message)
-    return value
 
 
 def _open_study(optuna: Any, output_dir: Path, settings: str, key: str, seed: int) -> tuple[Any, Any]:
@@ -310,10 +298,6 @@ def _open_study(optuna: Any, output_dir: Path, settings: str, key: str, seed: in
 
 def _trial_dir(output_dir: Path, number: int) -> Path:
     return output_dir / "trials" / f"trial-{number:03d}"
-
-
-def _step(checkpoint: Path) -> int:
-    return int(checkpoint.name.rsplit("-", 1)[-1])
 
 
 def _settle_interrupted(optuna: Any, study: Any, storage: Any, output_dir: Path, key: str, *, resume: bool) -> None:
@@ -354,13 +338,14 @@ def _settle_interrupted(optuna: Any, study: Any, storage: Any, output_dir: Path,
 
 def _latest_checkpoint(trial: Any, output_dir: Path) -> Path | None:
     """The latest complete checkpoint of an interrupted trial: in its folder, or the one it resumed from itself."""
-    from warmstart.training import checkpoints  # not at the top: training imports this module
+    # not at the top: training imports this module
+    from warmstart.training import checkpoint_step, checkpoints, is_complete_checkpoint
 
     found = checkpoints(_trial_dir(output_dir, trial.number))
     earlier = trial.user_attrs.get("resume_from")
-    if earlier and (Path(earlier) / "trainer_state.json").is_file():
+    if earlier and is_complete_checkpoint(Path(earlier)):
         found.append(Path(earlier))
-    return max(found, key=_step, default=None)
+    return max(found, key=checkpoint_step, default=None)
 
 
 def _plan_trial(trial: Any, space: dict[str, Any], output_dir: Path, *, resume: bool) -> dict[str, Any]:

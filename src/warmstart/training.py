@@ -482,13 +482,19 @@ def checkpoints(output_dir: str | Path, *, complete: bool = True) -> list[Path]:
     written to the end: their ``trainer_state.json``, saved last, is there and whole (a process killed while writing
     it leaves it empty or cut short)."""
     numbered = [p for p in Path(output_dir).glob("checkpoint-*") if p.name.rsplit("-", 1)[-1].isdigit()]
-    kept = [p for p in numbered if not complete or _whole_json(p / "trainer_state.json")]
-    return sorted(kept, key=lambda p: int(p.name.rsplit("-", 1)[-1]))
+    kept = [p for p in numbered if not complete or is_complete_checkpoint(p)]
+    return sorted(kept, key=checkpoint_step)
 
 
-def _whole_json(path: Path) -> bool:
+def checkpoint_step(checkpoint: Path) -> int:
+    """The optimizer step a ``checkpoint-<step>`` folder was saved at."""
+    return int(checkpoint.name.rsplit("-", 1)[-1])
+
+
+def is_complete_checkpoint(checkpoint: Path) -> bool:
+    """Whether a checkpoint was written to the end: its ``trainer_state.json``, saved last, is there and whole."""
     try:
-        json.loads(path.read_text())
+        json.loads((checkpoint / "trainer_state.json").read_text())
     except (OSError, ValueError):
         return False
     return True
