@@ -59,7 +59,6 @@ def main(argv: Sequence[str] | None = None, feature_store: dict | None = None, c
         image_size=data_args.image_size,
         reset_head=args.model.reset_head,
     )
-    feature_cache = feature_cache_settings(args, "image", image_collate, feature_store)
     data_config, train_transform, eval_transform = image_transforms(
         model,
         data_args.image_size,
@@ -69,6 +68,7 @@ def main(argv: Sequence[str] | None = None, feature_store: dict | None = None, c
         random_erasing=reg_args.random_erasing,
     )
     apply_devices(args, model, "image", input_size=data_config["input_size"])
+    feature_cache = feature_cache_settings(args, "image", image_collate, feature_store)  # in the precision chosen
     if feature_cache:  # features are computed once, so from the evaluation transform: one augmented view would stick
         raw = DatasetDict(splits)
         feature_cache.source_splits = attach_image_transforms(raw, image_column, eval_transform, eval_transform)

@@ -240,7 +240,16 @@ class FreezeArguments:
         default="epochs", metadata={"help": "gradual: whether --unfreeze_every counts epochs or optimizer steps."}
     )
     probe_epochs: float | None = field(
-        default=None, metadata={"help": "lp_ft: epochs of head-only training before everything trains."}
+        default=None,
+        metadata={"help": "lp_ft with --probe_solver trainer: epochs of head-only training before everything trains."},
+    )
+    probe_solver: Literal["lbfgs", "trainer"] | None = field(
+        default=None,
+        metadata={
+            "help": "head_only / lp_ft: lbfgs solves the linear head on the cached backbone features (logistic "
+            "regression, L2 strength by cross-validation on train; no learning rate or epochs needed); trainer trains "
+            "it with the Trainer (AdamW epochs). Default: lbfgs wherever the features are cached, else trainer."
+        },
     )
     finetune_lr_multiplier: float = field(
         default=1.0, metadata={"help": "lp_ft: learning-rate factor for the fine-tuning phase (e.g. 0.1)."}
@@ -285,6 +294,7 @@ class FreezeArguments:
             lora_alpha=self.lora_alpha,
             lora_dropout=self.lora_dropout,
             lora_target_modules=self.lora_target_modules,
+            probe_solver=self.probe_solver,
         )
 
 

@@ -25,6 +25,57 @@ from warmstart.errors import WarmstartError
 STRATEGIES = ("full", "head_only", "top_k", "gradual", "lp_ft", "bitfit", "lora")
 # Strategies whose set of training parameters changes during the run (see warmstart.schedules).
 SCHEDULED = ("gradual", "lp_ft")
+# Strategies with a linear-probe phase on the frozen backbone: the head alone (head_only), or first (lp_ft).
+PROBING = ("head_only", "lp_ft")
+# How a probe is fitted: solved (L-BFGS logistic regression on the cached features) or trained by the Trainer.
+PROBE_SOLVERS = ("lbfgs", "trainer")
+
+# The learning rate each strategy starts from when none is given (AdamW, the Trainer's default optimizer).
+# Full fine-tuning of BERT-family models: 2e-5 to 5e-5 (Devlin et al. 2019; the HF examples' 5e-5). Parameter-
+# efficient methods train few parameters and need 10-100x that: BitFit 1e-4 to 1e-3 (Ben Zaken et al. 2022), LoRA
+# 4e-4 to 5e-4 on RoBERTa (Hu et al. 2022). CNNs and ViTs fine-tune at higher rates than BERT (timm's fine-tuning
+# recipes: 1e-4 to 1e-3 for AdamW at batch 32-128; on the quickstart's digits EfficientNet-Lite0 full fine-tuning
+# was best at 1e-2 of {1e-3, 1e-2}). lp_ft's rate is its fine-tuning phase's, gradual and top_k train pretrained blocks
+# as full does. head_only's rate is for the Trainer's SGD probe (--probe_solver trainer, or augmented images); the
+# solved probe uses none. A comparison sweeps three rates around each (DEFAULT_LR_SWEEP).
+DEFAULT_LEARNING_RATES: dict[str, dict[str, float]] = {
+    "text": {
+        "full": 5e-5,
+        "top_k": 5e-5,
+        "gradual": 5e-5,
+        "lp_ft": 5e-5,
+        "bitfit": 1e-3,
+        "lora": 5e-4,
+        "head_only": 1e-2,
+    },
+    "image": {
+        "full": 1e-3,
+        "top_k": 1e-3,
+        "gradual": 1e-3,
+        "lp_ft": 1e-3,
+        "bitfit": 1e-2,
+        "lora": 1e-3,
+        "head_only": 1e-2,
+    },
+}
+# A comparison without --learning_rates runs each strategy at its default times these (a decade, 0.3x to 3x).
+DEFAULT_LR_SWEEP = (0.3, 1.0, 3.0)
+
+
+def default_learning_rate(strategy: str, modality: str) -> float:
+    """The learning rate a strategy starts from when none is given (see :data:`DEFAULT_LEARNING_RATES`).
+
+    Args:
+        strategy: one of :data:`STRATEGIES`.
+        modality: ``image`` or ``text``.
+
+    Raises:
+        WarmstartError: an unknown strategy or modality.
+    """
+    table = DEFAULT_LEARNING_RATES.get(modality)
+    if table is None or strategy not in table:
+        raise WarmstartError(f"no default learning rate for {strategy!r} on {modality!r} data: give --learning_rate")
+    return table[strategy]
 
 # timm's group_matcher marks a pattern with this suffix to merge it into the group before it (a ViT's final norm
 # belongs with its last block): the same constant as timm.models._manipulate.MATCH_PREV_GROUP.
@@ -43,19 +94,23 @@ class FreezePolicy:
         strategy: ``full`` (everything); ``head_only`` (the new head; the backbone and its BatchNorm statistics are
             frozen); ``top_k`` (the head, the neck and the last ``top_k`` blocks); ``gradual`` (ULMFiT: the head
             first, then one more block group, top down, every ``unfreeze_every`` epochs or steps, up to ``top_k``
-            blocks or all); ``lp_ft`` (head only for ``probe_epochs``, then everything, at
-            ``finetune_lr_multiplier`` times the learning rate); ``bitfit`` (biases and the head); ``lora``
+            blocks or all); ``lp_ft`` (a linear probe, solved or trained for ``probe_epochs``, then everything,
+            at ``finetune_lr_multiplier`` times the learning rate); ``bitfit`` (biases and the head); ``lora``
             (low-rank adapters on ``lora_target_modules`` and the head, via peft).
         top_k: blocks that train (``top_k``), or the most blocks ``gradual`` unfreezes (``None``: all).
         unfreeze_every: ``gradual``: epochs (or steps) between two unfreezings.
         unfreeze_unit: ``epochs`` or ``steps``.
-        probe_epochs: ``lp_ft``: length of the linear-probe phase, in epochs.
+        probe_epochs: ``lp_ft`` with the ``trainer`` probe: length of the linear-probe phase, in epochs.
         finetune_lr_multiplier: ``lp_ft``: factor on every learning rate once the whole model trains.
         head_lr_multiplier: discriminative learning rate: the head's rate is the base rate times this.
         layer_lr_decay: block ``i`` of ``n`` (1-based, bottom up) trains at ``lr * d ** (n - i)``; the stem at
             ``lr * d ** n``; neck and head at ``lr``.
         lora_r, lora_alpha, lora_dropout, lora_target_modules: LoRA settings (peft's names); target ``None``
             picks a default for the architecture family.
+        probe_solver: how the probe of ``head_only`` / ``lp_ft`` is fitted: ``lbfgs`` (multinomial logistic
+            regression solved on the cached backbone features, L2 strength by cross-validation on train: see
+            :mod:`warmstart.probe`), ``trainer`` (the Trainer's epochs of AdamW), ``None``: ``lbfgs`` wherever the
+            features are cached, else ``trainer`` (a run records which it used).
     """
 
     strategy: str = "full"
@@ -70,6 +125,7 @@ class FreezePolicy:
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
     lora_target_modules: list[str] | None = None
+    probe_solver: str | None = None
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -87,8 +143,14 @@ class FreezePolicy:
                 raise WarmstartError(f"--unfreeze_every must be at least 1, got {self.unfreeze_every:g}")
         if self.unfreeze_unit not in ("epochs", "steps"):
             raise WarmstartError(f"--unfreeze_unit is epochs or steps, got {self.unfreeze_unit!r}")
-        if self.strategy == "lp_ft" and (self.probe_epochs is None or self.probe_epochs <= 0):
-            raise WarmstartError("--freeze_strategy lp_ft needs --probe_epochs > 0 (epochs of linear probing)")
+        if self.probe_solver is not None and self.probe_solver not in PROBE_SOLVERS:
+            raise WarmstartError(f"--probe_solver is lbfgs or trainer, got {self.probe_solver!r}")
+        if self.probe_epochs is not None and self.probe_epochs <= 0:
+            raise WarmstartError(f"--probe_epochs must be > 0 (epochs of linear probing), got {self.probe_epochs:g}")
+        if self.strategy == "lp_ft" and self.probe_solver == "trainer" and self.probe_epochs is None:
+            raise WarmstartError(
+                "--freeze_strategy lp_ft --probe_solver trainer needs --probe_epochs N (epochs of linear probing)"
+            )
         if not 0.0 < self.layer_lr_decay <= 1.0:
             raise WarmstartError(f"--layer_lr_decay must be in (0, 1], got {self.layer_lr_decay:g}")
         if self.head_lr_multiplier <= 0:
@@ -115,10 +177,15 @@ class FreezePolicy:
             + (f", up to {self.top_k} blocks)" if self.top_k else ")")
             if self.unfreeze_every
             else "gradual",
-            "lp_ft": f"lp_ft (head only for {self.probe_epochs:g} epochs, then all at "
+            "lp_ft": f"lp_ft (head solved by L-BFGS, then all at {self.finetune_lr_multiplier:g}x lr)"
+            if self.probe_solver == "lbfgs"
+            else f"lp_ft (head only for {self.probe_epochs:g} epochs, then all at "
             f"{self.finetune_lr_multiplier:g}x lr)"
             if self.probe_epochs
             else "lp_ft",
+            "head_only": "head_only (solved by L-BFGS logistic regression)"
+            if self.probe_solver == "lbfgs"
+            else "head_only",
             "lora": f"lora (r={self.lora_r}, alpha={self.lora_alpha:g}, dropout={self.lora_dropout:g})",
             "bitfit": "bitfit (biases + head)",
         }
