@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from datasets import DatasetDict
 
 from warmstart import (
+    ProbeOptions,
     apply_devices,
     attach_image_transforms,
     check_images,
@@ -27,6 +28,7 @@ from warmstart import (
     load_image_model,
     load_labeled_splits,
     prepare_fine_tuning,
+    probe_policy,
     resolve_image_column,
     run_cli,
     save_image_model,
@@ -77,7 +79,7 @@ def main(argv: Sequence[str] | None = None, feature_store: dict | None = None, c
     )
     args.run.config.update(labels=labels, image_data_config=dict(data_config))
 
-    policy = args.freeze.policy()
+    policy = probe_policy(args, feature_cache)
     tuning = prepare_fine_tuning(model, policy, training_args)
     regularization = prepare_regularization(reg_args, "image", model.config, splits["train"], training_args)
     return train_evaluate_save(
@@ -91,6 +93,7 @@ def main(argv: Sequence[str] | None = None, feature_store: dict | None = None, c
         callbacks=[*regularization.callbacks, *callbacks],
         save_adapter=args.freeze.save_adapter,
         feature_cache=feature_cache,
+        probe=ProbeOptions(regularization.class_weights, reg_args.label_smoothing),
         save_model=lambda merged, output_dir: save_image_model(merged, output_dir, data_config),
         card={
             "modality": "image",

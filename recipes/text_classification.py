@@ -16,12 +16,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from warmstart import (
+    ProbeOptions,
     TextCollator,
     apply_devices,
     feature_cache_settings,
     load_labeled_splits,
     load_text_model,
     prepare_fine_tuning,
+    probe_policy,
     resolve_text_columns,
     run_cli,
     save_text_model,
@@ -65,7 +67,8 @@ def main(argv: Sequence[str] | None = None, feature_store: dict | None = None, c
 
     # pad each batch to its longest sequence, not every text to max_seq_length
     collator = TextCollator(tokenizer, data_args.pad_to_multiple_of)
-    policy = args.freeze.policy()
+    feature_cache = feature_cache_settings(args, "text", collator, feature_store)
+    policy = probe_policy(args, feature_cache)
     tuning = prepare_fine_tuning(model, policy, training_args)
     regularization = prepare_regularization(args.regularization, "text", model.config, splits["train"], training_args)
     return train_evaluate_save(
@@ -79,7 +82,8 @@ def main(argv: Sequence[str] | None = None, feature_store: dict | None = None, c
         compute_loss_func=regularization.loss_function,
         callbacks=[*regularization.callbacks, *callbacks],
         save_adapter=args.freeze.save_adapter,
-        feature_cache=feature_cache_settings(args, "text", collator, feature_store),
+        feature_cache=feature_cache,
+        probe=ProbeOptions(regularization.class_weights, args.regularization.label_smoothing),
         save_model=lambda merged, output_dir: save_text_model(merged, tokenizer, output_dir),
         card={
             "modality": "text",

@@ -125,6 +125,8 @@ def _text_run(tiny_bert, text_files, out, *extra):
             "--save_steps",
             "6",
             "--load_best_model_at_end",
+            "--probe_solver",  # the Trainer's probe: what these tests compare is the Trainer on and off the cache
+            "trainer",
             *extra,
         ]
     )
@@ -194,6 +196,8 @@ def _image_run(image_dirs, out, *extra):
             "--precision",
             "fp32",
             *trainer_flags(out, "--max_steps", "15", "--learning_rate", "0.05", "--per_device_train_batch_size", "6"),
+            "--probe_solver",
+            "trainer",
             *extra,
         ]
     )

@@ -185,7 +185,7 @@ def test_no_weight_decay_on_norms_biases_and_vit_position_embeddings(tmp_path):
         ({"strategy": "full", "head_lr_multiplier": 0.0}, "--head_lr_multiplier must be > 0"),
         ({"strategy": "gradual", "unfreeze_every": 0.5}, "--unfreeze_every must be at least 1"),
         ({"strategy": "gradual"}, "needs --unfreeze_every"),
-        ({"strategy": "lp_ft"}, "needs --probe_epochs"),
+        ({"strategy": "lp_ft", "probe_solver": "trainer"}, "needs --probe_epochs"),
     ],
 )
 def test_bad_schedule_settings_are_refused(policy_kwargs, message):
@@ -249,7 +249,10 @@ def test_gradient_accumulation_unfreezes_on_optimizer_steps(tmp_path):
 
 @pytest.mark.parametrize(
     "strategy",
-    [["--freeze_strategy", "gradual", "--unfreeze_every", "1"], ["--freeze_strategy", "lp_ft", "--probe_epochs", "1"]],
+    [
+        ["--freeze_strategy", "gradual", "--unfreeze_every", "1"],
+        ["--freeze_strategy", "lp_ft", "--probe_epochs", "1", "--probe_solver", "trainer"],
+    ],
 )
 def test_schedules_run_under_two_process_ddp(strategy, tiny_bert, text_files, tmp_path):
     out = tmp_path / "out"

@@ -49,6 +49,8 @@ def _flags(out: Path, batch: int, steps: int, lr: str) -> list[str]:
         str(batch),
         "--precision",
         "fp32",
+        "--channels_last",  # not timed: a timing could pick another layout in the 2-process run than in the 1
+        "false",
         "--save_strategy",
         "no",
         "--report_to",
@@ -97,7 +99,9 @@ def _image_case(tmp_path: Path) -> tuple[str, list[str], int, str, int]:
 @pytest.mark.parametrize("case", [_text_case, _image_case], ids=["text_full", "image_head_only_on_cached_features"])
 def test_two_processes_match_one_process_with_the_same_global_batch(case, tmp_path):
     script, data, batch, lr, steps = case(tmp_path)
-    strategy = ["--freeze_strategy", "full" if script.startswith("text") else "head_only"]
+    # head_only: the Trainer's probe (what is compared is the Trainer's steps in 2 processes against 1)
+    probe = ["--freeze_strategy", "head_only", "--probe_solver", "trainer"]
+    strategy = ["--freeze_strategy", "full"] if script.startswith("text") else probe
     one = _single(script, *data, *strategy, *_flags(tmp_path / "one", 2 * batch, steps, lr))
     assert one.returncode == 0, one.stderr[-3000:]
     two = torchrun(script, *data, *strategy, *_flags(tmp_path / "two", batch, steps, lr))
@@ -127,6 +131,27 @@ def test_two_processes_match_one_process_with_the_same_global_batch(case, tmp_pa
             "examples": 24, "feature_shape": [96], "on_disk": False, "computed_by_this_process": 12
         }  # fmt: skip
         assert cache["splits"]["validation"]["computed_by_this_process"] == 8  # of 15
+
+
+def test_two_processes_solve_the_probe_once_as_one_process_does(tmp_path):
+    """The solved probe under torchrun: each process computes half the features, the main process solves the head
+    on the whole table and every process takes its weights; the model scores as one process's (the features differ in
+    their last bits, computed in other batches)."""
+    script, data, batch, lr, steps = _image_case(tmp_path)
+    runs = {
+        "one": _single(script, *data, "--freeze_strategy", "head_only", *_flags(tmp_path / "one", 2 * batch, 1, lr)),
+        "two": torchrun(script, *data, "--freeze_strategy", "head_only", *_flags(tmp_path / "two", batch, 1, lr)),
+    }
+    for done in runs.values():
+        assert done.returncode == 0, done.stderr[-3000:]
+    configs = {d: yaml.safe_load((tmp_path / d / "warmstart_config.yaml").read_text()) for d in runs}
+    assert configs["two"]["probe"]["solver"] == "lbfgs"
+    assert configs["two"]["probe"]["c"] == configs["one"]["probe"]["c"]
+    assert configs["two"]["feature_cache"]["splits"]["train"]["computed_by_this_process"] == 12
+    # on these separable colours C is large and the optimum flat: equally good heads, not equal weights
+    results = [json.loads((tmp_path / d / "all_results.json").read_text()) for d in runs]
+    assert results[0]["eval_accuracy"] == results[1]["eval_accuracy"] == 1.0
+    assert results[1]["eval_loss"] == pytest.approx(results[0]["eval_loss"], abs=1e-3)
 
 
 def test_a_strategy_comparison_runs_under_two_processes(tmp_path):
@@ -194,6 +219,7 @@ def test_accelerate_launch_with_the_multi_cpu_config_trains_in_two_processes(tin
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config_file]
     command += ["--main_process_port", str(free_port()), str(REPO / "recipes" / "text_classification.py")]
     command += [*text_data_flags(tiny_bert, text_files), *_flags(out, 4, 3, "1e-3"), "--freeze_strategy", "head_only"]
+    command += ["--probe_solver", "trainer"]  # Trainer steps, to count them
     done = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "all_results.json").read_text())

@@ -1,10 +1,13 @@
-"""Precision and device settings: the decision table (CPU flags, measured speed, GPU support, explicit overrides,
-conflicts), what parse_args records, the device settings with injected device facts, and bf16 autocast training a tiny
-model as accurately as fp32."""
+"""Precision and device settings: the decision table at parsing (CPU flags, GPU support, explicit overrides,
+conflicts), what parse_args records, the automatic choices timed on the model (injected timers and broadcast), the
+timing leaving the model and the random state as they were, the device settings with injected device facts, and bf16
+autocast training a tiny model as accurately as fp32."""
 
 from __future__ import annotations
 
 import functools
+import os
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,7 +15,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from conftest import ListDataset, tiny_bert_classifier
+from conftest import ListDataset, tiny_bert_classifier, torchrun_command
 from torch import nn
 from transformers import Trainer, TrainingArguments, set_seed
 
@@ -21,29 +24,21 @@ from warmstart import DataArguments, ModelArguments, PerformanceArguments, Warms
 from warmstart.arguments import to_plain
 from warmstart.export import check_output_dir, write_resolved_config
 from warmstart.precision import (
+    PENDING,
     DeviceFacts,
-    MatmulSpeed,
+    PrecisionChoice,
     apply_device_settings,
     choose_precision,
     cpu_has_native_bf16,
-    cpu_matmul_speed,
     is_cnn,
-    measure_matmul_speed,
     time_memory_formats,
 )
-from warmstart.training import start_recipe
+from warmstart.step_timing import StepSetup, example_inputs, time_training_steps
+from warmstart.training import apply_devices, start_recipe
 
 AVX2 = {"fpu", "avx2", "fma", "avx512f"}
 AVX512_BF16 = AVX2 | {"avx512_bf16"}
 AMX = AVX2 | {"amx_bf16", "amx_tile"}
-# GFLOP/s seen on these machines: EPYC with AVX512-BF16, an AVX2-only CPU, a native flag that buys too little
-FAST = MatmulSpeed(512, 190.0, 410.0)
-SLOW = MatmulSpeed(512, 185.0, 0.3)
-MARGINAL = MatmulSpeed(512, 190.0, 210.0)
-
-
-def not_measured() -> MatmulSpeed:
-    raise AssertionError("the matmul speed was measured where the decision did not need it")
 
 
 @pytest.fixture(autouse=True)
@@ -63,7 +58,6 @@ class Decision:
     evidence: tuple[str, ...]
     on_cpu: bool = True
     flags: frozenset[str] = frozenset(AVX512_BF16)
-    speed: MatmulSpeed | None = None  # None: measuring fails the test
     gpu_bf16: bool = False
     fp16: bool = False
     bf16: bool = False
@@ -72,18 +66,10 @@ class Decision:
 
 DECISIONS = [
     Decision("cpu-auto-avx2-only", "auto", "fp32", ("native bf16 flags: none", "not measured"), flags=frozenset(AVX2)),
-    Decision(
-        "cpu-auto-avx512-bf16-faster",
-        "auto",
-        "bf16",
-        ("avx512_bf16", "fp32 190 GFLOP/s", "bf16 410 GFLOP/s", "2.16x >= 1.25x"),
-        speed=FAST,
-    ),
-    Decision("cpu-auto-amx-faster", "auto", "bf16", ("amx_bf16", "so bf16"), flags=frozenset(AMX), speed=FAST),
-    Decision("cpu-auto-flag-but-slower", "auto", "fp32", ("bf16 0.3 GFLOP/s", "so fp32"), speed=SLOW),
-    Decision("cpu-auto-flag-but-marginal", "auto", "fp32", ("1.11x < 1.25x",), speed=MARGINAL),
-    Decision("gpu-auto-with-bf16", "auto", "bf16", ("GPU supports bf16",), on_cpu=False, gpu_bf16=True),
-    Decision("gpu-auto-without-bf16", "auto", "fp32", ("GPU has no native bf16",), on_cpu=False),
+    Decision("cpu-auto-avx512-bf16", "auto", PENDING, ("native bf16 flags: avx512_bf16", "to be timed on the model")),
+    Decision("cpu-auto-amx", "auto", PENDING, ("amx_bf16", "to be timed"), flags=frozenset(AMX)),
+    Decision("gpu-auto-with-bf16", "auto", PENDING, ("GPU (native bf16)", "to be timed"), on_cpu=False, gpu_bf16=True),
+    Decision("gpu-auto-without-bf16", "auto", "fp32", ("no native bf16", "not measured"), on_cpu=False),
     Decision("cpu-explicit-fp32", "fp32", "fp32", ("asked: --precision fp32", "avx512_bf16")),
     Decision("cpu-explicit-bf16", "bf16", "bf16", ("asked: --precision bf16",)),
     Decision("cpu-bf16-flag", "auto", "bf16", ("asked: --bf16",), bf16=True),
@@ -120,13 +106,19 @@ def test_precision_decision(case: Decision, monkeypatch):
         on_cpu=case.on_cpu,
         flags=set(case.flags),
         gpu_bf16=case.gpu_bf16,
-        measure=(lambda: case.speed) if case.speed else not_measured,
     )
     assert choice.precision == case.expect
+    assert choice.pending is (case.expect == PENDING)
     assert choice.on_cpu == case.on_cpu
     assert "\n" not in choice.evidence
     for part in case.evidence:
         assert part in choice.evidence, f"{part!r} not in {choice.evidence!r}"
+
+
+def test_several_processes_leave_the_choice_pending_like_one(monkeypatch):
+    """Ranks no longer go by the flags alone: every one waits for the main process's timing."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert choose_precision("auto", on_cpu=True, flags=set(AVX512_BF16)).pending
 
 
 @dataclass(frozen=True)
@@ -181,19 +173,11 @@ def test_impossible_or_contradictory_precision_is_refused_in_one_line(case: Refu
             on_cpu=case.on_cpu,
             flags=set(case.flags),
             gpu_bf16=True,
-            measure=not_measured,
         )
     message = str(refused.value)
     assert "\n" not in message
     for part in case.expect:
         assert part in message, f"{part!r} not in {message!r}"
-
-
-def test_the_matmul_measurement_is_real_and_taken_once_per_process():
-    speed = measure_matmul_speed(size=64, repeats=2)
-    assert speed.size == 64 and speed.fp32_gflops > 0 and speed.bf16_gflops > 0
-    assert speed.bf16_speedup == pytest.approx(speed.bf16_gflops / speed.fp32_gflops)
-    assert cpu_matmul_speed() is cpu_matmul_speed()
 
 
 # --------------------------------------------------------------------------------------------------- parse_args
@@ -207,30 +191,29 @@ def _argv(tmp_path: Path, *extra: str) -> list[str]:
 SECTIONS = (ModelArguments, DataArguments, PerformanceArguments, TrainingArguments)
 
 
-def _parse(tmp_path: Path, *extra: str, flags=AVX512_BF16, speed: MatmulSpeed | None = FAST):
-    measure = (lambda: speed) if speed else not_measured
-    chooser = functools.partial(choose_precision, on_cpu=True, flags=set(flags), measure=measure)
+def _parse(tmp_path: Path, *extra: str, flags=AVX512_BF16):
+    chooser = functools.partial(choose_precision, on_cpu=True, flags=set(flags))
     return parse_args(SECTIONS, _argv(tmp_path, *extra), precision_choice=chooser)
 
 
 @pytest.mark.parametrize(
-    ("extra", "flags", "speed", "bf16"),
+    ("extra", "flags", "resolved"),
     [
-        ((), AVX512_BF16, FAST, True),
-        ((), AVX512_BF16, SLOW, False),
-        ((), AVX2, None, False),
-        (("--precision", "fp32"), AVX512_BF16, None, False),
-        (("--precision", "bf16"), AMX, None, True),
-        (("--bf16",), AVX512_BF16, None, True),
+        ((), AVX512_BF16, PENDING),
+        ((), AVX2, "fp32"),
+        (("--precision", "fp32"), AVX512_BF16, "fp32"),
+        (("--precision", "bf16"), AMX, "bf16"),
+        (("--bf16",), AVX512_BF16, "bf16"),
     ],
-    ids=["auto-fast", "auto-slow", "auto-avx2", "fp32", "bf16", "bf16-flag"],
+    ids=["auto-native-pending", "auto-avx2", "fp32", "bf16", "bf16-flag"],
 )
-def test_parse_args_sets_training_precision_and_records_it(tmp_path, extra, flags, speed, bf16):
-    *_, perf, training = _parse(tmp_path, *extra, flags=flags, speed=speed)
+def test_parse_args_sets_training_precision_and_records_it(tmp_path, extra, flags, resolved):
+    *_, perf, training = _parse(tmp_path, *extra, flags=flags)
+    bf16 = resolved == "bf16"  # a pending choice trains in fp32 until the model is timed
     assert training.bf16 is bf16 and not training.fp16
     assert training.mixed_precision == ("bf16" if bf16 else "no")
     assert training.use_cpu is bf16  # TrainingArguments refuses CPU bf16 unless told it is on the CPU
-    assert perf.resolved_precision == ("bf16" if bf16 else "fp32")
+    assert perf.resolved_precision == resolved
     plain = to_plain(perf)
     assert plain["resolved_precision"] == perf.resolved_precision
     assert plain["precision_evidence"] == perf.precision_evidence and perf.precision_evidence
@@ -367,11 +350,11 @@ def test_cpu_channels_last_follows_the_timing(tmp_path, contiguous, channels_las
         seen.update(shape=shape, bf16=bf16)
         return {"contiguous": contiguous, "channels_last": channels_last}
 
-    model, args = _resnet(), _training_args(tmp_path, gpu=False, per_device_train_batch_size=32)
+    model, args = _resnet(), _training_args(tmp_path, gpu=False, per_device_train_batch_size=64)
     lines = apply_device_settings(
         model, args, _performance(precision="bf16"), "image", input_size=(3, 64, 64), facts=CPU, time_formats=timed
     )
-    assert seen == {"shape": (16, 3, 64, 64), "bf16": True}
+    assert seen == {"shape": (32, 3, 64, 64), "bf16": True}  # a CPU times at most MAX_TIMED_CPU_BATCH samples
     assert _is_channels_last(model) is converted
     assert ("channels_last: on" if converted else "channels_last: off") in "\n".join(lines)
     assert args.dataloader_num_workers == 0 and args.tf32 is None
@@ -422,6 +405,250 @@ def test_timing_memory_formats_leaves_the_model_as_it_was():
 )
 def test_what_counts_as_a_cnn(build, cnn):
     assert is_cnn(build()) is cnn
+
+
+# ---------------------------------------------------------------------------------- choices timed on the model
+
+CPU_BF16 = DeviceFacts(device="cpu", cpus=2, native_bf16_flags=("avx512_bf16",))
+
+
+@dataclass
+class FakeTimer:
+    """Stands in for a timed training step: records what it was given, returns the given step times."""
+
+    seconds: dict[str, float] = field(default_factory=lambda: {"fp32": 0.4, "bf16": 0.2})
+    calls: list[dict] = field(default_factory=list)
+    fails: Exception | None = None
+
+    def __call__(self, model, inputs, *, device):
+        self.calls.append({"model": model, "inputs": inputs, "channels_last": _is_channels_last(model)})
+        if self.fails:
+            raise self.fails
+        return self.seconds
+
+
+def _pending() -> PerformanceArguments:
+    perf = PerformanceArguments(channels_last="false")
+    perf.resolved_precision, perf.precision_evidence = PENDING, "auto on the CPU: to be timed on the model"
+    return perf
+
+
+def _shape(inputs) -> tuple[int, ...]:
+    return tuple((inputs if isinstance(inputs, torch.Tensor) else inputs["input_ids"]).shape)
+
+
+@pytest.mark.parametrize(
+    ("fp32", "bf16", "expect", "parts"),
+    [
+        (0.412, 0.780, "fp32", ("fp32 412 ms, bf16 780 ms", "(0.53x < 1.25x), so fp32")),
+        (0.412, 0.206, "bf16", ("fp32 412 ms, bf16 206 ms", "(2.00x >= 1.25x), so bf16")),
+        (0.412, 0.35, "fp32", ("bf16 350 ms", "(1.18x < 1.25x), so fp32")),  # within the timing's noise
+        (0.0412, 0.0206, "bf16", ("fp32 41.2 ms, bf16 20.6 ms",)),
+    ],
+    ids=["bf16-slower", "bf16-faster", "bf16-marginal", "short-steps"],
+)
+def test_auto_precision_follows_the_timed_training_step(tmp_path, fp32, bf16, expect, parts):
+    timer, model, perf = FakeTimer({"fp32": fp32, "bf16": bf16}), _resnet(), _pending()
+    args = _training_args(tmp_path, gpu=False, per_device_train_batch_size=32)
+    args.use_cpu = False  # as parsing leaves it for a pending choice
+    lines = apply_device_settings(
+        model, args, perf, "image", input_size=(3, 64, 64), facts=CPU_BF16, time_steps=timer, broadcast=lambda v: v
+    )
+    assert [_shape(call["inputs"]) for call in timer.calls] == [(32, 3, 64, 64)]
+    assert timer.calls[0]["model"] is model  # the model itself: the timer works on copies
+    assert args.bf16 is (expect == "bf16") and not args.fp16
+    assert args.mixed_precision == ("bf16" if expect == "bf16" else "no")  # what the Trainer's Accelerator reads
+    assert args.use_cpu is (expect == "bf16")
+    assert perf.resolved_precision == expect
+    evidence = perf.precision_evidence
+    assert lines[0] == f"precision: {expect} ({evidence})" and "\n" not in evidence
+    assert evidence.startswith("auto on the CPU (native bf16 flags: avx512_bf16): training step of 32x3x64x64: ")
+    assert "; measured in " in evidence and evidence.endswith(" s")
+    for part in parts:
+        assert part in evidence, f"{part!r} not in {evidence!r}"
+
+
+def test_text_is_timed_at_its_length_within_the_model_limit_and_a_cpu_batch_is_capped(tmp_path):
+    timer = FakeTimer()
+    args = _training_args(tmp_path, gpu=False, per_device_train_batch_size=64)
+    bert = tiny_bert_classifier()  # 32 positions
+    apply_device_settings(bert, args, _pending(), "text", facts=CPU_BF16, time_steps=timer, broadcast=lambda v: v)
+    apply_device_settings(
+        bert, args, _pending(), "text", sequence_length=16, facts=CPU_BF16, time_steps=timer, broadcast=lambda v: v
+    )
+    assert [_shape(call["inputs"]) for call in timer.calls] == [(32, 32), (32, 16)]
+    inputs = timer.calls[1]["inputs"]
+    assert set(inputs) == {"input_ids", "attention_mask"} and int(inputs["input_ids"].max()) < 40  # the vocabulary
+    perf = _pending()
+    apply_device_settings(bert, args, perf, "text", facts=CPU_BF16, time_steps=timer, broadcast=lambda v: v)
+    assert "training step of 32x32 tokens: " in perf.precision_evidence
+
+
+def test_auto_precision_on_a_gpu_times_tf32_against_bf16_in_the_training_layout(tmp_path, cuda_tf32_restored):
+    timer, model, perf = FakeTimer({"fp32": 0.041, "bf16": 0.0223}), _resnet(), _pending()
+    perf.channels_last = "auto"
+    args = _training_args(tmp_path, gpu=True, per_device_train_batch_size=64)
+    lines = apply_device_settings(
+        model, args, perf, "image", input_size=(3, 224, 224), facts=GPU, time_steps=timer, broadcast=lambda v: v
+    )
+    assert _shape(timer.calls[0]["inputs"]) == (64, 3, 224, 224)  # the whole batch: a GPU step is short
+    assert timer.calls[0]["channels_last"]  # timed in the layout it will train in
+    assert args.bf16 and args.mixed_precision == "bf16"
+    assert perf.precision_evidence.startswith("auto on the GPU (native bf16): training step of 64x3x224x224: ")
+    assert "fp32 (TF32) 41.0 ms, bf16 22.3 ms (1.84x >= 1.25x), so bf16" in perf.precision_evidence
+    assert lines[0].startswith("precision: bf16 (") and "TF32 matmuls: on" in lines[1]
+
+
+def test_a_failed_timing_leaves_fp32_and_says_why(tmp_path):
+    timer, perf = FakeTimer(fails=RuntimeError("out of\nmemory")), _pending()
+    args = _training_args(tmp_path, gpu=False)
+    apply_device_settings(_resnet(), args, perf, "image", facts=CPU_BF16, time_steps=timer, broadcast=lambda v: v)
+    assert perf.resolved_precision == "fp32" and not args.bf16 and args.mixed_precision == "no"
+    assert "timing a training step failed (RuntimeError: out of memory), so fp32" in perf.precision_evidence
+
+
+@pytest.mark.parametrize("flags", [AVX2, AVX512_BF16], ids=["avx2", "native-but-asked-fp32"])
+def test_nothing_is_timed_where_the_flags_or_the_user_decided(tmp_path, flags):
+    extra = () if flags is AVX2 else ("--precision", "fp32")
+    *_, perf, training = _parse(tmp_path, *extra, "--channels_last", "false", flags=flags)
+    timer = FakeTimer()
+    lines = apply_device_settings(
+        _resnet(), training, perf, "image", facts=CPU, time_formats=no_timing, time_steps=timer
+    )
+    assert timer.calls == []
+    assert perf.resolved_precision == "fp32" and not training.bf16
+    assert lines[0] == f"precision: fp32 ({perf.precision_evidence})"
+    assert ("not measured" if flags is AVX2 else "asked: --precision fp32") in lines[0]
+
+
+def test_the_main_process_times_and_shares_its_choice(tmp_path, monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    timer, shared = FakeTimer(), []
+
+    def broadcast(value):
+        shared.append(value)
+        return value
+
+    perf = _pending()
+    apply_device_settings(
+        _resnet(),
+        _training_args(tmp_path, gpu=False),
+        perf,
+        "image",
+        facts=CPU_BF16,
+        time_steps=timer,
+        broadcast=broadcast,
+    )
+    assert len(timer.calls) == 1
+    assert shared == [PrecisionChoice("bf16", perf.precision_evidence, True)]
+
+
+def test_another_process_takes_the_main_process_choices_without_timing(tmp_path, monkeypatch):
+    """Rank 1 times nothing: precision and layout both come from rank 0, so every process trains alike."""
+    monkeypatch.setenv("RANK", "1")
+    timer, given = FakeTimer(), []
+    from_main = iter([PrecisionChoice("bf16", "timed on rank 0", True), {"contiguous": 0.02, "channels_last": 0.01}])
+
+    def broadcast(value):
+        given.append(value)
+        return next(from_main)
+
+    model, perf, args = _resnet(), _pending(), _training_args(tmp_path, gpu=False)
+    perf.channels_last = "auto"
+    lines = apply_device_settings(
+        model, args, perf, "image", facts=CPU_BF16, time_steps=timer, time_formats=no_timing, broadcast=broadcast
+    )
+    assert timer.calls == [] and given == [None, None]
+    assert args.bf16 and perf.resolved_precision == "bf16" and perf.precision_evidence == "timed on rank 0"
+    assert lines[0] == "precision: bf16 (timed on rank 0)"
+    assert _is_channels_last(model) and "channels_last: on" in "\n".join(lines)
+
+
+def test_the_trainer_runs_the_precision_set_after_its_arguments_were_built(tmp_path):
+    """TrainingArguments derives mixed_precision when it is built; the Accelerator reads that, not bf16."""
+    args = _training_args(tmp_path, gpu=False)
+    args.use_cpu = False
+    apply_device_settings(
+        TinyClassifier(), args, _pending(), "text", facts=CPU_BF16, time_steps=FakeTimer(), broadcast=lambda v: v
+    )
+    trainer = Trainer(model=TinyClassifier(), args=args, train_dataset=_separable(8, 0))
+    assert trainer.accelerator.mixed_precision == "bf16" and trainer.accelerator.native_amp
+
+
+def _model_state(model: nn.Module) -> dict:
+    return {
+        "tensors": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "modes": {name: m.training for name, m in model.named_modules()},
+        "requires_grad": {name: p.requires_grad for name, p in model.named_parameters()},
+        "contiguous": {name: p.is_contiguous() for name, p in model.named_parameters()},
+    }
+
+
+def _tiny_cnn() -> nn.Module:
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=3)
+    model.layer1.eval()  # a frozen block, in eval mode with its BatchNorm statistics fixed
+    model.conv1[0].weight.requires_grad_(False)
+    return model
+
+
+def _tiny_bert() -> nn.Module:
+    model = tiny_bert_classifier().train()  # dropout 0.1: every step draws from torch's generator
+    model.bert.embeddings.requires_grad_(False)
+    return model
+
+
+@pytest.mark.parametrize(
+    ("build", "modality", "shape", "setups"),
+    [
+        (
+            _tiny_cnn,
+            "image",
+            (2, 3, 32, 32),
+            {
+                "fp32": StepSetup(),
+                "bf16": StepSetup(autocast=torch.bfloat16),
+                "channels_last": StepSetup(channels_last=True),
+            },
+        ),
+        (_tiny_bert, "text", (2, 16), {"fp32": StepSetup(), "bf16": StepSetup(autocast=torch.bfloat16)}),
+    ],
+    ids=["cnn", "bert"],
+)
+def test_timing_training_steps_leaves_the_model_and_the_random_state_as_they_were(build, modality, shape, setups):
+    torch.manual_seed(0)
+    model = build()
+    before, rng = _model_state(model), torch.get_rng_state()
+    seconds = time_training_steps(model, example_inputs(model, modality, shape), setups, repeats=1)
+    assert set(seconds) == set(setups) and all(0 < s < float("inf") for s in seconds.values())
+    after = _model_state(model)
+    assert after["modes"] == before["modes"]
+    assert after["requires_grad"] == before["requires_grad"]
+    assert after["contiguous"] == before["contiguous"]
+    assert after["tensors"].keys() == before["tensors"].keys()
+    for name, tensor in before["tensors"].items():  # weights and buffers (BatchNorm statistics) bit for bit
+        assert torch.equal(after["tensors"][name], tensor), name
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_recipe_records_the_timed_precision_and_a_rerun_is_still_recognised(tmp_path, tiny_bert, monkeypatch):
+    monkeypatch.setattr(warmstart.precision, "cpu_flags", lambda cpuinfo=None: set(AVX512_BF16))
+    monkeypatch.setattr(warmstart.precision, "time_training_steps", lambda *a, **k: {"fp32": 0.3, "bf16": 0.1})
+    argv = ["--model_name_or_path", str(tiny_bert), "--train_file", "train.csv", "--output_dir", str(tmp_path)]
+    argv += ["--report_to", "none", "--use_cpu", "true", "--max_seq_length", "24"]
+    args = start_recipe(argv, "text")
+    assert args.run.config["precision"] == "no" and args.performance.resolved_precision == PENDING
+    apply_devices(args, tiny_bert_classifier(), "text")
+    config = args.run.config
+    assert config["precision"] == "bf16" and args.training.bf16
+    assert config["device_settings"][0].startswith(
+        "precision: bf16 (auto on the CPU (native bf16 flags: avx512_bf16): training step of 8x24 tokens: fp32 300 ms"
+    )
+    assert config["performance"]["resolved_precision"] == PENDING  # as parsed: what a rerun compares
+
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    write_resolved_config(tmp_path, config)
+    start_recipe(argv, "text")  # the same command again: recognised, whichever way its timing goes
 
 
 # ------------------------------------------------------------------------------------------ bf16 matches fp32
@@ -487,3 +714,49 @@ def test_bf16_autocast_trains_as_accurately_as_fp32(tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(fp32_model.parameters(), bf16_model.parameters()))
     assert fp32_accuracy >= 0.93 and bf16_accuracy >= 0.93
     assert abs(fp32_accuracy - bf16_accuracy) <= ACCURACY_NOISE
+
+
+# ------------------------------------------------------------------------------------------- several processes
+
+_TWO_RANKS = """
+import sys
+from types import SimpleNamespace
+
+import torch
+import torch.distributed as dist
+
+from warmstart import PerformanceArguments
+from warmstart.precision import PENDING, DeviceFacts, apply_device_settings
+
+dist.init_process_group("gloo")
+me = dist.get_rank()
+args = SimpleNamespace(
+    per_device_train_batch_size=2, device=torch.device("cpu"), tf32=None, torch_compile=False,
+    dataloader_num_workers=0, bf16=False, mixed_precision="no", use_cpu=False,
+)
+perf = PerformanceArguments(channels_last="false")
+perf.resolved_precision, perf.precision_evidence = PENDING, "to be timed"
+timed = []
+
+def timer(model, inputs, *, device):  # each rank alone would choose differently
+    timed.append(me)
+    return {"fp32": 0.4, "bf16": 0.2} if me == 0 else {"fp32": 0.2, "bf16": 0.4}
+
+model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2))
+facts = DeviceFacts("cpu", 2, native_bf16_flags=("avx512_bf16",))
+apply_device_settings(model, args, perf, "image", input_size=(3, 2, 2), facts=facts, time_steps=timer)
+print(f"rank {me}: {perf.resolved_precision} bf16={args.bf16} timed={timed}", flush=True)
+dist.destroy_process_group()
+"""
+
+
+def test_two_processes_train_in_the_precision_the_main_process_timed(tmp_path):
+    script = tmp_path / "two_ranks.py"
+    script.write_text(_TWO_RANKS)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
+    done = subprocess.run(
+        torchrun_command(script), env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "rank 0: bf16 bf16=True timed=[0]" in done.stdout
+    assert "rank 1: bf16 bf16=True timed=[]" in done.stdout

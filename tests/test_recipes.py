@@ -96,7 +96,7 @@ def test_image_recipe_output_loads_in_timm_and_transformers_with_same_logits(ima
     with torch.no_grad():
         hf_logits = hf_model(pixel_values=pixels).logits
         timm_logits = timm_model(pixels)
-    torch.testing.assert_close(hf_logits, timm_logits, rtol=0, atol=1e-6)
+    torch.testing.assert_close(hf_logits, timm_logits, rtol=1e-5, atol=1e-6)
     classify = hf_pipeline("image-classification", model=str(out))
     assert {p["label"] for p in classify(image)} <= {"blue", "green", "red"}
 

@@ -93,14 +93,21 @@ def test_resume_skips_a_checkpoint_killed_while_its_state_was_written(tmp_path):
 
 @pytest.mark.parametrize(
     "strategy",
-    [["full"], ["head_only"], ["lp_ft", "--probe_epochs", "4"], ["gradual", "--unfreeze_every", "2"]],
-    ids=["full", "head_only", "lp_ft", "gradual"],
+    [
+        ["full"],
+        ["head_only", "--probe_solver", "trainer"],
+        ["lp_ft", "--probe_epochs", "4", "--probe_solver", "trainer"],
+        ["lp_ft"],
+        ["gradual", "--unfreeze_every", "2"],
+    ],
+    ids=["full", "head_only", "lp_ft", "lp_ft_solved", "gradual"],
 )
 def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(strategy, tiny_bert, text_files, tmp_path):
     """SIGKILL once a checkpoint is written, then --resume_from_checkpoint auto: the same final weights and
     metrics as a run that was never stopped (fp32 on the CPU: identical), for full fine-tuning, a head trained on
     cached features, LP-FT (killed in the probe on cached features at step 40 of 120, its fine-tuning phase from
-    step 48 after the resume) and gradual unfreezing (a block every 24 steps: killed between stages)."""
+    step 48 after the resume), LP-FT from the solved probe (solved again on the resume, then the checkpoint's weights
+    replace it) and gradual unfreezing (a block every 24 steps: killed between stages)."""
     import json
     import os
     import signal
@@ -197,7 +204,8 @@ def test_the_same_seed_gives_the_same_metrics(recipe, tiny_bert, text_files, ima
     runs = []
     for name in ("a", "b"):
         results = main(
-            [*flags, *trainer_flags(tmp_path / name, "--max_steps", "4"), "--precision", "fp32"]
+            [*flags, *trainer_flags(tmp_path / name, "--max_steps", "4"), "--precision", "fp32",
+             "--channels_last", "false"]  # fmt: skip
             + ["--full_determinism", "true"]
         )
         runs.append(

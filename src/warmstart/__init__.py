@@ -54,6 +54,7 @@ from warmstart.freezing import (
     FreezePolicy,
     FreezeReport,
     apply_freeze_policy,
+    default_learning_rate,
     describe_blocks,
 )
 from warmstart.lineage import finish_lineage, lineage_markdown, start_lineage
@@ -78,14 +79,17 @@ from warmstart.prediction import (
     read_prediction_input,
     write_predictions,
 )
+from warmstart.probe import ProbeFit, ProbeUnsolvable, fit_logistic_regression, solve_head
 from warmstart.report import EvaluationReport, write_comparison_plot, write_evaluation_report
 from warmstart.training import (
     PretrainingArguments,
+    ProbeOptions,
     RecipeArguments,
     Run,
     apply_devices,
     feature_cache_settings,
     pretrain_evaluate_save,
+    probe_policy,
     push_output_dir,
     search_or_none,
     start_pretraining,
@@ -95,6 +99,13 @@ from warmstart.training import (
 )
 
 __all__ = [
+    "ProbeFit",
+    "ProbeOptions",
+    "ProbeUnsolvable",
+    "default_learning_rate",
+    "fit_logistic_regression",
+    "probe_policy",
+    "solve_head",
     "STRATEGIES",
     "TEXT_LAYOUTS",
     "apply_device_settings",

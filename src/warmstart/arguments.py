@@ -230,6 +230,13 @@ class FreezeArguments:
             "linear probe then full fine-tuning; biases + head (BitFit); LoRA adapters + head."
         },
     )
+    probe_train_rest: bool = field(
+        default=False,
+        metadata={
+            "help": "head_only with the solved probe: then train the whole head (layers before the classifier too) "
+            "with the Trainer on the cached features, from the solved values."
+        },
+    )
     unfreeze_top_k: int | None = field(
         default=None, metadata={"help": "top_k: blocks that train; gradual: blocks to unfreeze at most (default all)."}
     )
@@ -295,6 +302,7 @@ class FreezeArguments:
             lora_dropout=self.lora_dropout,
             lora_target_modules=self.lora_target_modules,
             probe_solver=self.probe_solver,
+            probe_train_rest=self.probe_train_rest,
         )
 
 
@@ -336,9 +344,10 @@ class PerformanceArguments:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = field(
         default="auto",
         metadata={
-            "help": "auto: bf16 autocast where the hardware runs it natively and faster (a GPU with bf16, a CPU with "
-            "AMX / AVX512-BF16 that measures faster), fp32 elsewhere; fp32 / bf16 / fp16 force one. --bf16 / --fp16 "
-            "and an accelerate config's mixed_precision count as a request."
+            "help": "auto: fp32 where the hardware has no native bf16; on a GPU with bf16 or a CPU with AMX / "
+            "AVX512-BF16, bf16 autocast where a few timed training steps of the model at the training batch shape "
+            "run 1.25x faster in it than in fp32; fp32 / bf16 / fp16 force one. --bf16 / --fp16 and an accelerate "
+            "config's mixed_precision count as a request."
         },
     )
     cache_features: bool = field(
@@ -356,10 +365,13 @@ class PerformanceArguments:
         default="auto",
         metadata={"help": "CNNs in channels_last memory format; auto: on a GPU, and on a CPU where it runs faster."},
     )
-    # Set by parse_args from --precision, the other precision flags and the hardware; recorded in the run's config.
-    resolved_precision: str | None = field(default=None, init=False, metadata={"help": "fp32, bf16 or fp16."})
+    # Set by parse_args from --precision, the other precision flags and the hardware's flags, and where that leaves
+    # the choice pending (auto) by apply_device_settings, which times the model; recorded in the run's config.
+    resolved_precision: str | None = field(
+        default=None, init=False, metadata={"help": "fp32, bf16 or fp16; auto while the model is still to be timed."}
+    )
     precision_evidence: str | None = field(
-        default=None, init=False, metadata={"help": "What was asked, the CPU flags, the measured GFLOP/s, why."}
+        default=None, init=False, metadata={"help": "What was asked, the CPU flags, the timed training steps, why."}
     )
 
     def __post_init__(self) -> None:
@@ -444,9 +456,11 @@ def parse_args(
 
     ``TrainingArguments``, if among them, is checked for precision the hardware cannot run (fp16 without a GPU,
     bf16 on a CPU without native bf16) before it is built. With ``PerformanceArguments`` too, ``--precision`` is
-    resolved against ``--fp16`` / ``--bf16``, an accelerate config and the hardware (:func:`choose_precision`): the
-    result sets ``TrainingArguments``' ``bf16`` / ``fp16`` (and ``use_cpu`` for CPU bf16), and is recorded as
-    ``resolved_precision`` and ``precision_evidence`` on the ``PerformanceArguments``.
+    resolved against ``--fp16`` / ``--bf16``, an accelerate config and the hardware's flags (:func:`choose_precision`):
+    the result sets ``TrainingArguments``' ``bf16`` / ``fp16`` (and ``use_cpu`` for CPU bf16), and is recorded as
+    ``resolved_precision`` and ``precision_evidence`` on the ``PerformanceArguments``. Where ``auto`` needs the model
+    timed (a CPU with native bf16, a GPU with it), ``resolved_precision`` is ``auto`` and training is set to fp32 until
+    :func:`~warmstart.precision.apply_device_settings` times the model and sets both.
 
     Args:
         dataclass_types: the argument dataclasses, e.g. ``(ModelArguments, DataArguments, FreezeArguments,

@@ -358,6 +358,8 @@ def write_model_card(output_dir: str | Path, card: dict[str, Any]) -> Path:
 - frozen groups: {", ".join(report["frozen_groups"]) or "none"}
 - policy: `{json.dumps(card["policy"])}`"""
         )
+        if card.get("probe"):
+            sections.append(f"### Solved probe\n{card['probe']}")
     else:
         sections.append(f"## Objective\n{card['objective']}")
     sections.append(f"## Results\n{_metrics_table(card['metrics'])}")

@@ -142,8 +142,8 @@ class UnfreezeSchedule(TrainerCallback):
         self.history: list[tuple[int, int, list[str]]] = []  # (global step, stage, training groups)
 
     def stage_at(self, epoch: float, global_step: int) -> int:
-        if self.policy.strategy == "lp_ft":
-            return int(epoch + 1e-9 >= self.policy.probe_epochs)
+        if self.policy.strategy == "lp_ft":  # a solved probe was fitted before the run: all of it fine-tunes
+            return 1 if self.policy.probe_solver == "lbfgs" else int(epoch + 1e-9 >= self.policy.probe_epochs)
         progress = epoch if self.policy.unfreeze_unit == "epochs" else global_step
         return min(int(math.floor(progress / self.policy.unfreeze_every + 1e-9)), last_stage(self.policy, self.layout))
 

@@ -111,6 +111,8 @@ class FreezePolicy:
             regression solved on the cached backbone features, L2 strength by cross-validation on train: see
             :mod:`warmstart.probe`), ``trainer`` (the Trainer's epochs of AdamW), ``None``: ``lbfgs`` wherever the
             features are cached, else ``trainer`` (a run records which it used).
+        probe_train_rest: ``head_only`` with the solved probe: then train every trainable part of the head (the
+            layers in front of the classifier too) with the Trainer on the cached features, from the solved values.
     """
 
     strategy: str = "full"
@@ -126,6 +128,7 @@ class FreezePolicy:
     lora_dropout: float = 0.0
     lora_target_modules: list[str] | None = None
     probe_solver: str | None = None
+    probe_train_rest: bool = False
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -147,6 +150,8 @@ class FreezePolicy:
             raise WarmstartError(f"--probe_solver is lbfgs or trainer, got {self.probe_solver!r}")
         if self.probe_epochs is not None and self.probe_epochs <= 0:
             raise WarmstartError(f"--probe_epochs must be > 0 (epochs of linear probing), got {self.probe_epochs:g}")
+        if self.probe_train_rest and (self.strategy != "head_only" or self.probe_solver == "trainer"):
+            raise WarmstartError("--probe_train_rest is for --freeze_strategy head_only with the solved probe")
         if self.strategy == "lp_ft" and self.probe_solver == "trainer" and self.probe_epochs is None:
             raise WarmstartError(
                 "--freeze_strategy lp_ft --probe_solver trainer needs --probe_epochs N (epochs of linear probing)"
@@ -183,7 +188,8 @@ class FreezePolicy:
             f"{self.finetune_lr_multiplier:g}x lr)"
             if self.probe_epochs
             else "lp_ft",
-            "head_only": "head_only (solved by L-BFGS logistic regression)"
+            "head_only": "head_only (solved by L-BFGS logistic regression"
+            + (", then the head trained on the features)" if self.probe_train_rest else ")")
             if self.probe_solver == "lbfgs"
             else "head_only",
             "lora": f"lora (r={self.lora_r}, alpha={self.lora_alpha:g}, dropout={self.lora_dropout:g})",

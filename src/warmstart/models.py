@@ -326,11 +326,23 @@ def load_text_model(
             output_loading_info=True,
         )
     _warn_about_backbone_keys(model, loading_info)
+    mismatched = [k[0] if isinstance(k, tuple) else k for k in loading_info.get("mismatched_keys", ())]
+    fresh = {*loading_info.get("missing_keys", ()), *mismatched}
     if had_classifier and not keep_head:
         # same shape, other classes: the old classifier would load silently, so start it afresh
         _reinitialise_head(model)
+        in_base = {id(p) for p in model.base_model.parameters()}
+        fresh |= {name for name, p in model.named_parameters() if id(p) not in in_base}
     _loss_is_a_batch_mean(model)
+    model.warmstart_new_weights = frozenset(fresh)
     return model, tokenizer
+
+
+def newly_initialised(model: nn.Module) -> frozenset[str]:
+    """The parameter names of a model from :func:`load_text_model` that loading initialised afresh (a new head, or
+    weights the checkpoint lacked), not from the checkpoint; empty for other models (a timm model's new classifier
+    is its only new part)."""
+    return getattr(model, "warmstart_new_weights", frozenset())
 
 
 def _loss_is_a_batch_mean(model: PreTrainedModel) -> None:

@@ -1,16 +1,18 @@
 """Precision and device settings that fit the hardware.
 
 CPUs differ, and these machines are of both kinds: without native bf16 (AVX2 only) a bf16 matmul ran 140x+ slower
-than fp32; with AVX512-BF16 (AMD EPYC, Zen 4) it ran 2.1x faster, with AMX (Intel Xeon) 6.6x faster. So
-``--precision auto`` takes bf16 autocast on a CPU only where the CPU says it has native bf16 and a short matmul
-measurement agrees, on a GPU where it supports bf16, and fp32 elsewhere; an explicit bf16 on a CPU without native bf16
-and fp16 without a GPU are refused. :func:`apply_device_settings` adds what suits the device once the model exists:
-TF32, ``channels_last`` for CNNs, data loader workers.
+than fp32, so bf16 is refused there outright. With native bf16 a matmul says little about training: on an AMD EPYC
+with AVX512-BF16 a 512x512 matmul ran 2x faster in bf16 while an EfficientNet-Lite0 training step at 64 px ran 1.9x
+slower in it (depthwise convolutions). So ``--precision auto`` is resolved in two steps: while parsing, from the
+flags (fp32 on a CPU without native bf16 and on a GPU without it, an explicit request as asked, refusals); where bf16
+could pay (a CPU with AMX / AVX512-BF16, a GPU with native bf16) the choice is left pending, and
+:func:`apply_device_settings` makes it once the model exists, by timing a few training steps of the model at the
+training batch shape in fp32 and in bf16 autocast (:mod:`warmstart.step_timing`). It also adds what suits the device:
+TF32, ``channels_last`` for CNNs (timed the same way on a CPU), data loader workers.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -21,15 +23,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from warmstart.distributed import launched_processes
+from warmstart.distributed import broadcast_from_main, is_main_process
 from warmstart.errors import WarmstartError
+from warmstart.step_timing import DEFAULT_SEQUENCE_LENGTH, StepSetup, example_inputs, time_training_steps
 
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
-# Autocast casts every weight each step and leaves the rest of the step in fp32, so a step gains less than a matmul
-# does (resnet18 on this EPYC: matmul 2.1x, training step 1.55x); a matmul gain below this would not show.
+# bf16 must win a timed training step by this much. The fastest of a few steps of one variant still varies between
+# timings on a shared machine (fp32 against itself, resnet18 at 64 px on 2 busy cores: 0.88x-1.22x), while the gains
+# worth having are larger (a resnet18 step on an EPYC with AVX512-BF16: 1.55x); and bf16 is not free (a run's numbers
+# move a little), so a gain that noise alone could show is not taken.
 BF16_MIN_SPEEDUP = 1.25
-# A short forward timing on a shared machine varies by several percent; below this gain the layout stays as it is.
+# A memory layout costs nothing in accuracy: below this gain in a timed training step a CNN stays contiguous.
 CHANNELS_LAST_MIN_SPEEDUP = 1.1
+# ``resolved_precision`` while ``--precision auto`` waits for the model to be timed (apply_device_settings).
+PENDING = "auto"
+# A timed CPU step takes at most this many samples: a batch this size already keeps a CPU's cores busy, so bf16's
+# ratio holds for larger ones, and a step of 256 images at 224 px would make the timing cost a minute.
+MAX_TIMED_CPU_BATCH = 32
 # timm's "attention" modules that are convolutional gates (ResNeSt, CBAM), not attention over tokens.
 CONV_ATTENTION_MODULES = ("SplitAttn", "ChannelAttn", "SpatialAttn", "LightChannelAttn", "LightSpatialAttn")
 # Image decoding and augmentation rarely need more per GPU; more workers only hold memory.
@@ -56,50 +66,6 @@ def cpu_has_native_bf16(flags: set[str] | None = None) -> bool:
     """Whether the CPU computes bf16 natively (AMX or AVX512-BF16)."""
     flags = cpu_flags() if flags is None else flags
     return any(flag in flags for flag in NATIVE_BF16_FLAGS)
-
-
-@dataclass(frozen=True)
-class MatmulSpeed:
-    """Measured matmul throughput of one square size, in GFLOP/s."""
-
-    size: int
-    fp32_gflops: float
-    bf16_gflops: float
-
-    @property
-    def bf16_speedup(self) -> float:
-        return self.bf16_gflops / self.fp32_gflops
-
-
-def measure_matmul_speed(size: int = 512, repeats: int = 5) -> MatmulSpeed:
-    """Times ``size`` x ``size`` matmuls in fp32 and bf16 on the CPU, with torch's current thread count.
-
-    Each dtype runs once untimed (oneDNN builds its kernels on the first call), then ``repeats`` times interleaved
-    with the other; the fastest run counts, since anything else sharing the cores only ever makes a run slower.
-    At 512 the whole measurement takes well under 0.1 s where bf16 is native, about 0.5 s where it is not.
-
-    Returns:
-        Both throughputs.
-    """
-    generator = torch.Generator().manual_seed(0)
-    a, b = torch.randn(2, size, size, generator=generator)
-    operands = {dtype: (a.to(dtype), b.to(dtype)) for dtype in (torch.float32, torch.bfloat16)}
-    for x, y in operands.values():
-        torch.mm(x, y)
-    best = dict.fromkeys(operands, float("inf"))
-    for _ in range(repeats):
-        for dtype, (x, y) in operands.items():
-            start = time.perf_counter()
-            torch.mm(x, y)
-            best[dtype] = min(best[dtype], time.perf_counter() - start)
-    flops = 2 * size**3 / 1e9
-    return MatmulSpeed(size, flops / best[torch.float32], flops / best[torch.bfloat16])
-
-
-@functools.cache
-def cpu_matmul_speed() -> MatmulSpeed:
-    """:func:`measure_matmul_speed` once per process: every later call returns the first answer."""
-    return measure_matmul_speed()
 
 
 def gpu_has_native_bf16() -> bool:
@@ -166,14 +132,19 @@ class PrecisionChoice:
     """The precision a run trains in, and why.
 
     Attributes:
-        precision: ``fp32``, ``bf16`` or ``fp16`` (or an accelerate config's other mixed precision, passed on).
-        evidence: one line: what was asked, the CPU's native bf16 flags, the measured GFLOP/s, the reason.
+        precision: ``fp32``, ``bf16`` or ``fp16`` (or an accelerate config's other mixed precision, passed on);
+            ``auto`` (:data:`PENDING`) while bf16 waits to be timed against fp32 on the model.
+        evidence: one line: what was asked, the CPU's native bf16 flags, the measured step times, the reason.
         on_cpu: the run trains on the CPU.
     """
 
     precision: str
     evidence: str
     on_cpu: bool
+
+    @property
+    def pending(self) -> bool:
+        return self.precision == PENDING
 
 
 def choose_precision(
@@ -185,14 +156,14 @@ def choose_precision(
     on_cpu: bool | None = None,
     flags: set[str] | None = None,
     gpu_bf16: bool | None = None,
-    measure: Callable[[], MatmulSpeed] | None = None,
 ) -> PrecisionChoice:
-    """Resolves ``--precision`` against ``--fp16`` / ``--bf16``, an accelerate config and the hardware.
+    """Resolves ``--precision`` against ``--fp16`` / ``--bf16``, an accelerate config and the hardware, as far as
+    the hardware's flags decide it.
 
-    ``auto`` with no other request: on a GPU, bf16 where the GPU supports it natively, else fp32; on a CPU, bf16
-    where the CPU has native bf16 and a matmul measurement (once per process) shows bf16 at least
-    ``BF16_MIN_SPEEDUP`` times faster, else fp32. An explicit precision is taken as asked, but fp16 without a GPU and
-    bf16 on a CPU without native bf16 are refused.
+    An explicit precision is taken as asked, but fp16 without a GPU and bf16 on a CPU without native bf16 are
+    refused. ``auto`` with no other request: fp32 on a CPU without native bf16 and on a GPU without it (nothing is
+    measured); on a CPU with AMX / AVX512-BF16 or a GPU with native bf16, pending (``auto``): bf16 may or may not be
+    faster for this model, which :func:`apply_device_settings` times once the model exists.
 
     Args:
         asked: ``--precision``: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
@@ -202,10 +173,9 @@ def choose_precision(
         on_cpu: training runs on the CPU; from ``use_cpu``, the launcher and the machine when ``None``.
         flags: CPU feature flags; read from ``/proc/cpuinfo`` when ``None``.
         gpu_bf16: the GPU supports bf16 natively; asked of torch when ``None``.
-        measure: returns the CPU's :class:`MatmulSpeed`; :func:`cpu_matmul_speed` when ``None``.
 
     Returns:
-        The choice, with its evidence.
+        The choice, with its evidence; ``pending`` where it waits for the model.
 
     Raises:
         WarmstartError: ``--precision`` contradicts ``--fp16`` / ``--bf16`` / the accelerate config, or the
@@ -229,34 +199,16 @@ def choose_precision(
         return PrecisionChoice(precision, f"asked: {source} on the {device}{_flags_note(on_cpu, flags)}", on_cpu)
 
     if not on_cpu:
-        native = gpu_has_native_bf16() if gpu_bf16 is None else gpu_bf16
-        precision = "bf16" if native else "fp32"
-        why = "the GPU supports bf16 natively" if native else "the GPU has no native bf16"
-        return PrecisionChoice(precision, f"auto on the GPU: {why}", on_cpu)
+        if not (gpu_has_native_bf16() if gpu_bf16 is None else gpu_bf16):
+            return PrecisionChoice("fp32", "auto on the GPU: no native bf16, so fp32 (not measured)", False)
+        return PrecisionChoice(PENDING, "auto on the GPU (native bf16): to be timed on the model", False)
 
     flags = cpu_flags() if flags is None else flags
     if not cpu_has_native_bf16(flags):
         return PrecisionChoice(
             "fp32", f"auto on the CPU{_flags_note(True, flags)}: no native bf16, so fp32 (not measured)", on_cpu
         )
-    if measure is None and launched_processes() > 1:
-        # ranks timing at once on shared cores could land on both sides of the threshold, and DDP ranks in
-        # different precisions disagree: several processes go by the flags alone
-        why = f"auto on the CPU{_flags_note(True, flags)}: native bf16 ({launched_processes()} processes: not timed)"
-        return PrecisionChoice("bf16", why, on_cpu)
-    speed = (measure or cpu_matmul_speed)()
-    precision = "bf16" if speed.bf16_speedup >= BF16_MIN_SPEEDUP else "fp32"
-    compared = ">=" if precision == "bf16" else "<"
-    evidence = (
-        f"auto on the CPU{_flags_note(True, flags)}: matmul {speed.size}x{speed.size} fp32 "
-        f"{_gflops(speed.fp32_gflops)} GFLOP/s, bf16 {_gflops(speed.bf16_gflops)} GFLOP/s "
-        f"({speed.bf16_speedup:.2f}x {compared} {BF16_MIN_SPEEDUP}x, so {precision})"
-    )
-    return PrecisionChoice(precision, evidence, on_cpu)
-
-
-def _gflops(value: float) -> str:
-    return f"{value:.0f}" if value >= 10 else f"{value:.1f}"
+    return PrecisionChoice(PENDING, f"auto on the CPU{_flags_note(True, flags)}: to be timed on the model", on_cpu)
 
 
 def _flags_note(on_cpu: bool, flags: set[str] | None) -> str:
@@ -279,12 +231,14 @@ class DeviceFacts:
         cpus: CPUs this process may run on.
         local_processes: training processes on this machine, each with its own data loaders.
         tf32: the GPU can run fp32 matmuls in TF32 (Ampere or newer).
+        native_bf16_flags: the CPU's flags of :data:`NATIVE_BF16_FLAGS`, named in the evidence of a timed choice.
     """
 
     device: str
     cpus: int
     local_processes: int = 1
     tf32: bool = False
+    native_bf16_flags: tuple[str, ...] = ()
 
 
 def device_facts(training_args: Any) -> DeviceFacts:
@@ -296,6 +250,7 @@ def device_facts(training_args: Any) -> DeviceFacts:
         cpus=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
         local_processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
         tf32=tf32,
+        native_bf16_flags=tuple(flag for flag in NATIVE_BF16_FLAGS if flag in cpu_flags()),
     )
 
 
@@ -321,44 +276,62 @@ def is_cnn(model: nn.Module) -> bool:
 def time_memory_formats(
     model: nn.Module, input_shape: Sequence[int], *, bf16: bool = False, repeats: int = 3
 ) -> dict[str, float]:
-    """Seconds per forward pass of ``model`` in the contiguous and the ``channels_last`` layout.
+    """Seconds per training step of ``model`` in the contiguous and the ``channels_last`` layout.
 
-    The forward runs in eval and inference mode (no BatchNorm statistics change, no graph is kept), under bf16
-    autocast when ``bf16``, on random input; each layout runs once untimed, then ``repeats`` times interleaved, the
-    fastest run counting. The model comes back contiguous, with every module's train / eval mode as it was.
+    The steps (forward, backward, optimizer step, under bf16 autocast when ``bf16``, on random images) run on copies
+    of the model (:func:`warmstart.step_timing.time_training_steps`), so the model comes back as it was: contiguous
+    if it was, with its weights, BatchNorm statistics, modes and torch's random state unchanged.
 
     Args:
-        model: an image model taking a ``(batch, channels, height, width)`` tensor as its first argument.
+        model: an image model taking a ``(batch, channels, height, width)`` tensor (a transformers model: as its
+            ``main_input_name``).
         input_shape: the shape of the timed batch.
-        bf16: time under CPU bf16 autocast, as training will run.
-        repeats: timed runs per layout.
+        bf16: time under bf16 autocast, as training will run.
+        repeats: timed steps per layout at most.
 
     Returns:
         ``{"contiguous": seconds, "channels_last": seconds}``.
     """
-    modes = {module: module.training for module in model.modules()}
-    device = next(model.parameters()).device
-    batch = torch.randn(*input_shape, generator=torch.Generator().manual_seed(0)).to(device)
-    layouts = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
-    best = dict.fromkeys(layouts, float("inf"))
-    model.eval()
-    try:
-        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            for layout in layouts.values():
-                model.to(memory_format=layout)
-                model(batch.contiguous(memory_format=layout))
-            for _ in range(repeats):
-                for name, layout in layouts.items():
-                    model.to(memory_format=layout)
-                    x = batch.contiguous(memory_format=layout)
-                    start = time.perf_counter()
-                    model(x)
-                    best[name] = min(best[name], time.perf_counter() - start)
-    finally:
-        model.to(memory_format=torch.contiguous_format)
-        for module, training in modes.items():
-            module.training = training
-    return best
+    autocast = torch.bfloat16 if bf16 else None
+    setups = {
+        "contiguous": StepSetup(autocast=autocast),
+        "channels_last": StepSetup(autocast=autocast, channels_last=True),
+    }
+    return time_training_steps(model, example_inputs(model, "image", input_shape), setups, repeats=repeats)
+
+
+def time_precisions(
+    model: nn.Module, inputs: Any, *, device: torch.device | str | None = None, repeats: int = 3
+) -> dict[str, float]:
+    """Seconds per training step of ``model`` on ``inputs`` in fp32 and under bf16 autocast, the model left as it was
+    (:func:`warmstart.step_timing.time_training_steps`).
+
+    Returns:
+        ``{"fp32": seconds, "bf16": seconds}``.
+    """
+    setups = {"fp32": StepSetup(), "bf16": StepSetup(autocast=torch.bfloat16)}
+    return time_training_steps(model, inputs, setups, device=device, repeats=repeats)
+
+
+def _timed_shape(
+    model: nn.Module,
+    training_args: Any,
+    facts: DeviceFacts,
+    modality: str,
+    input_size: Sequence[int] | None,
+    sequence_length: int | None,
+) -> tuple[int, ...]:
+    """The batch shape the automatic choices time: the training batch (at most ``MAX_TIMED_CPU_BATCH`` samples on a
+    CPU), of the training images' size or of ``sequence_length`` tokens (default ``DEFAULT_SEQUENCE_LENGTH``, within
+    the model's position limit and 512, as the recipes cap it)."""
+    batch = training_args.per_device_train_batch_size
+    if facts.device != "cuda":
+        batch = min(batch, MAX_TIMED_CPU_BATCH)
+    if modality == "text":
+        limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        limit = min(limit, 512) if isinstance(limit, int) and limit > 0 else 512
+        return (batch, min(sequence_length or DEFAULT_SEQUENCE_LENGTH, limit))
+    return (batch, *(tuple(input_size) if input_size else _model_input_size(model)))
 
 
 def _model_input_size(model: nn.Module) -> tuple[int, int, int]:
@@ -377,46 +350,70 @@ def apply_device_settings(
     modality: str,
     *,
     input_size: Sequence[int] | None = None,
+    sequence_length: int | None = None,
     facts: DeviceFacts | None = None,
     time_formats: Callable[..., dict[str, float]] = time_memory_formats,
+    time_steps: Callable[..., dict[str, float]] = time_precisions,
+    broadcast: Callable[[Any], Any] = broadcast_from_main,
 ) -> list[str]:
     """Applies the device settings that suit this machine and this model; call it after the model is built and
     before the ``Trainer`` is.
 
-    - Precision was resolved while parsing: its choice and evidence lead the returned lines.
+    - Precision: what parsing resolved leads the returned lines. A choice parsing left pending (``--precision auto``
+      on a CPU with native bf16 or a GPU with it) is made here: a few training steps of the model at the training
+      batch shape are timed in fp32 and under bf16 autocast (``time_steps``, on the main process only, the outcome
+      shared with the others through ``broadcast`` so that every process trains alike), and bf16 is taken where its
+      step is ``BF16_MIN_SPEEDUP`` times faster; ``training_args`` (``bf16``, ``mixed_precision``, and ``use_cpu`` on
+      a CPU) and ``performance_args`` (``resolved_precision``, ``precision_evidence``) are set to the outcome.
     - GPU: TF32 matmuls on an Ampere-or-newer GPU unless ``--tf32`` was given; ``channels_last`` for CNNs
       (:func:`is_cnn`) under ``--channels_last auto``; for image data left at ``--dataloader_num_workers 0``, one
       worker per spare CPU of this process's share (at most ``MAX_LOADER_WORKERS``); pinned memory as given (on by
       default).
-    - CPU: ``channels_last`` under ``auto`` only where a timed forward pass of this model (:func:`time_memory_formats`)
-      is ``CHANNELS_LAST_MIN_SPEEDUP`` times faster in it (resnet18 on a 2-core EPYC: 0.9x at 64 px, where a
-      training step gained nothing, 1.35x at 224 px, where a step gained 1.13x-1.19x); data loader workers as given,
-      0 by default: on 2 cores one worker made the image recipe 17% slower, its decoding taking a core from the step.
+    - CPU: ``channels_last`` under ``auto`` only where a timed training step of this model (``time_formats``) is
+      ``CHANNELS_LAST_MIN_SPEEDUP`` times faster in it (resnet18 on a 2-core EPYC: a step gained nothing at 64 px and
+      1.13x-1.19x at 224 px); data loader workers as given, 0 by default: on 2 cores one worker made the image recipe
+      17% slower, its decoding taking a core from the step.
     - ``--channels_last true`` converts any model with ``Conv2d`` layers, ``false`` none.
 
     Args:
-        model: the model to train (converted in place).
-        training_args: its ``TrainingArguments``; worker and TF32 settings are changed in place.
+        model: the model to train (converted in place; the timings run on copies and leave it as it was).
+        training_args: its ``TrainingArguments``; precision, worker and TF32 settings are changed in place.
         performance_args: the ``PerformanceArguments`` (``channels_last``, ``resolved_precision``, ...).
         modality: ``image`` or ``text``.
-        input_size: ``(channels, height, width)`` of the training images, for the CPU timing (default: the model's
+        input_size: ``(channels, height, width)`` of the training images, for the timings (default: the model's
             pretrained config, else 3 x 224 x 224).
+        sequence_length: tokens per timed text example (default ``DEFAULT_SEQUENCE_LENGTH``, within the model's
+            position limit).
         facts: the device; read from the machine when ``None``.
-        time_formats: times a model's forward in each memory format (see :func:`time_memory_formats`).
+        time_formats: times a training step in each memory format (see :func:`time_memory_formats`).
+        time_steps: times a training step in fp32 and bf16 (see :func:`time_precisions`).
+        broadcast: the main process's value in every process (see
+            :func:`warmstart.distributed.broadcast_from_main`).
 
     Returns:
         One human-readable line per setting, to log and record.
     """
     facts = device_facts(training_args) if facts is None else facts
-    lines = []
-    resolved = getattr(performance_args, "resolved_precision", None)
-    if resolved:
-        lines.append(f"precision: {resolved} ({performance_args.precision_evidence})")
     on_gpu = facts.device == "cuda"
-    if on_gpu:
+    shape = _timed_shape(model, training_args, facts, modality, input_size, sequence_length)
+    lines = []
+    if on_gpu:  # before the precision is timed: fp32 is timed as it will train, in TF32
         lines.append(_apply_tf32(training_args, facts))
-    if modality == "image" or performance_args.channels_last != "auto":
-        lines.append(_apply_channels_last(model, training_args, performance_args, facts, input_size, time_formats))
+    layout = modality == "image" or performance_args.channels_last != "auto"
+    # a layout that is not timed is set first, so that the precision is timed in it; one timed on the CPU is timed
+    # in the precision training will use, so after it
+    layout_timed = facts.device == "cpu" and performance_args.channels_last == "auto"
+    if layout and not layout_timed:
+        lines.append(_apply_channels_last(model, performance_args, facts, shape, time_formats, broadcast))
+    if getattr(performance_args, "resolved_precision", None) == PENDING:
+        choice = _on_main_shared(
+            lambda: _time_precision(model, training_args, facts, modality, shape, time_steps), broadcast
+        )
+        _set_precision(choice, training_args, performance_args)
+    if getattr(performance_args, "resolved_precision", None):
+        lines.insert(0, f"precision: {performance_args.resolved_precision} ({performance_args.precision_evidence})")
+    if layout and layout_timed:
+        lines.append(_apply_channels_last(model, performance_args, facts, shape, time_formats, broadcast))
     if on_gpu:
         lines.append(_apply_loader_workers(training_args, modality, facts))
         pinned = "on" if training_args.dataloader_pin_memory else "off (as given)"
@@ -426,6 +423,64 @@ def apply_device_settings(
     if training_args.torch_compile:
         lines.append(f"torch.compile: on (backend {training_args.torch_compile_backend}), by the Trainer")
     return lines
+
+
+def _time_precision(
+    model: nn.Module,
+    training_args: Any,
+    facts: DeviceFacts,
+    modality: str,
+    shape: tuple[int, ...],
+    time_steps: Callable[..., dict[str, float]],
+) -> PrecisionChoice:
+    """Times fp32 against bf16 on the model and decides; a timing that fails leaves fp32, the precision that always
+    runs (the run itself will meet any real fault of the model)."""
+    on_cpu = facts.device != "cuda"
+    native = ", ".join(facts.native_bf16_flags) or "none"
+    where = f"auto on the CPU (native bf16 flags: {native})" if on_cpu else "auto on the GPU (native bf16)"
+    started = time.perf_counter()
+    try:
+        seconds = time_steps(model, example_inputs(model, modality, shape), device=training_args.device)
+    except Exception as err:  # a speed choice must not end the run (nor leave the other processes waiting)
+        return PrecisionChoice("fp32", f"{where}: timing a training step failed ({_one_line(err)}), so fp32", on_cpu)
+    measured = time.perf_counter() - started
+    speedup = seconds["fp32"] / seconds["bf16"]
+    precision = "bf16" if speedup >= BF16_MIN_SPEEDUP else "fp32"
+    compared = ">=" if precision == "bf16" else "<"
+    fp32 = "fp32 (TF32)" if not on_cpu and training_args.tf32 else "fp32"
+    batch = "x".join(map(str, shape)) + (" tokens" if modality == "text" else "")
+    evidence = (
+        f"{where}: training step of {batch}: {fp32} {_ms(seconds['fp32'])}, bf16 {_ms(seconds['bf16'])} "
+        f"({speedup:.2f}x {compared} {BF16_MIN_SPEEDUP}x), so {precision}; measured in {measured:.1f} s"
+    )
+    return PrecisionChoice(precision, evidence, on_cpu)
+
+
+def _set_precision(choice: PrecisionChoice, training_args: Any, performance_args: Any) -> None:
+    """Puts a measured choice where the Trainer reads it: its Accelerator takes ``mixed_precision``, which
+    ``TrainingArguments`` derived from ``bf16`` when it was built, so both are set."""
+    bf16 = choice.precision == "bf16"
+    training_args.bf16 = bf16
+    training_args.mixed_precision = "bf16" if bf16 else "no"
+    if bf16 and choice.on_cpu:
+        training_args.use_cpu = True  # as parsing sets it for CPU bf16, so that the arguments rebuild as they are
+    performance_args.resolved_precision, performance_args.precision_evidence = choice.precision, choice.evidence
+
+
+def _on_main_shared(work: Callable[[], Any], broadcast: Callable[[Any], Any]) -> Any:
+    """``work()`` done by the main process and its result given to every process, so that all of them decide
+    alike; a process with no process group to take the result from (``broadcast`` gives it ``None``) does its own."""
+    result = broadcast(work() if is_main_process() else None)
+    return work() if result is None else result
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(f"{type(err).__name__}: {err}".split())[:200]
+
+
+def _ms(seconds: float) -> str:
+    milliseconds = seconds * 1e3
+    return f"{milliseconds:.0f} ms" if milliseconds >= 100 else f"{milliseconds:.1f} ms"
 
 
 def _apply_tf32(training_args: Any, facts: DeviceFacts) -> str:
@@ -451,11 +506,11 @@ def _enable_cuda_tf32() -> None:
 
 def _apply_channels_last(
     model: nn.Module,
-    training_args: Any,
     performance_args: Any,
     facts: DeviceFacts,
-    input_size: Sequence[int] | None,
+    shape: tuple[int, ...],
     time_formats: Callable[..., dict[str, float]],
+    broadcast: Callable[[Any], Any],
 ) -> str:
     wanted = performance_args.channels_last
     has_conv = any(isinstance(module, nn.Conv2d) for module in model.modules())
@@ -473,15 +528,21 @@ def _apply_channels_last(
         return "channels_last: on (a CNN on a GPU)"
     if facts.device != "cpu":
         return f"channels_last: off (a CNN on {facts.device}, not measured)"
-    if training_args.world_size > 1:  # ranks must agree (DDP compares parameter strides): not timed per rank
-        return f"channels_last: off ({training_args.world_size} processes: not timed; --channels_last true forces it)"
-    size = tuple(input_size) if input_size else _model_input_size(model)
-    shape = (min(training_args.per_device_train_batch_size, 16), *size)
     bf16 = getattr(performance_args, "resolved_precision", None) == "bf16"
-    seconds = time_formats(model, shape, bf16=bf16)
+
+    def timed() -> dict[str, float] | str:
+        try:
+            return time_formats(model, shape, bf16=bf16)
+        except Exception as err:  # a speed choice must not end the run (nor leave the other processes waiting)
+            return _one_line(err)
+
+    # processes must agree (DDP compares parameter strides): the main process times, the others take its result
+    seconds = _on_main_shared(timed, broadcast)
+    if isinstance(seconds, str):
+        return f"channels_last: off (timing a training step failed: {seconds})"
     speedup = seconds["contiguous"] / seconds["channels_last"]
     timing = (
-        f"forward of {'x'.join(map(str, shape))} in {'bf16' if bf16 else 'fp32'}: contiguous "
+        f"training step of {'x'.join(map(str, shape))} in {'bf16' if bf16 else 'fp32'}: contiguous "
         f"{seconds['contiguous'] * 1e3:.1f} ms, channels_last {seconds['channels_last'] * 1e3:.1f} ms"
     )
     if speedup >= CHANNELS_LAST_MIN_SPEEDUP:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -25,6 +26,7 @@ from transformers import EvalPrediction, Trainer, TrainerCallback, TrainingArgum
 
 import warmstart
 from warmstart.arguments import (
+    CONFIG_FILE_SUFFIXES,
     DataArguments,
     FreezeArguments,
     ModelArguments,
@@ -32,8 +34,11 @@ from warmstart.arguments import (
     RegularizationArguments,
     UnlabeledDataArguments,
     parse_args,
+    read_config_file,
     to_plain,
+    underscored,
 )
+from warmstart.distributed import broadcast_from_main, is_main_process
 from warmstart.errors import WarmstartError
 from warmstart.export import (
     check_output_dir,
@@ -51,12 +56,15 @@ from warmstart.feature_cache import (
     WithCachedFeatures,
     cache_features,
     default_cache_dir,
+    head_inputs,
 )
 from warmstart.fine_tuning import FineTuning, UnfreezeSchedule
-from warmstart.freezing import FreezePolicy
+from warmstart.freezing import PROBING, FreezePolicy, default_learning_rate
 from warmstart.lineage import finish_lineage, start_lineage
 from warmstart.metrics import compute_metrics
+from warmstart.models import newly_initialised
 from warmstart.precision import apply_device_settings
+from warmstart.probe import ProbeFit, ProbeUnsolvable, solve_head
 from warmstart.regularization import check_regularization
 from warmstart.report import write_evaluation_report
 from warmstart.search import SearchArguments, run_search
@@ -211,6 +219,11 @@ def start_recipe(argv: Sequence[str] | None, modality: str) -> RecipeArguments:
     )
     check_regularization(reg_args, modality, "single_label_classification", training_args)
     _check_schedule_fits(freeze_args.policy(), training_args)
+    learning_rate_source = "--learning_rate"
+    if not _learning_rate_given(argv):
+        # the Trainer's 5e-5 suits full fine-tuning of BERT only: each strategy starts from its own rate
+        training_args.learning_rate = default_learning_rate(freeze_args.freeze_strategy, modality)
+        learning_rate_source = f"the default for {freeze_args.freeze_strategy} on {modality} data"
     named = {
         "model": model_args,
         "data": data_args,
@@ -228,7 +241,18 @@ def start_recipe(argv: Sequence[str] | None, modality: str) -> RecipeArguments:
         overwrite_output_dir=model_args.overwrite_output_dir or searching,  # trials go to their own folders
         task=f"{modality} classification",
     )
+    run.config["learning_rate"] = {"value": training_args.learning_rate, "source": learning_rate_source}
+    logger.info("learning rate %g (%s)", training_args.learning_rate, learning_rate_source)
     return RecipeArguments(model_args, data_args, freeze_args, reg_args, perf_args, training_args, run, search_args)
+
+
+def _learning_rate_given(argv: Sequence[str] | None) -> bool:
+    """Whether the command line (or the config file it starts with) sets the learning rate."""
+    argv = underscored(sys.argv[1:] if argv is None else argv)
+    config_file = argv and argv[0].endswith(CONFIG_FILE_SUFFIXES) and not argv[0].startswith("-")
+    if config_file and "learning_rate" in read_config_file(argv[0]):
+        return True
+    return any(token.split("=", 1)[0] == "--learning_rate" for token in argv)
 
 
 def search_or_none(args: RecipeArguments, argv: Sequence[str] | None, main: Callable) -> dict[str, Any] | None:
@@ -250,13 +274,24 @@ def search_or_none(args: RecipeArguments, argv: Sequence[str] | None, main: Call
 def apply_devices(
     args: RecipeArguments, model: nn.Module, modality: str, input_size: Sequence[int] | None = None
 ) -> None:
-    """Fits the run to the machine (precision chosen at parsing, TF32, channels_last, loader workers): see
-    :func:`warmstart.precision.apply_device_settings` (``input_size``: the training images' ``(C, H, W)``). Each
-    decision is logged and recorded in the run's config."""
-    lines = apply_device_settings(model, args.training, args.performance, modality, input_size=input_size)
+    """Fits the run to the machine (precision, timed on the model where parsing left it pending; TF32, channels_last,
+    loader workers): see :func:`warmstart.precision.apply_device_settings` (``input_size``: the training images'
+    ``(C, H, W)``; text is timed at ``--max_seq_length`` tokens when given). Each decision is logged and recorded in
+    the run's config: ``device_settings``, and ``precision``, the mixed precision the Trainer will run."""
+    lines = apply_device_settings(
+        model,
+        args.training,
+        args.performance,
+        modality,
+        input_size=input_size,
+        sequence_length=getattr(args.data, "max_seq_length", None),
+    )
     for line in lines:
         logger.info("%s", line)
     args.run.config["device_settings"] = lines
+    # ``performance`` keeps what parsing resolved (``auto`` where the model was to be timed), so that a rerun of the
+    # same command is recognised whichever way its timing goes; what the timing chose is the run's precision
+    args.run.config["precision"] = args.training.mixed_precision
 
 
 def feature_cache_settings(
@@ -304,10 +339,56 @@ def feature_cache_settings(
     )
 
 
+def probe_policy(args: RecipeArguments, feature_cache: CacheSettings | None) -> FreezePolicy:
+    """The run's policy, its probe solver decided: ``lbfgs`` (the head solved on the cached features) wherever the
+    features are cached and the Trainer's probe was not asked for, else ``trainer``. Logged and recorded
+    (``probe`` in the run's config).
+
+    Raises:
+        WarmstartError: ``--probe_solver lbfgs`` where the features are not cached, or an lp_ft probe left to the
+            Trainer without ``--probe_epochs``.
+    """
+    policy = args.freeze.policy()
+    if policy.strategy not in PROBING:
+        return policy
+    asked = policy.probe_solver
+    if feature_cache is None:
+        reason = args.run.config.get("feature_cache", {}).get("reason", "the features are not cached")
+        if asked == "lbfgs":
+            raise WarmstartError(
+                f"--probe_solver lbfgs solves the head on cached backbone features, and they are not cached here "
+                f"({reason}): use --probe_solver trainer, or drop what turns the cache off"
+            )
+        solver, why = "trainer", asked and "--probe_solver trainer" or f"the features are not cached ({reason})"
+    else:
+        solver, why = asked or "lbfgs", f"--probe_solver {asked}" if asked else "the default where features are cached"
+    if solver == "trainer" and policy.strategy == "lp_ft" and policy.probe_epochs is None:
+        raise WarmstartError(
+            f"--freeze_strategy lp_ft trains its probe with the Trainer here ({why}): give --probe_epochs N"
+        )
+    if solver == "lbfgs" and policy.strategy == "lp_ft":
+        why += "; the whole run then fine-tunes everything" + (
+            f" (--probe_epochs {policy.probe_epochs:g} is not used)" if policy.probe_epochs else ""
+        )
+    logger.info("probe: %s (%s)", solver, why)
+    args.run.config["probe"] = {"solver": solver, "reason": why}
+    return dataclasses.replace(policy, probe_solver=solver)
+
+
+@dataclass
+class ProbeOptions:
+    """What the solved probe takes from the run's regularization: the loss it minimises is the training loss."""
+
+    class_weights: Sequence[float] | None = None
+    label_smoothing: float = 0.0
+
+
 def _check_schedule_fits(policy: FreezePolicy, training_args: TrainingArguments) -> None:
     """A probe that never ends is a linear probe, not LP-FT: refuse it while nothing has loaded."""
     epochs = training_args.num_train_epochs
-    if policy.strategy == "lp_ft" and training_args.max_steps <= 0 and policy.probe_epochs >= epochs:
+    probe = policy.probe_epochs
+    solved = policy.probe_solver == "lbfgs"  # the solved probe takes no epochs: --probe_epochs is unused
+    if policy.strategy == "lp_ft" and training_args.max_steps <= 0 and not solved and probe and probe >= epochs:
         raise WarmstartError(
             f"--probe_epochs {policy.probe_epochs:g} is not below --num_train_epochs {epochs:g}: the fine-tuning "
             "phase would never start (use fewer probe epochs, more epochs, or --freeze_strategy head_only)"
@@ -329,6 +410,7 @@ def train_evaluate_save(
     callbacks: Sequence[TrainerCallback] = (),
     save_adapter: bool = False,
     feature_cache: CacheSettings | None = None,
+    probe: ProbeOptions | None = None,
 ) -> dict[str, Any]:
     """Trains with the HF Trainer, evaluates on validation (and test), and saves in hub format with a model card.
 
@@ -351,6 +433,9 @@ def train_evaluate_save(
         save_adapter: also save a LoRA adapter alone, in ``output_dir/adapter``.
         feature_cache: train the head on the frozen backbone's features, computed once per split (see
             :func:`feature_cache_settings`); the splits must then hold what the model takes after ``data_collator``.
+        probe: the loss options the solved probe minimises (``policy.probe_solver == "lbfgs"``, see
+            :func:`probe_policy`): the head is solved on the cached training features before the Trainer runs;
+            ``head_only`` then trains nothing more (unless ``probe_train_rest``), ``lp_ft`` fine-tunes everything.
 
     Returns:
         All metrics, as in ``all_results.json``.
@@ -368,7 +453,15 @@ def train_evaluate_save(
             feature_cache.source_splits = {**source, "train": source["train"].select(kept)}
     trained = tuning.model
     cached = _cache_backbone_features(run, tuning.model, splits, feature_cache, training_args)
-    if cached is not None and policy.strategy == "lp_ft":
+    fit = None
+    if policy.probe_solver == "lbfgs":
+        fit = _solved_probe(run, tuning.model, cached, policy, probe or ProbeOptions(), training_args.seed)
+        if fit is None:  # head_only by default, on a head the solver cannot take: the Trainer trains it
+            policy = dataclasses.replace(policy, probe_solver="trainer")
+    solved_only = fit is not None and policy.strategy == "head_only" and not policy.probe_train_rest
+    if fit is not None and policy.strategy == "lp_ft":
+        pass  # the probe is solved: the full model fine-tunes on the inputs from the first step
+    elif cached is not None and policy.strategy == "lp_ft":
         # the probe trains the head on the features, then the schedule unfreezes the backbone and the full model
         # trains on the inputs, in one Trainer run (one schedule, one optimizer, one set of checkpoints)
         trained = ProbeThenFull(tuning.model, cached)
@@ -401,8 +494,16 @@ def train_evaluate_save(
     )
     run.config["param_groups"] = tuning.groups_as_dicts()
     try:
-        train_result = trainer.train(resume_from_checkpoint=resume_point(training_args))
-        results: dict[str, Any] = dict(train_result.metrics)
+        if solved_only:  # nothing left to train: the solve was the training
+            results: dict[str, Any] = {
+                "train_runtime": fit.seconds,
+                "train_samples_per_second": round(fit.examples / max(fit.seconds, 1e-9), 3),
+                "train_loss": fit.train_loss,
+            }
+        else:
+            results = dict(trainer.train(resume_from_checkpoint=resume_point(training_args)).metrics)
+        if fit is not None:
+            results.update(probe_c=fit.c, probe_seconds=fit.seconds)
         results.update(
             train_samples=len(splits["train"]),
             trainable_params=report.trainable_params,
@@ -466,6 +567,7 @@ def train_evaluate_save(
             ]
             card = {
                 **card,
+                **({"probe": fit.markdown()} if fit is not None else {}),
                 "policy": policy.to_dict(),
                 "policy_description": policy.describe(),
                 "freeze_report": report.to_dict(),
@@ -769,6 +871,62 @@ def _cache_backbone_features(
         f" (memory-mapped: {', '.join(on_disk)})" if on_disk else "",
     )
     return cached
+
+
+def _solved_probe(
+    run: Run, model: nn.Module, cached: CachedRun | None, policy: FreezePolicy, probe: ProbeOptions, seed: int
+) -> ProbeFit | None:
+    """Solves the head on the cached training features (:func:`warmstart.probe.solve_head`) on the main process,
+    and gives every process the solved weights. Returns the fit, or ``None`` where ``head_only``'s default solver
+    cannot take the head (the Trainer then trains it, and the run says why).
+
+    Raises:
+        WarmstartError: the features could not be cached or the head solved, where the solve was asked for (or
+            ``lp_ft`` relies on it).
+    """
+    explicit = run.config.get("probe", {}).get("reason", "").startswith("--probe_solver")
+    if cached is None:
+        problem = run.config.get("feature_cache", {}).get("reason", "the features are not cached")
+    elif is_main_process():
+        table = cached.splits["train"]
+        features = torch.as_tensor(np.asarray(table.features))
+        try:
+            fit = solve_head(
+                model,
+                cached.head,
+                lambda batch: head_inputs(cached.key, batch),
+                features,
+                table.labels,
+                new_weights=newly_initialised(model),
+                class_weights=probe.class_weights,
+                label_smoothing=probe.label_smoothing,
+                seed=seed,
+            )
+            names = {*fit.fitted, *fit.pass_through}
+            shared: Any = (fit, {n: p.detach().cpu() for n, p in model.named_parameters() if n in names})
+        except ProbeUnsolvable as err:
+            shared = str(err)
+        problem = None
+    shared = broadcast_from_main(shared if cached is not None and is_main_process() else None)
+    if cached is not None:
+        problem = shared if isinstance(shared, str) else None
+    if problem is not None:
+        if explicit or policy.strategy == "lp_ft":
+            raise WarmstartError(
+                f"the probe cannot be solved: {problem}: use --probe_solver trainer"
+                + (" --probe_epochs N" if policy.strategy == "lp_ft" else "")
+            )
+        logger.warning("the probe is not solved (%s): the Trainer trains the head", problem)
+        run.config["probe"] = {"solver": "trainer", "reason": f"not solvable: {problem}"}
+        return None
+    fit, state = shared
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in state:
+                param.copy_(state[name].to(param.device))
+    logger.info("%s", fit.summary())
+    run.config["probe"].update(fit.to_dict())
+    return fit
 
 
 def _trains_batchnorm(model: nn.Module, policy: FreezePolicy) -> bool:
