@@ -1,17 +1,24 @@
 #!/usr/bin/env python
-"""Compare fine-tuning strategies on your validation set and keep the best: each strategy (crossed with each
-learning rate) is one run of the image or text recipe on the same splits, seed and budget.
+"""Compare fine-tuning strategies on your validation set and keep the best: each strategy at each of its learning
+rates is one run of the image or text recipe on the same splits, seed and budget.
 
     accelerate launch recipes/compare_strategies.py \
         --model_name_or_path timm/resnet18.a1_in1k --train_dir data/train --validation_dir data/val \
-        --strategies head_only top_k:2 full lp_ft bitfit --learning_rates 1e-3 1e-4 \
+        --strategies head_only top_k:2 full lp_ft bitfit \
         --num_train_epochs 5 --eval_strategy epoch --output_dir outputs/resnet18-comparison
 
+Learning rates: by default each strategy sweeps its own three, 0.3x, 1x and 3x its default rate (full fine-tuning
+and parameter-efficient methods need rates 10-100x apart), and is compared at its best. --learning_rates 1e-3 1e-4
+crosses those rates with every strategy instead; --learning_rate 1e-4 alone is one rate shared by all. head_only
+with its head solved (L-BFGS on the cached features: the default unless --probe_solver trainer, --cache_features
+false or image augmentation) needs no rate and runs once, as head_only-lbfgs; so lp_ft's probe needs no
+--probe_epochs there (with the Trainer's probe it gets half the epochs unless told).
+
 Writes comparison.csv, comparison.md and comparison.png (validation metric against training time, marker size:
-trainable parameters) and the best model (by --metric_for_best_model, default accuracy) into --output_dir, in hub
-format, with the comparison in its model card; every run stays in output_dir/runs/. A rerun skips finished runs
-(with --resume_from_checkpoint auto it resumes the interrupted one from its checkpoint). Under torchrun every run
-is a multi-process run, and the main process writes.
+trainable parameters, the majority-class level as a line) and the best model (by --metric_for_best_model, default
+accuracy) into --output_dir, in hub format, with the comparison in its model card; every run stays in
+output_dir/runs/. A rerun skips finished runs (with --resume_from_checkpoint auto it resumes the interrupted one from
+its checkpoint). Under torchrun every run is a multi-process run, and the main process writes.
 Takes every argument of the recipes (a config file too); the image or text recipe is chosen from the model / data.
 """
 
@@ -32,7 +39,7 @@ from warmstart.comparison import (
     default_strategies,
     keep_best,
     modality_of,
-    plan_runs,
+    plan_comparison,
     run_comparison,
     write_comparison,
 )
@@ -56,8 +63,6 @@ def split_arguments(argv: list[str]) -> tuple[ComparisonArguments, list[str], ar
     read = CliParser(add_help=False, allow_abbrev=False)
     for flag in READ_FLAGS:
         read.add_argument(f"--{flag}")
-    read.add_argument("--num_train_epochs", type=float)
-    read.add_argument("--max_steps", type=int)
     recipe_values, _ = read.parse_known_args(rest)
     return comparison, rest, recipe_values
 
@@ -68,9 +73,7 @@ READ_FLAGS = (
     "train_dir",
     "output_dir",
     "freeze_strategy",
-    "learning_rate",
     "metric_for_best_model",
-    "probe_epochs",
     "unfreeze_every",
     "overwrite_output_dir",
     "push_to_hub",
@@ -110,17 +113,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     strategies = comparison.strategies or default_strategies()
     if "gradual" in strategies and values.unfreeze_every is None:
         raise WarmstartError("--strategies gradual needs --unfreeze_every N (epochs between unfreezings)")
-    learning_rates = comparison.learning_rates or [float(values.learning_rate or 5e-5)]
-    runs = plan_runs(strategies, learning_rates)
-    if any(run.strategy == "lp_ft" for run in runs) and values.probe_epochs is None:
-        if values.max_steps is not None and values.max_steps > 0:
-            raise WarmstartError("--strategies lp_ft with --max_steps needs --probe_epochs (the probe's length)")
-        half = (values.num_train_epochs or 3.0) / 2  # probe for half the budget unless told
-        for run in runs:
-            if run.strategy == "lp_ft":
-                run.flags += ["--probe_epochs", repr(half)]
-
     modality = modality_of(values.model_name_or_path, image_folders=values.train_dir is not None)
+    runs = plan_comparison(strategies, comparison.learning_rates, recipe_argv, modality)
     if modality == "image":
         import image_classification as recipe
     else:

@@ -9,6 +9,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -17,7 +18,21 @@ from PIL import Image
 from transformers import AutoModelForSequenceClassification
 
 from warmstart import WarmstartError
-from warmstart.comparison import ROW_FILE, PlannedRun, best_row, parse_strategy, plan_runs, run_comparison
+from warmstart.comparison import (
+    ROW_FILE,
+    PlannedRun,
+    best_row,
+    comparison_table,
+    majority_class_level,
+    parse_strategy,
+    plan_comparison,
+    plan_runs,
+    probe_is_solved,
+    run_comparison,
+    validation_class_counts,
+    write_comparison,
+)
+from warmstart.freezing import DEFAULT_LEARNING_RATES, DEFAULT_LR_SWEEP
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
 import compare_strategies  # noqa: E402
@@ -35,7 +50,9 @@ def test_comparison_of_three_strategies_keeps_the_best_and_resumes(tiny_bert, te
     rows = text_comparison(
         tiny_bert, text_files, out, "--strategies", "head_only", "full", "bitfit", "--learning_rates", "1e-2"
     )
-    assert [r["run"] for r in rows] == ["head_only-lr0.01", "full-lr0.01", "bitfit-lr0.01"]
+    # text features are cached: head_only's head is solved, once, whatever the rates
+    assert [r["run"] for r in rows] == ["head_only-lbfgs", "full-lr0.01", "bitfit-lr0.01"]
+    assert rows[0]["learning_rate"] is None
     assert rows[0]["trainable_params"] < rows[2]["trainable_params"] < rows[1]["trainable_params"]
     for row in rows:
         assert row["peak_rss_mb"] > 100 and row["train_seconds"] > 0 and 0 <= row["eval_accuracy"] <= 1
@@ -44,8 +61,11 @@ def test_comparison_of_three_strategies_keeps_the_best_and_resumes(tiny_bert, te
         table = list(csv.DictReader(f))
     assert [r["run"] for r in table] == [r["run"] for r in rows]
     assert float(table[1]["eval_accuracy"]) == pytest.approx(rows[1]["eval_accuracy"])
+    assert table[0]["learning_rate"] == "" and float(table[1]["learning_rate"]) == 0.01
     best = best_row(rows, "accuracy")
-    assert f"Best by eval_accuracy: **{best['run']}**" in (out / "comparison.md").read_text()
+    summary = (out / "comparison.md").read_text()
+    assert f"Best by eval_accuracy: **{best['run']}**" in summary
+    assert "Majority class: 50.0 % of the validation split" in summary  # 8 of the 16 sentences each
     assert Image.open(out / "comparison.png").size == (800, 600)
 
     # the best run's model, in hub format at the top, with the comparison in its card
@@ -64,6 +84,18 @@ def test_comparison_of_three_strategies_keeps_the_best_and_resumes(tiny_bert, te
     assert printed.count("finished earlier, skipped") == 3
     assert again == rows
     assert finished == {r: (out / "runs" / r / "model.safetensors").stat().st_mtime_ns for r in finished}
+
+
+def test_without_rates_each_strategy_runs_its_own_sweep(tiny_bert, text_files, tmp_path):
+    out = tmp_path / "cmp"
+    rows = text_comparison(tiny_bert, text_files, out, "--strategies", "head_only", "bitfit")
+    bitfit = [DEFAULT_LEARNING_RATES["text"]["bitfit"] * f for f in DEFAULT_LR_SWEEP]
+    assert [r["run"] for r in rows] == ["head_only-lbfgs", *(f"bitfit-lr{lr:.3g}" for lr in bitfit)]
+    for row in rows[1:]:
+        config = yaml.safe_load((out / "runs" / row["run"] / "warmstart_config.yaml").read_text())
+        assert config["training"]["learning_rate"] == pytest.approx(row["learning_rate"])
+    argv = json.loads((out / "runs" / "head_only-lbfgs" / ROW_FILE).read_text())["argv"]
+    assert "--learning_rate" not in argv and argv[argv.index("--freeze_strategy") + 1] == "head_only"
 
 
 def test_a_crashed_comparison_resumes_with_the_runs_left(tiny_bert, text_files, tmp_path):
@@ -104,6 +136,8 @@ def test_frozen_backbone_runs_share_one_feature_cache(image_dirs, tmp_path):
             "lp_ft",
             "--num_train_epochs",
             "2",
+            "--probe_solver",
+            "trainer",
             *[a for a in trainer_flags(out) if a not in ("--max_steps", "3")],
         ]
     )
@@ -134,6 +168,211 @@ def test_strategy_specs_and_plans():
     assert [r.name for r in runs] == ["head_only-lr0.001", "head_only-lr0.0001", "top_k3-lr0.001", "top_k3-lr0.0001"]
     assert runs[2].flags == ["--freeze_strategy", "top_k", "--learning_rate", "0.001", "--unfreeze_top_k", "3"]
     assert isinstance(runs[0], PlannedRun)
+
+
+# ---------------------------------------------------------------- planning: rates, the solved head, lp_ft's probe
+
+
+@pytest.mark.parametrize("modality", ["text", "image"])
+def test_without_rates_each_strategy_sweeps_a_decade_around_its_own_default(modality):
+    runs = plan_comparison(["full", "top_k:3", "lp_ft", "bitfit", "lora"], None, [], modality)
+    swept: dict[str, list[float]] = {}
+    for run in runs:
+        swept.setdefault(run.strategy, []).append(run.learning_rate)
+        label = run.strategy.replace("top_k:", "top_k")
+        assert run.name == f"{label}-lr{run.learning_rate:g}"
+        rate = run.flags[run.flags.index("--learning_rate") + 1]
+        assert float(rate) == run.learning_rate and rate == repr(
+            float(f"{run.learning_rate:.3g}")
+        )  # no 1.5000000000000002e-05
+    assert list(swept) == ["full", "top_k:3", "lp_ft", "bitfit", "lora"]
+    for spec, rates in swept.items():
+        default = DEFAULT_LEARNING_RATES[modality][parse_strategy(spec)[0]]
+        assert rates == pytest.approx([default * factor for factor in DEFAULT_LR_SWEEP], rel=1e-3)
+        assert rates[1] == default and max(rates) / min(rates) == pytest.approx(10.0)
+    if modality == "text":  # the point of it: parameter-efficient methods get rates far above full fine-tuning's
+        assert swept["bitfit"][1] >= 10 * swept["full"][1] and swept["lora"][1] >= 10 * swept["full"][1]
+
+
+def test_given_rates_cross_every_strategy_and_one_given_rate_is_shared():
+    crossed = plan_comparison(["full", "bitfit"], [1e-3, 1e-4], ["--learning_rate", "0.02"], "text")
+    assert [r.name for r in crossed] == ["full-lr0.001", "full-lr0.0001", "bitfit-lr0.001", "bitfit-lr0.0001"]
+    shared = plan_comparison(["full", "bitfit"], None, ["--learning-rate=0.02"], "image")
+    assert [r.name for r in shared] == ["full-lr0.02", "bitfit-lr0.02"]
+    assert shared[1].flags == ["--freeze_strategy", "bitfit", "--learning_rate", "0.02"]
+
+
+@pytest.mark.parametrize("rates", [None, [1e-3, 1e-4]])
+@pytest.mark.parametrize(("modality", "argv"), [("text", []), ("image", []), ("text", ["--learning_rate", "0.1"])])
+def test_a_solved_head_only_runs_once_without_a_rate(rates, modality, argv):
+    runs = plan_comparison(["head_only", "top_k:2"], rates, argv, modality)
+    assert [r.name for r in runs if r.strategy == "head_only"] == ["head_only-lbfgs"]
+    assert runs[0].learning_rate is None and runs[0].flags == ["--freeze_strategy", "head_only"]
+    assert len(runs) == 1 + (len(rates) if rates else len(DEFAULT_LR_SWEEP) if not argv else 1)
+
+
+@pytest.mark.parametrize(
+    ("modality", "argv"),
+    [
+        ("text", ["--probe_solver", "trainer"]),
+        ("text", ["--cache_features", "false"]),
+        ("image", ["--cache_features", "no"]),
+        ("image", ["--hflip", "0.5"]),
+        ("image", ["--random_crop_scale", "0.5", "1.0"]),
+        ("image", ["--auto_augment", "rand-m9-mstd0.5"]),
+        ("image", ["--random_erasing", "0.25"]),
+        ("image", ["--mixup_alpha", "0.2"]),
+        ("image", ["--cutmix_alpha", "1.0"]),
+    ],
+)
+def test_head_only_sweeps_where_the_trainer_trains_its_probe(modality, argv):
+    assert not probe_is_solved(argv, modality)
+    runs = plan_comparison(["head_only"], None, argv, modality)
+    default = DEFAULT_LEARNING_RATES[modality]["head_only"]
+    assert [r.learning_rate for r in runs] == pytest.approx([default * f for f in DEFAULT_LR_SWEEP])
+    assert plan_comparison(["head_only"], [1e-3, 1e-2], argv, modality)[1].name == "head_only-lr0.01"
+
+
+def test_head_only_trained_on_after_its_solved_head_sweeps():
+    argv = ["--probe_train_rest", "true"]
+    assert probe_is_solved(argv, "text")  # the head is solved first, then the Trainer trains it on: that needs rates
+    assert [r.name for r in plan_comparison(["head_only"], [1e-3], argv, "text")] == ["head_only-lr0.001"]
+
+
+@pytest.mark.parametrize(
+    ("modality", "argv"),
+    [
+        ("image", []),
+        ("image", ["--hflip", "0"]),
+        ("image", ["--auto_augment", "None", "--random_erasing", "0", "--mixup_alpha", "0"]),
+        ("image", ["--cache_features"]),
+        ("image", ["--probe_solver", "lbfgs"]),
+        ("text", ["--hflip", "0.5", "--random_crop_scale", "0.5", "1"]),  # image augmentation means nothing to text
+    ],
+)
+def test_the_probe_is_solved_where_the_features_are_cached(modality, argv):
+    assert probe_is_solved(argv, modality)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["--hflip", "0.5"],
+        ["--hflip", "0"],
+        ["--random_crop_scale", "0.5", "1.0"],
+        ["--auto_augment", "none"],
+        ["--auto_augment", "rand-m9-mstd0.5"],
+        ["--mixup_alpha", "0.2"],
+        ["--cache_features", "false"],
+        ["--cache_features"],
+        ["--probe_solver", "trainer"],
+    ],
+)
+def test_the_planned_solver_is_the_one_the_recipe_picks(argv, tmp_path):
+    """The comparison decides from the command line what the recipe decides from its arguments: the same answer."""
+    from warmstart.training import feature_cache_settings, probe_policy, start_recipe
+
+    base = ["--model_name_or_path", "test_resnet", "--freeze_strategy", "head_only", "--use_cpu", "true"]
+    args = start_recipe([*base, "--output_dir", str(tmp_path / "run"), *argv], "image")
+    solver = probe_policy(args, feature_cache_settings(args, "image", lambda batch: batch)).probe_solver
+    assert probe_is_solved(argv, "image") == (solver == "lbfgs")
+
+
+def test_lp_ft_gets_half_the_epochs_of_probing_only_from_the_trainer_probe():
+    def probe_flags(argv, modality="text"):
+        flags = plan_comparison(["lp_ft"], [1e-3], argv, modality)[0].flags
+        return flags[flags.index("--probe_epochs") :] if "--probe_epochs" in flags else []
+
+    assert probe_flags(["--num_train_epochs", "4"]) == []  # solved: the whole run fine-tunes
+    assert probe_flags(["--max_steps", "3"]) == []
+    assert probe_flags(["--num_train_epochs", "4", "--probe_solver", "trainer"]) == ["--probe_epochs", "2.0"]
+    assert probe_flags(["--probe_solver", "trainer"]) == ["--probe_epochs", "1.5"]  # the Trainer's 3 epochs
+    assert probe_flags(["--hflip", "0.5", "--num_train_epochs", "2"], "image") == ["--probe_epochs", "1.0"]
+    assert probe_flags(["--probe_solver", "trainer", "--probe_epochs", "1"]) == []  # the user's, passed on as given
+    with pytest.raises(WarmstartError, match="lp_ft with --max_steps needs --probe_epochs"):
+        plan_comparison(["lp_ft"], None, ["--max_steps", "3", "--probe_solver", "trainer"], "text")
+
+
+def test_a_sweep_needs_the_modality():
+    with pytest.raises(WarmstartError, match="give learning_rates, or the modality"):
+        plan_runs(["full"])
+    assert [r.name for r in plan_runs(["full"], [1e-3])] == ["full-lr0.001"]
+
+
+# ---------------------------------------------------------------- rows without a rate, the majority class
+
+
+def _row(run, strategy, lr, accuracy, params):
+    return {
+        "run": run,
+        "strategy": strategy,
+        "learning_rate": lr,
+        "trainable_params": params,
+        "total_params": 10**6,
+        "train_seconds": 1.0 + params / 10**5,
+        "feature_cache_seconds": 0.0,
+        "peak_rss_mb": 500.0,
+        "eval_accuracy": accuracy,
+        "eval_loss": 1.0 - accuracy,
+    }
+
+
+def test_rows_without_a_learning_rate_go_through_the_csv_table_plot_and_best(tmp_path):
+    rows = [
+        _row("head_only-lbfgs", "head_only", None, 0.85, 1_000),
+        _row("full-lr5e-05", "full", 5e-5, 0.80, 1_000_000),
+        _row("full-lr0.00015", "full", 1.5e-4, 0.80, 1_000_000),
+    ]
+    assert best_row(rows, "accuracy")["run"] == "head_only-lbfgs"
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    write_comparison(rows, plain, "accuracy")
+    assert "Majority class" not in (plain / "comparison.md").read_text()  # no run left a report to count from
+
+    # the second run left its per-class report: 120 + 80 validation examples
+    report = {"neg": {"support": 120.0}, "pos": {"support": 80.0}, "accuracy": 0.8, "macro avg": {"support": 200.0}}
+    (tmp_path / "runs" / "full-lr5e-05").mkdir(parents=True)
+    (tmp_path / "runs" / "full-lr5e-05" / "classification_report.json").write_text(json.dumps(report))
+    best = write_comparison(rows, tmp_path, "accuracy")
+    assert best["run"] == "head_only-lbfgs" and best["learning_rate"] is None
+    with (tmp_path / "comparison.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert [r["learning_rate"] for r in table] == ["", "5e-05", "0.00015"]
+    summary = (tmp_path / "comparison.md").read_text()
+    assert (
+        "Majority class: 60.0 % of the validation split (`neg`); always predicting it scores eval_accuracy 0.6000"
+        in summary
+    )
+    assert "| **head_only-lbfgs** (best) |" in summary and summary.endswith(comparison_table(rows, best) + "\n")
+    assert Image.open(tmp_path / "comparison.png").size == (800, 600)
+    # the majority line is drawn: the same runs without it give another picture
+    assert (tmp_path / "comparison.png").read_bytes() != (plain / "comparison.png").read_bytes()
+
+
+def test_validation_counts_come_from_the_first_run_that_reported_them(tmp_path):
+    runs = [tmp_path / name for name in ("a", "b", "c")]
+    assert validation_class_counts(runs) is None
+    for run, support in zip(runs[1:], (7, 9)):
+        run.mkdir()
+        report = {"x": {"support": support}, "y": {"support": 3}, "accuracy": 0.5, "weighted avg": {"support": 10}}
+        (run / "classification_report.json").write_text(json.dumps(report))
+    assert validation_class_counts(runs) == {"x": 7, "y": 3}
+
+
+def test_majority_class_levels_are_what_a_constant_predictor_scores():
+    from sklearn.metrics import f1_score
+
+    counts = {"neg": 60, "pos": 30, "other": 10}
+    labels = np.repeat([0, 1, 2], [60, 30, 10])
+    constant = np.zeros_like(labels)
+    assert majority_class_level(counts, "eval_accuracy") == pytest.approx(0.6)
+    assert majority_class_level(counts, "f1_macro") == pytest.approx(f1_score(labels, constant, average="macro"))
+    assert majority_class_level(counts, "roc_auc") == pytest.approx(0.5)
+    assert majority_class_level({"a": 5, "b": 0}, "roc_auc") is None  # one class: the runs report no ROC-AUC either
+    assert majority_class_level(counts, "loss") is None and majority_class_level({"a": 0}, "accuracy") is None
+    # a class absent from the split does not count in the macro average, as in the runs' own metric
+    assert majority_class_level({"a": 5, "b": 3, "c": 0}, "f1_macro") == pytest.approx(2 * 0.625 / 1.625 / 2)
 
 
 @pytest.mark.parametrize(
@@ -242,15 +481,15 @@ def test_a_rerun_with_other_arguments_trains_again(tiny_bert, text_files, tmp_pa
         tiny_bert, text_files, out, "--strategies", "head_only", "--learning_rates", "1e-2", "--max_steps", "5"
     )
     assert "finished earlier with other arguments, trained again" in capsys.readouterr().out
-    kept = yaml.safe_load((out / "runs" / "head_only-lr0.01" / "warmstart_config.yaml").read_text())
+    kept = yaml.safe_load((out / "runs" / "head_only-lbfgs" / "warmstart_config.yaml").read_text())
     assert kept["training"]["max_steps"] == 5 and first[0]["run"] == again[0]["run"]
 
 
 def test_dashed_flags_are_read_as_the_recipes_read_them(tiny_bert, text_files, tmp_path):
     out = tmp_path / "cmp"
-    rows = text_comparison(tiny_bert, text_files, out, "--strategies", "head_only", "--learning-rate", "0.02")
-    assert [r["run"] for r in rows] == ["head_only-lr0.02"]
-    config = yaml.safe_load((out / "runs" / "head_only-lr0.02" / "warmstart_config.yaml").read_text())
+    rows = text_comparison(tiny_bert, text_files, out, "--strategies", "bitfit", "--learning-rate", "0.02")
+    assert [r["run"] for r in rows] == ["bitfit-lr0.02"]
+    config = yaml.safe_load((out / "runs" / "bitfit-lr0.02" / "warmstart_config.yaml").read_text())
     assert config["training"]["learning_rate"] == 0.02
     with pytest.raises(WarmstartError, match="unrecognized arguments: --learning_r"):
         text_classification.main([*text_data_flags(tiny_bert, text_files), "--learning_r", "0.1", "--output_dir", "x"])
@@ -261,7 +500,7 @@ def test_dashed_flags_are_read_as_the_recipes_read_them(tiny_bert, text_files, t
     [
         (["--push_to_hub", "true"], "--push_to_hub does not apply to a comparison"),
         (["--hparam_search", "optuna"], "--hparam_search does not apply to a comparison"),
-        (["--strategies", "lp_ft"], "lp_ft with --max_steps needs --probe_epochs"),
+        (["--strategies", "lp_ft", "--probe_solver", "trainer"], "lp_ft with --max_steps needs --probe_epochs"),
         (["--strategies", "head_only", "--not_a_flag", "1"], "unrecognized arguments: --not_a_flag 1"),
         (["--learning_rates", "abc"], "invalid float value: 'abc'"),
     ],
@@ -288,6 +527,8 @@ def test_lp_ft_reuses_features_only_for_the_same_rows(image_dirs, tmp_path):
             "lp_ft",
             "--num_train_epochs",
             "2",
+            "--probe_solver",
+            "trainer",
             *[a for a in trainer_flags(out) if a not in ("--max_steps", "3")],
         ]
     )

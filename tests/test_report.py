@@ -288,3 +288,80 @@ def test_comparison_plot_without_the_metric_is_an_empty_plot(tmp_path):
     assert plot.best is None and plot.plotted == []
     assert _size(plot.path) == COMPARISON_PX
     assert write_comparison_plot([], "accuracy", tmp_path / "none.png").best is None
+
+
+def _crowd(n: int, seed: int = 0) -> list[dict]:
+    """``n`` runs with nearly equal times and accuracies: unlabelled apart, their names would overlap."""
+    rng = np.random.default_rng(seed)
+    return [
+        {
+            "run": f"run{i:02d}-lr{10.0 ** -(i % 4 + 2):g}",
+            "train_seconds": 100.0 + rng.normal(),
+            "trainable_params": 10 ** (3 + i % 6),
+            "eval_accuracy": 0.9 + 0.001 * rng.normal(),
+        }
+        for i in range(n)
+    ]
+
+
+def _label_boxes(plot) -> dict[str, object]:
+    figure = plot.figure
+    renderer = figure.canvas.get_renderer()
+    return {text.get_text(): text.get_window_extent(renderer) for text in figure.axes[0].texts}
+
+
+@pytest.mark.parametrize("n", [6, 16])
+@pytest.mark.parametrize("level", [0.6, 0.9])  # far below the crowd, and right through it
+def test_crowded_labels_do_not_overlap_and_the_majority_line_is_drawn(tmp_path, n, level):
+    rows = _crowd(n)
+    plot = write_comparison_plot(
+        rows, "eval_accuracy", tmp_path / "c.png", time_key="train_seconds", name_key="run",
+        reference=("majority class", level),
+    )  # fmt: skip
+    assert _size(plot.path) == COMPARISON_PX
+    boxes = _label_boxes(plot)
+    assert set(boxes) == {row["run"] for row in rows} | {f"majority class: {level:.3g}"}
+    named = list(boxes.items())
+    for i, (first, a) in enumerate(named):
+        for second, b in named[i + 1 :]:
+            assert not a.overlaps(b), (first, second)
+    frame = plot.figure.axes[0].get_window_extent(plot.figure.canvas.get_renderer())
+    assert all(frame.y0 <= box.y0 and box.y1 <= frame.y1 for box in boxes.values())
+    # labels one above the other are in the order of their points: their leader lines do not cross
+    for first in rows:
+        for second in rows:
+            a, b = boxes[first["run"]], boxes[second["run"]]
+            if a.x0 < b.x1 and b.x0 < a.x1 and first["eval_accuracy"] < second["eval_accuracy"]:
+                assert a.y1 <= b.y0, (first["run"], second["run"])
+    lines = [line for line in plot.figure.axes[0].get_lines() if line.get_label() == "majority class"]
+    assert len(lines) == 1 and set(lines[0].get_ydata()) == {level}
+
+
+def test_labels_stay_beside_points_that_are_apart(tmp_path):
+    plot = write_comparison_plot(ROWS, "eval_accuracy", tmp_path / "c.png")
+    ax = plot.figure.axes[0]
+    boxes = _label_boxes(plot)
+    for row in plot.plotted:
+        box = boxes[f"{row['strategy']} (lr {row['learning_rate']:g})"]  # several rates: each label shows its own
+        y = ax.transData.transform((row["train_runtime"], row["eval_accuracy"]))[1]
+        assert box.y0 < y < box.y1  # level with its point: nothing to make room for
+    assert len(ax.get_lines()) == 0  # no leader lines, no reference line
+
+
+def test_a_run_without_a_learning_rate_is_plotted_by_its_name(tmp_path):
+    rows = [
+        {"run": "head_only-lbfgs", "learning_rate": None, "train_seconds": 2.0, "trainable_params": 130,
+         "eval_accuracy": 0.7},
+        {"run": "full-lr5e-05", "learning_rate": 5e-5, "train_seconds": 50.0, "trainable_params": 10**7,
+         "eval_accuracy": 0.8},
+        {"run": "full-lr0.0005", "learning_rate": "", "train_seconds": "60", "trainable_params": 10**7,
+         "eval_accuracy": "0.75"},
+    ]  # fmt: skip
+    plot = write_comparison_plot(rows, "accuracy", tmp_path / "c.png", time_key="train_seconds", name_key="run")
+    assert plot.best["run"] == "full-lr5e-05" and len(plot.plotted) == 3
+    assert set(_label_boxes(plot)) == {"head_only-lbfgs", "full-lr5e-05", "full-lr0.0005"}
+
+
+def test_a_reference_that_is_not_a_number_draws_no_line(tmp_path):
+    plot = write_comparison_plot(ROWS, "eval_accuracy", tmp_path / "c.png", reference=("majority class", None))
+    assert not plot.figure.axes[0].get_lines()

@@ -1,6 +1,14 @@
 """Choosing a fine-tuning strategy with evidence: run several strategies (and learning rates) on the same splits,
 seed and budget, one recipe run each, and keep the best by the validation metric.
 
+Learning rates (:func:`plan_comparison`): parameter-efficient methods need 10-100x the rate of full fine-tuning, so
+one rate for all would compare most of them untrained. Without ``--learning_rates`` each strategy sweeps its own
+grid, its default rate (:func:`warmstart.freezing.default_learning_rate`) times
+:data:`~warmstart.freezing.DEFAULT_LR_SWEEP` (a decade around it), and is compared at its best; ``--learning_rates``
+crosses the rates given with every strategy; ``--learning_rate`` alone is one rate shared by all, as it always was.
+A ``head_only`` whose head is solved (L-BFGS logistic regression on the cached backbone features: see
+:func:`probe_is_solved`) uses no rate: it runs once, as ``head_only-lbfgs``.
+
 Runs go to ``<output_dir>/runs/<strategy>-lr<lr>``; a finished run leaves ``comparison_row.json`` there and is
 skipped by a rerun, so a comparison that crashed resumes where it stopped (with ``--resume_from_checkpoint auto``,
 the interrupted run too resumes, from its last checkpoint). Under a multi-process launch every process runs each
@@ -10,6 +18,7 @@ probe of ``lp_ft``) share one feature cache: the backbone runs once for all of t
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import csv
 import importlib.util
@@ -19,16 +28,17 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from warmstart.arguments import CliParser, underscored
 from warmstart.distributed import barrier, broadcast_from_main, is_main_process
 from warmstart.errors import WarmstartError
-from warmstart.freezing import STRATEGIES
+from warmstart.freezing import DEFAULT_LR_SWEEP, STRATEGIES, default_learning_rate
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +59,11 @@ class ComparisonArguments:
         },
     )
     learning_rates: list[float] | None = field(
-        default=None, metadata={"help": "Learning rates to cross with every strategy (default: --learning_rate)."}
+        default=None,
+        metadata={
+            "help": "Learning rates to cross with every strategy (default: each strategy sweeps 0.3x, 1x and 3x its "
+            "own default rate; --learning_rate alone: that one rate for all)."
+        },
     )
 
     def __post_init__(self) -> None:
@@ -88,28 +102,158 @@ def default_strategies() -> list[str]:
 
 @dataclass
 class PlannedRun:
-    """One strategy at one learning rate: its name (its folder under ``runs/``) and the recipe flags it adds."""
+    """One strategy at one learning rate: its name (its folder under ``runs/``) and the recipe flags it adds.
+    ``learning_rate`` is ``None`` for a run that uses none (``head_only`` with the solved probe)."""
 
     name: str
     strategy: str
-    learning_rate: float
+    learning_rate: float | None
     flags: list[str]
 
 
-def plan_runs(strategies: Sequence[str], learning_rates: Sequence[float]) -> list[PlannedRun]:
-    """The runs of a comparison, strategy by strategy, each crossed with every learning rate."""
+def plan_runs(
+    strategies: Sequence[str],
+    learning_rates: Sequence[float] | None = None,
+    *,
+    modality: str | None = None,
+    solved_head: bool = False,
+    lp_ft_probe_epochs: float | None = None,
+) -> list[PlannedRun]:
+    """The runs of a comparison, strategy by strategy.
+
+    Args:
+        strategies: e.g. ``["head_only", "top_k:3", "lora"]`` (see :func:`parse_strategy`).
+        learning_rates: crossed with every strategy; ``None``: each strategy sweeps its own default rate times
+            :data:`~warmstart.freezing.DEFAULT_LR_SWEEP` (rounded to 3 significant digits).
+        modality: ``image`` or ``text``, whose default rates a sweep uses (needed without ``learning_rates``).
+        solved_head: ``head_only`` fits its head without a learning rate (see :func:`probe_is_solved`): it runs once,
+            as ``head_only-lbfgs``, with no ``--learning_rate``.
+        lp_ft_probe_epochs: added to the lp_ft runs as ``--probe_epochs``.
+
+    Returns:
+        The runs, named ``<strategy>-lr<rate>`` (``top_k3-lr0.001``).
+
+    Raises:
+        WarmstartError: an unknown strategy, the same run named twice, or no modality for the default rates.
+
+    Example:
+        >>> [run.name for run in plan_runs(["head_only", "bitfit"], modality="text", solved_head=True)]
+        ['head_only-lbfgs', 'bitfit-lr0.0003', 'bitfit-lr0.001', 'bitfit-lr0.003']
+    """
+    if learning_rates is None and modality is None:
+        raise WarmstartError("plan_runs: give learning_rates, or the modality whose default rates to sweep")
     runs = []
     for spec in strategies:
         name, k = parse_strategy(spec)
-        for lr in learning_rates:
-            label = f"{name}{k}" if k else name
-            flags = ["--freeze_strategy", name, "--learning_rate", repr(float(lr))]
-            if k:
-                flags += ["--unfreeze_top_k", str(k)]
-            runs.append(PlannedRun(f"{label}-lr{lr:g}", spec, float(lr), flags))
+        label = f"{name}{k}" if k else name
+        extra = ["--unfreeze_top_k", str(k)] if k else []
+        if name == "lp_ft" and lp_ft_probe_epochs is not None:
+            extra += ["--probe_epochs", repr(float(lp_ft_probe_epochs))]
+        if name == "head_only" and solved_head:
+            runs.append(PlannedRun(f"{label}-lbfgs", spec, None, ["--freeze_strategy", name, *extra]))
+            continue
+        if learning_rates is None:
+            default = default_learning_rate(name, modality)
+            # rounded: 5e-5 * 0.3 is 1.5000000000000002e-05 in floats, a flag nobody would type
+            rates = [float(f"{default * factor:.3g}") for factor in DEFAULT_LR_SWEEP]
+        else:
+            rates = [float(lr) for lr in learning_rates]
+        for lr in rates:
+            flags = ["--freeze_strategy", name, "--learning_rate", repr(lr), *extra]
+            runs.append(PlannedRun(f"{label}-lr{lr:g}", spec, lr, flags))
     if len({run.name for run in runs}) != len(runs):
         raise WarmstartError("--strategies / --learning_rates name the same run twice: give each once")
     return runs
+
+
+def probe_is_solved(recipe_argv: Sequence[str], modality: str) -> bool:
+    """Whether the head of ``head_only`` runs and the probe of ``lp_ft`` runs will be solved (L-BFGS logistic
+    regression on the cached backbone features, no learning rate or epochs) rather than trained by the Trainer.
+
+    The rule of :func:`warmstart.training.feature_cache_settings` and :func:`warmstart.training.probe_policy`, read
+    from the recipe arguments the runs share: solved unless ``--probe_solver trainer`` is given, the features are
+    not cached (``--cache_features false``), or (images) augmentation that turns the cache off was asked for
+    (``--hflip`` > 0, ``--random_crop_scale``, ``--auto_augment`` other than none, ``--random_erasing`` > 0,
+    ``--mixup_alpha`` / ``--cutmix_alpha`` > 0).
+
+    Args:
+        recipe_argv: the recipe arguments of the comparison (a config file already expanded into flags).
+        modality: ``image`` or ``text``.
+
+    Example:
+        >>> probe_is_solved(["--hflip", "0.5"], "image"), probe_is_solved(["--hflip", "0.5"], "text")
+        (False, True)
+    """
+    values = _recipe_values(recipe_argv)
+    if values.probe_solver == "trainer" or not _true(values.cache_features):
+        return False
+    if modality != "image":
+        return True
+    augmented = (
+        (values.hflip or 0) > 0
+        or values.random_crop_scale is not None
+        or (values.auto_augment or "none").lower() != "none"
+        or values.random_erasing > 0
+        or values.mixup_alpha > 0
+        or values.cutmix_alpha > 0
+    )
+    return not augmented
+
+
+def plan_comparison(
+    strategies: Sequence[str], learning_rates: Sequence[float] | None, recipe_argv: Sequence[str], modality: str
+) -> list[PlannedRun]:
+    """The runs of a comparison, from ``--strategies`` / ``--learning_rates`` and the recipe arguments all runs share.
+
+    - Rates: ``learning_rates`` crossed with every strategy; without them, a ``--learning_rate`` in
+      ``recipe_argv`` is one rate shared by all (what it meant before strategies had rates of their own); without
+      either, each strategy sweeps its own grid (:func:`plan_runs`).
+    - ``head_only`` with the solved probe (:func:`probe_is_solved`; not with ``--probe_train_rest``, which trains the
+      head on after solving it) runs once, without a rate: every rate would give the same head.
+    - ``lp_ft`` whose probe the Trainer trains probes for half the epochs where no ``--probe_epochs`` is given;
+      the solved probe needs none (the whole run is its fine-tuning phase).
+
+    Raises:
+        WarmstartError: lp_ft with the Trainer's probe, ``--max_steps`` and no ``--probe_epochs`` (half of a step
+            budget is not a number of epochs), or what :func:`plan_runs` refuses.
+    """
+    values = _recipe_values(recipe_argv)
+    solved = probe_is_solved(recipe_argv, modality)
+    rates = learning_rates or ([values.learning_rate] if values.learning_rate is not None else None)
+    probe_epochs = None
+    if not solved and values.probe_epochs is None and any(parse_strategy(s)[0] == "lp_ft" for s in strategies):
+        if values.max_steps is not None and values.max_steps > 0:
+            raise WarmstartError(
+                "--strategies lp_ft with --max_steps needs --probe_epochs (the length of the probe the Trainer "
+                "trains here)"
+            )
+        probe_epochs = (values.num_train_epochs or 3.0) / 2  # probe for half the budget unless told
+    solved_head = solved and not _true(values.probe_train_rest)
+    return plan_runs(strategies, rates, modality=modality, solved_head=solved_head, lp_ft_probe_epochs=probe_epochs)
+
+
+def _recipe_values(recipe_argv: Sequence[str]) -> argparse.Namespace:
+    """The recipe arguments planning reads, with the recipes' defaults (the rest are left to the recipe)."""
+    read = CliParser(add_help=False, allow_abbrev=False)
+    read.add_argument("--learning_rate", type=float)
+    read.add_argument("--num_train_epochs", type=float)
+    read.add_argument("--max_steps", type=int)
+    read.add_argument("--probe_epochs", type=float)
+    read.add_argument("--probe_solver")
+    read.add_argument("--probe_train_rest", nargs="?", const="true", default="false")
+    read.add_argument("--cache_features", nargs="?", const="true", default="true")
+    read.add_argument("--hflip", type=float)
+    read.add_argument("--random_crop_scale", nargs="+", type=float)
+    read.add_argument("--auto_augment")
+    for flag in ("random_erasing", "mixup_alpha", "cutmix_alpha"):
+        read.add_argument(f"--{flag}", type=float, default=0.0)
+    values, _ = read.parse_known_args(underscored(recipe_argv))
+    return values
+
+
+def _true(value: str) -> bool:
+    # the spellings of false HfArgumentParser reads (string_to_bool)
+    return str(value).lower() not in ("false", "no", "f", "n", "0")
 
 
 class PeakMemory:
@@ -317,7 +461,12 @@ def comparison_table(rows: Sequence[dict[str, Any]], best: dict[str, Any] | None
 
 
 def write_comparison(rows: Sequence[dict[str, Any]], output_dir: Path, metric: str) -> dict[str, Any]:
-    """Writes ``comparison.csv``, ``comparison.md`` and ``comparison.png`` and returns the best row."""
+    """Writes ``comparison.csv``, ``comparison.md`` and ``comparison.png`` and returns the best row.
+
+    The plot and the markdown show the majority-class level (what always predicting the most frequent validation
+    class scores), from the validation support in the runs' ``classification_report.json`` (see
+    :func:`validation_class_counts`); where no run wrote one, they go without it.
+    """
     from warmstart.report import write_comparison_plot
 
     best = best_row(rows, metric)
@@ -327,11 +476,75 @@ def write_comparison(rows: Sequence[dict[str, Any]], output_dir: Path, metric: s
         writer.writeheader()
         writer.writerows(rows)
     key = f"eval_{metric.removeprefix('eval_')}"
-    (output_dir / "comparison.md").write_text(f"Best by {key}: **{best['run']}**\n\n{comparison_table(rows, best)}\n")
+    counts = validation_class_counts(output_dir / "runs" / str(row["run"]) for row in rows)
+    level = majority_class_level(counts, key) if counts else None
+    majority = ""
+    if counts:
+        top = max(counts, key=counts.get)
+        share = counts[top] / sum(counts.values())
+        majority = f"Majority class: {100 * share:.1f} % of the validation split (`{top}`)"
+        majority += f"; always predicting it scores {key} {level:.4f}.\n\n" if level is not None else ".\n\n"
+    table = comparison_table(rows, best)
+    (output_dir / "comparison.md").write_text(f"Best by {key}: **{best['run']}**\n\n{majority}{table}\n")
     write_comparison_plot(
-        list(rows), key, output_dir / "comparison.png", time_key="train_seconds", name_key="run", best=best
+        list(rows),
+        key,
+        output_dir / "comparison.png",
+        time_key="train_seconds",
+        name_key="run",
+        best=best,
+        reference=("majority class", level) if level is not None else None,
     )
     return best
+
+
+def validation_class_counts(run_dirs: Iterable[Path]) -> dict[str, int] | None:
+    """The validation examples per class, from the ``classification_report.json`` (its per-class support) of the
+    first run that wrote one: every run of a comparison evaluates the same split, and the file is there for a run
+    skipped as finished too. ``None`` where no run wrote one."""
+    for run_dir in run_dirs:
+        report = run_dir / "classification_report.json"
+        if not report.is_file():
+            continue
+        per_class = json.loads(report.read_text())
+        counts = {
+            name: int(scores["support"])
+            for name, scores in per_class.items()
+            if name not in ("accuracy", "macro avg", "weighted avg", "micro avg") and isinstance(scores, dict)
+        }
+        if sum(counts.values()) > 0:
+            return counts
+    return None
+
+
+def majority_class_level(class_counts: Mapping[str, int], metric: str) -> float | None:
+    """What always predicting the most frequent class scores on ``metric``, as the runs' metrics
+    (:func:`warmstart.metrics.classification_metrics`) count it: the majority share for accuracy; for macro F1, the
+    majority class's F1 (precision the share, recall 1) over the classes present, the others scoring 0; 0.5 for
+    ROC-AUC (constant scores rank nothing).
+
+    Args:
+        class_counts: examples per class in the evaluated split.
+        metric: ``accuracy``, ``f1_macro``, ``roc_auc`` (with or without ``eval_``).
+
+    Returns:
+        The level, or ``None`` for a metric without one (a loss: a constant predictor's loss depends on the
+        probabilities it would give), an empty split, and ROC-AUC of a split holding one class.
+
+    Example:
+        >>> majority_class_level({"neg": 60, "pos": 40}, "eval_accuracy")
+        0.6
+    """
+    name = metric.removeprefix("eval_")
+    present = [count for count in class_counts.values() if count > 0]
+    if name not in ("accuracy", "f1_macro", "roc_auc") or not present:
+        return None
+    share = max(present) / sum(present)
+    if name == "accuracy":
+        return share
+    if name == "f1_macro":
+        return 2 * share / (1 + share) / len(present)
+    return 0.5 if len(present) > 1 else None
 
 
 def keep_best(best: dict[str, Any], rows: Sequence[dict[str, Any]], output_dir: Path, metric: str) -> None:

@@ -65,12 +65,14 @@ class ComparisonPlot:
         metric: the key of ``rows`` that was plotted (``eval_`` added where the rows have it only with the prefix).
         best: the row with the best metric, or ``None`` where no row has it.
         plotted: the rows drawn, in their order in ``rows``; the others lacked the metric or the train time.
+        figure: the figure as rendered into the PNG (to show it in a notebook, or save it in another format).
     """
 
     path: Path
     metric: str
     best: dict[str, Any] | None
     plotted: list[dict[str, Any]] = field(default_factory=list)
+    figure: Figure | None = field(default=None, repr=False, compare=False)
 
 
 def confusion_counts(label_ids: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
@@ -206,13 +208,15 @@ def write_comparison_plot(
     name_key: str = "strategy",
     greater_is_better: bool | None = None,
     best: dict[str, Any] | None = None,
+    reference: tuple[str, float] | None = None,
 ) -> ComparisonPlot:
     """Plots a strategy comparison: the validation metric against train wall time, marker size for trainable
     parameters, the best run marked and named in the title.
 
     Marker diameters grow with the order of magnitude of the parameter count, so that a 1e3-parameter head and a
     1e8-parameter full fine-tune are both visible. Each point is labelled with ``row[name_key]``, and with its
-    learning rate where the rows hold ``learning_rate`` and more than one value appears. Values may be numbers or
+    learning rate where the rows hold ``learning_rate`` and more than one value appears; labels never overlap: where
+    points crowd, their labels are stacked apart, each joined to its point by a thin line. Values may be numbers or
     strings (rows read back from a CSV). The figure is :data:`COMPARISON_SIZE` at :data:`DPI`.
 
     Args:
@@ -225,10 +229,13 @@ def write_comparison_plot(
         greater_is_better: whether a higher metric is better; by default yes, unless ``loss`` is in its name.
         best: the row to mark as the best (chosen by the caller, e.g. with a tie-break); by default the first of
             the best values.
+        reference: ``(name, value)``: a labelled horizontal line at that metric value, e.g. the level of always
+            predicting the majority class (:func:`warmstart.comparison.majority_class_level`), so that runs which
+            learned nothing show as such.
 
     Returns:
-        The path, the metric key used, the best row and the rows plotted. Rows lacking the metric or the time are
-        left out; where none remains, the PNG holds a note saying so.
+        The path, the metric key used, the best row, the rows plotted and the figure. Rows lacking the metric or
+        the time are left out; where none remains, the PNG holds a note saying so.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -251,28 +258,29 @@ def write_comparison_plot(
         fig.suptitle(f"Strategy comparison: no run reports {key}")
         _note(ax, f"none of the {len(rows)} runs reports {key}")
         _save(fig, path)
-        return ComparisonPlot(path, key, None, [])
+        return ComparisonPlot(path, key, None, [], fig)
 
     rates = {_number(row.get("learning_rate")) for row in plotted} - {None}
     show_lr = len(rates) > 1
     times = np.array([_number(row[time_key]) for row in plotted])
     values = np.array([_number(row[key]) for row in plotted])
     params = [_number(row.get(size_key)) for row in plotted]
-    ax.scatter(times, values, s=[_marker_area(p) for p in params], alpha=0.55, color="tab:blue", edgecolors="navy")
+    areas = [_marker_area(p) for p in params]
+    ax.scatter(times, values, s=areas, alpha=0.55, color="tab:blue", edgecolors="navy")
     best_index = next(i for i, row in enumerate(plotted) if row is best)
+    areas[best_index] += 250  # the ring around the best: its label keeps clear of it
     ax.scatter(
         times[best_index],
         values[best_index],
-        s=_marker_area(params[best_index]) + 250,
+        s=areas[best_index],
         facecolors="none",
         edgecolors="tab:red",
         linewidths=2.5,
         zorder=3,
     )
-    for row, x, y in zip(plotted, times, values):
-        label = _run_name(row, name_key, show_lr)
-        weight = "bold" if row is best else "normal"
-        ax.annotate(label, (x, y), xytext=(7, 7), textcoords="offset points", fontsize=8, fontweight=weight)
+    reference_value = _number(reference[1]) if reference is not None else None
+    if reference_value is not None:
+        ax.axhline(reference_value, color="dimgray", linestyle="--", linewidth=1.2, label=reference[0], zorder=1)
     if len(times) > 1 and times.min() > 0 and times.max() / times.min() > 30:
         ax.set_xscale("log")
     ax.margins(0.15)
@@ -281,8 +289,22 @@ def write_comparison_plot(
     skipped = len(rows) - len(plotted)
     if skipped:
         ax.set_title(f"{skipped} of {len(rows)} runs not shown: no {key} or {time_key}", fontsize=9, color="dimgray")
+
+    # labels are placed in display space, so the layout (axes position, limits) is settled first and then frozen
+    fig.draw_without_rendering()
+    ax.set_xlim(ax.get_xlim())
+    ax.set_ylim(ax.get_ylim())
+    names = [_run_name(row, name_key, show_lr) for row in plotted]
+    weights = ["bold" if row is best else "normal" for row in plotted]
+    radii = [math.sqrt(a) / 2 for a in areas]  # in points
+    boxes = _label_points(ax, times, values, names, weights, radii)
+    if reference_value is not None:
+        pixels = [r * fig.dpi / 72 for r in radii]
+        centres = ax.transData.transform(np.column_stack([times, values]))
+        markers = [(x - r, y - r, x + r, y + r) for (x, y), r in zip(centres, pixels)]
+        _label_reference(ax, reference_value, f"{reference[0]}: {reference_value:.3g}", boxes, markers)
     _save(fig, path)
-    return ComparisonPlot(path, key, best, plotted)
+    return ComparisonPlot(path, key, best, plotted, fig)
 
 
 def _as_probabilities(logits_or_probs: Any, num_classes: int) -> np.ndarray:
@@ -522,3 +544,200 @@ def _run_name(row: dict[str, Any], name_key: str, show_lr: bool) -> str:
     rate = _number(row.get("learning_rate"))
     already = f"lr{rate:g}" in name if rate is not None else False  # a comparison's run names carry it
     return f"{name} (lr {rate:g})" if show_lr and rate is not None and not already else name
+
+
+_LABEL_FONT = 8
+_Box = tuple[float, float, float, float]  # (x0, y0, x1, y1) in display pixels
+_LABEL_PAD = 3.0  # points between a marker's edge and its label
+_LABEL_GAP = 2.0  # points between two stacked labels
+
+
+@dataclass
+class _Label:
+    """A run's label in display pixels: its box ``x0..x1`` of ``height``, beside the point ``(px, py)`` at
+    ``offset`` from it (the marker's radius and a pad), on its right or its left; ``centre`` is where it goes."""
+
+    x0: float
+    x1: float
+    height: float
+    px: float
+    py: float
+    offset: float
+    right: bool
+    centre: float = 0.0
+
+
+def _label_points(
+    ax: Any, xs: np.ndarray, ys: np.ndarray, names: list[str], weights: list[str], radii: list[float]
+) -> list[_Box]:
+    """Labels each point beside its marker (``radii`` in points) so that no two labels overlap; returns the label
+    boxes ``(x0, y0, x1, y1)`` in display pixels.
+
+    A label sits right of its point, or left where the axes end first. Labels that would collide get one edge per
+    side, clear of all their markers. Then labels whose horizontal extents overlap form a column, stacked in the
+    order of their points' heights, each as near its point as the stacking allows (least squares: an isotonic
+    regression, by pool-adjacent-violators), inside the axes where the column fits. A label away from its point is
+    joined to it by a thin line. Deterministic: the same points give the same picture.
+    """
+    renderer = ax.figure.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    pixels_per_point = ax.figure.dpi / 72
+    labels = []
+    for (px, py), name, weight, radius in zip(
+        ax.transData.transform(np.column_stack([xs, ys])), names, weights, radii
+    ):
+        probe = ax.text(0, 0, name, fontsize=_LABEL_FONT, fontweight=weight)
+        width, height = probe.get_window_extent(renderer).size
+        probe.remove()
+        offset = (radius + _LABEL_PAD) * pixels_per_point
+        room_right, room_left = frame.x1 - (px + offset), (px - offset) - frame.x0
+        right = bool(room_right >= width or room_right >= room_left)
+        x0 = px + offset if right else px - offset - width
+        labels.append(_Label(x0, x0 + width, height, px, py, offset, right, py))
+    gap = _LABEL_GAP * pixels_per_point
+    for crowd in _crowds(labels, gap):  # labels that would collide: one edge per side, clear of all their markers
+        for side in (True, False):
+            members = [label for label in crowd if label.right == side]
+            if not members:
+                continue
+            edge = max(lb.px + lb.offset for lb in members) if side else min(lb.px - lb.offset for lb in members)
+            for label in members:
+                width = label.x1 - label.x0
+                if side:
+                    label.x0 = max(label.px + label.offset, min(edge, frame.x1 - width))
+                else:
+                    label.x0 = min(label.px - label.offset, max(edge, frame.x0 + width)) - width
+                label.x1 = label.x0 + width
+    for column in _columns(labels):  # formed again on the final extents: only these may not overlap
+        _stack(column, gap, frame.y0 + gap, frame.y1 - gap)
+    to_data = ax.transData.inverted()
+    for label, x, y, name, weight, radius in zip(labels, xs, ys, names, weights, radii):
+        anchor = np.array([label.x0 - 1 if label.right else label.x1 + 1, label.centre])
+        ax.annotate(
+            name,
+            (x, y),
+            xytext=((anchor[0] - label.px) / pixels_per_point, (label.centre - label.py) / pixels_per_point),
+            textcoords="offset points",
+            ha="left" if label.right else "right",
+            va="center",
+            fontsize=_LABEL_FONT,
+            fontweight=weight,
+        ).set_in_layout(False)  # the layout was settled before the labels: they must not move the axes
+        point = np.array([label.px, label.py])
+        reach = np.linalg.norm(anchor - point)
+        if abs(label.centre - label.py) > label.height / 2 or reach > label.offset + 6 * pixels_per_point:
+            # a leader line from the marker's edge to the label, a line of its own (the label's box stays the text)
+            start = point + (anchor - point) * radius * pixels_per_point / reach
+            (line_x, line_y) = to_data.transform(np.array([start, anchor])).T
+            ax.plot(line_x, line_y, color="gray", linewidth=0.6, zorder=2)[0].set_in_layout(False)
+    return [(lb.x0, lb.centre - lb.height / 2, lb.x1, lb.centre + lb.height / 2) for lb in labels]
+
+
+def _crowds(labels: list[_Label], gap: float) -> list[list[_Label]]:
+    """The labels grouped by collision: two labels whose boxes beside their points would overlap (or come closer
+    than ``gap``) are in one crowd, and so is what collides with either."""
+    crowd = list(range(len(labels)))  # union-find: each label's representative
+
+    def find(i: int) -> int:
+        while crowd[i] != i:
+            i = crowd[i]
+        return i
+
+    for i, a in enumerate(labels):
+        for j in range(i + 1, len(labels)):
+            b = labels[j]
+            if a.x0 < b.x1 + gap and b.x0 < a.x1 + gap and abs(a.py - b.py) < (a.height + b.height) / 2 + gap:
+                crowd[find(j)] = find(i)
+    groups: dict[int, list[_Label]] = {}
+    for i, label in enumerate(labels):
+        groups.setdefault(find(i), []).append(label)
+    return list(groups.values())
+
+
+def _columns(labels: list[_Label]) -> list[list[_Label]]:
+    """The labels grouped into columns: a label whose horizontal extent overlaps a column's joins it."""
+    columns: list[list[_Label]] = []
+    reach = -math.inf
+    for label in sorted(labels, key=lambda lb: lb.x0):  # a sweep over the left edges (a stable sort: ties keep order)
+        if columns and label.x0 < reach:
+            columns[-1].append(label)
+        else:
+            columns.append([label])
+            reach = -math.inf
+        reach = max(reach, label.x1)
+    return columns
+
+
+def _stack(column: list[_Label], gap: float, bottom: float, top: float) -> None:
+    """Sets the centres of a column's labels: in the order of their points' heights, ``gap`` apart, as near their
+    points as can be, and inside ``bottom..top`` where the column fits."""
+    column = sorted(column, key=lambda lb: (lb.py, lb.px))
+    heights = np.array([lb.height for lb in column])
+    # centre k sits at least floor[k] above centre 0: with q_k = centre_k - floor[k] the stack is q non-decreasing
+    floor = np.concatenate([[0.0], np.cumsum((heights[:-1] + heights[1:]) / 2 + gap)])
+    centres = _isotonic(np.array([lb.py for lb in column]) - floor) + floor
+    low, high = centres[0] - heights[0] / 2, centres[-1] + heights[-1] / 2
+    if high - low <= top - bottom:
+        centres += max(0.0, bottom - low) - max(0.0, high - top)
+    for label, centre in zip(column, centres):
+        label.centre = float(centre)
+
+
+def _isotonic(targets: np.ndarray) -> np.ndarray:
+    """The non-decreasing sequence nearest to ``targets`` in least squares (pool adjacent violators)."""
+    blocks: list[list[float]] = []  # [mean, count]
+    for target in targets:
+        blocks.append([float(target), 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            mean, count = blocks.pop()
+            blocks[-1] = [
+                (blocks[-1][0] * blocks[-1][1] + mean * count) / (blocks[-1][1] + count),
+                blocks[-1][1] + count,
+            ]
+    return np.array([mean for mean, count in blocks for _ in range(int(count))])
+
+
+def _label_reference(ax: Any, value: float, text: str, labels: list[_Box], markers: list[_Box]) -> None:
+    """Names the reference line at ``value`` (above it, else below it, leftmost first) where its label covers no
+    run label and no marker; else where it covers no run label; where every place is taken, at the left above the
+    line. Boxes are ``(x0, y0, x1, y1)`` in display pixels."""
+    renderer = ax.figure.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    pixels_per_point = ax.figure.dpi / 72
+    probe = ax.text(0, 0, text, fontsize=_LABEL_FONT, color="dimgray")
+    width, height = probe.get_window_extent(renderer).size
+    probe.remove()
+    line = ax.transData.transform((ax.get_xlim()[0], value))[1]  # the line's height in display pixels
+    gap, margin = _LABEL_GAP * pixels_per_point, 4 * pixels_per_point
+    places = [
+        (x0, line + side * (height / 2 + gap))
+        for side in (1, -1)
+        for x0 in np.arange(
+            frame.x0 + margin, max(frame.x1 - margin - width, frame.x0 + margin + 1), 5 * pixels_per_point
+        )
+    ]
+
+    def free(place: tuple[float, float], taken: list[_Box]) -> bool:
+        x0, centre = place
+        return not any(
+            x0 - gap < b[2]
+            and b[0] < x0 + width + gap
+            and centre - height / 2 - gap < b[3]
+            and b[1] < centre + height / 2 + gap
+            for b in taken
+        )
+
+    x0, centre = next(
+        (place for taken in (labels + markers, labels) for place in places if free(place, taken)), places[0]
+    )
+    ax.annotate(
+        text,
+        ((x0 - frame.x0) / frame.width, value),
+        xycoords=("axes fraction", "data"),
+        xytext=(0, (centre - line) / pixels_per_point),
+        textcoords="offset points",
+        ha="left",
+        va="center",
+        fontsize=_LABEL_FONT,
+        color="dimgray",
+    ).set_in_layout(False)
