@@ -204,8 +204,14 @@ def test_the_same_seed_gives_the_same_metrics(recipe, tiny_bert, text_files, ima
     runs = []
     for name in ("a", "b"):
         results = main(
-            [*flags, *trainer_flags(tmp_path / name, "--max_steps", "4"), "--precision", "fp32",
-             "--channels_last", "false"]  # fmt: skip
+            [
+                *flags,
+                *trainer_flags(tmp_path / name, "--max_steps", "4"),
+                "--precision",
+                "fp32",
+                "--channels_last",
+                "false",
+            ]  # fmt: skip
             + ["--full_determinism", "true"]
         )
         runs.append(

@@ -77,6 +77,7 @@ def default_learning_rate(strategy: str, modality: str) -> float:
         raise WarmstartError(f"no default learning rate for {strategy!r} on {modality!r} data: give --learning_rate")
     return table[strategy]
 
+
 # timm's group_matcher marks a pattern with this suffix to merge it into the group before it (a ViT's final norm
 # belongs with its last block): the same constant as timm.models._manipulate.MATCH_PREV_GROUP.
 _MATCH_PREV_GROUP = (99999,)
@@ -184,8 +185,7 @@ class FreezePolicy:
             else "gradual",
             "lp_ft": f"lp_ft (head solved by L-BFGS, then all at {self.finetune_lr_multiplier:g}x lr)"
             if self.probe_solver == "lbfgs"
-            else f"lp_ft (head only for {self.probe_epochs:g} epochs, then all at "
-            f"{self.finetune_lr_multiplier:g}x lr)"
+            else f"lp_ft (head only for {self.probe_epochs:g} epochs, then all at {self.finetune_lr_multiplier:g}x lr)"
             if self.probe_epochs
             else "lp_ft",
             "head_only": "head_only (solved by L-BFGS logistic regression"
