@@ -248,7 +248,10 @@ class FreezeArguments:
     )
     probe_epochs: float | None = field(
         default=None,
-        metadata={"help": "lp_ft with --probe_solver trainer: epochs of head-only training before everything trains."},
+        metadata={
+            "help": "lp_ft: epochs of head-only training with the Trainer before everything trains (without it, and "
+            "with the features cached, the probe is solved)."
+        },
     )
     probe_solver: Literal["lbfgs", "trainer"] | None = field(
         default=None,

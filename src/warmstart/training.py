@@ -341,7 +341,8 @@ def feature_cache_settings(
 
 def probe_policy(args: RecipeArguments, feature_cache: CacheSettings | None) -> FreezePolicy:
     """The run's policy, its probe solver decided: ``lbfgs`` (the head solved on the cached features) wherever the
-    features are cached and the Trainer's probe was not asked for, else ``trainer``. Logged and recorded
+    features are cached and the Trainer's probe was not asked for (``--probe_solver trainer``, or lp_ft's
+    ``--probe_epochs``), else ``trainer``. Logged and recorded
     (``probe`` in the run's config).
 
     Raises:
@@ -360,6 +361,10 @@ def probe_policy(args: RecipeArguments, feature_cache: CacheSettings | None) -> 
                 f"({reason}): use --probe_solver trainer, or drop what turns the cache off"
             )
         solver, why = "trainer", asked and "--probe_solver trainer" or f"the features are not cached ({reason})"
+    elif asked is None and policy.strategy == "lp_ft" and policy.probe_epochs is not None:
+        # epochs of probing asked for: the Trainer's probe, as before the solver (on digits through EfficientNet-Lite0,
+        # LP-FT from the solved head came out far below LP-FT from the Trainer's probe: see the README)
+        solver, why = "trainer", f"--probe_epochs {policy.probe_epochs:g}"
     else:
         solver, why = asked or "lbfgs", f"--probe_solver {asked}" if asked else "the default where features are cached"
     if solver == "trainer" and policy.strategy == "lp_ft" and policy.probe_epochs is None:
