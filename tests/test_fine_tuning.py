@@ -131,6 +131,29 @@ def test_lp_ft_probes_then_trains_everything_at_the_lower_rate(name, tmp_path):
     assert all(lr == pytest.approx(0.005) for lr in rec.lrs[3].values())
 
 
+def _running_means(model) -> dict[str, torch.Tensor]:
+    batchnorms = model.named_modules()
+    return {n: m.running_mean.clone() for n, m in batchnorms if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+
+
+@pytest.mark.parametrize(("freeze_stats", "moves"), [(None, False), (False, True)])
+@pytest.mark.parametrize("solver", ["trainer", "lbfgs"])
+def test_lp_ft_keeps_batchnorm_statistics_unless_told(freeze_stats, moves, solver, tmp_path):
+    """LP-FT's probe was fitted on the features the loaded statistics give: they stay, in both phases, while the
+    BatchNorm weights train with the rest; --freeze_batchnorm_stats false lets them follow the batches."""
+    probe = {"probe_solver": "trainer", "probe_epochs": 1} if solver == "trainer" else {"probe_solver": "lbfgs"}
+    policy = FreezePolicy("lp_ft", freeze_batchnorm_stats=freeze_stats, **probe)
+    before = _running_means(build("test_resnet"))  # build() seeds nothing: the statistics start at 0 either way
+    tuning, rec, _ = run("test_resnet", policy, tmp_path, steps=2 * STEPS_PER_EPOCH)
+    after = _running_means(tuning.model)
+    assert after.keys() == before.keys() and len(after) > 3
+    moved = [n for n in after if not torch.equal(after[n], before[n])]
+    assert (moved == list(after)) if moves else not moved
+    batchnorm_weights = {f"{n}.weight" for n in after}
+    assert batchnorm_weights <= rec.changed[-1]  # their affine weights train in the fine-tuning phase
+    assert tuning.report.frozen_batchnorm_layers == (0 if moves else len(after))
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_bitfit_trains_only_biases_and_the_head(name, tmp_path):
     tuning, rec, layout = run(name, FreezePolicy("bitfit"), tmp_path, steps=2)

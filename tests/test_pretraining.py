@@ -124,9 +124,8 @@ def test_mlm_learns_the_corpus(bert_dir, tmp_path):
     corpus = write_corpus(tmp_path / "corpus.txt", lines=200)
     settings = ["--precision", "fp32", "--per_device_train_batch_size", "32"]
     before = run_mlm(bert_dir, corpus, tmp_path / "a", *settings, "--max_steps", "1", "--learning_rate", "1e-9")
-    after = run_mlm(
-        bert_dir, corpus, tmp_path / "b", *settings, "--max_steps", "200", "--learning_rate", "1e-2", "--warmup_steps", "20"
-    )
+    trained = ["--max_steps", "200", "--learning_rate", "1e-2", "--warmup_steps", "20"]
+    after = run_mlm(bert_dir, corpus, tmp_path / "b", *settings, *trained)
     # about 31 untrained; 26 for a model that learned only how often each word occurs (26 words, about equally
     # often); 10 to 18 measured after training over 12 initialisations (seeds 0-11 of the tiny BERT), which takes
     # the neighbours into account. Without the warm-up, 2 of 6 initialisations stayed at 22-25 (the unigram level)

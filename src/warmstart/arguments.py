@@ -237,6 +237,13 @@ class FreezeArguments:
             "with the Trainer on the cached features, from the solved values."
         },
     )
+    freeze_batchnorm_stats: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Keep every BatchNorm layer's running statistics as loaded, in training too (default: on for "
+            "lp_ft, whose probe was fitted on the features they give; off otherwise)."
+        },
+    )
     unfreeze_top_k: int | None = field(
         default=None, metadata={"help": "top_k: blocks that train; gradual: blocks to unfreeze at most (default all)."}
     )
@@ -306,6 +313,7 @@ class FreezeArguments:
             lora_target_modules=self.lora_target_modules,
             probe_solver=self.probe_solver,
             probe_train_rest=self.probe_train_rest,
+            freeze_batchnorm_stats=self.freeze_batchnorm_stats,
         )
 
 

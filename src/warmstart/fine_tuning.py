@@ -152,7 +152,7 @@ class UnfreezeSchedule(TrainerCallback):
         if stage == self.stage:
             return
         self.stage = stage
-        held = set_trainable(self.model, self.names_at(stage))
+        held = set_trainable(self.model, self.names_at(stage), hold_batchnorm=self.policy.holds_batchnorm_stats)
         report = freeze_report(self.model, self.policy, self.layout, held)
         self.history.append((state.global_step, stage, report.trainable_groups))
         logger.info(
@@ -257,7 +257,7 @@ def prepare_fine_tuning(model: nn.Module, policy: FreezePolicy, training_args: T
         def names_at(stage: int) -> set[str]:
             return trainable_parameter_names(model, policy, layout, stage)
 
-        held = set_trainable(model, names_at(0))
+        held = set_trainable(model, names_at(0), hold_batchnorm=policy.holds_batchnorm_stats)
     report = freeze_report(model, policy, layout, held, base_name)
 
     groups = build_param_groups(
@@ -270,7 +270,7 @@ def prepare_fine_tuning(model: nn.Module, policy: FreezePolicy, training_args: T
         # DDP registers the parameters that require grad when it wraps the model, and must see every one that will
         # ever train; the schedule then switches the not-yet ones off at the first step, which DDP allows only
         # when told that some parameters may get no gradient.
-        held = set_trainable(model, ever)
+        held = set_trainable(model, ever, hold_batchnorm=policy.holds_batchnorm_stats)
         training_args.ddp_find_unused_parameters = True
         callbacks.append(UnfreezeSchedule(model, policy, layout, names_at))
         report = freeze_report(model, policy, layout, held)  # over the run: everything that trains at some stage

@@ -52,7 +52,9 @@ DEFAULT_LEARNING_RATES: dict[str, dict[str, float]] = {
         "full": 1e-3,
         "top_k": 1e-3,
         "gradual": 1e-3,
-        "lp_ft": 1e-3,
+        # fine-tuning from a fitted head at the rate that trains a new one collapses a BatchNorm CNN (digits through
+        # EfficientNet-Lite0, 2 epochs: 10 % at 1e-3, 73.3 % at 3e-4, 90.3 % at 1e-4), as LP-FT's smaller FT rate
+        "lp_ft": 1e-4,
         "bitfit": 1e-2,
         "lora": 1e-3,
         "head_only": 1e-2,
@@ -114,6 +116,12 @@ class FreezePolicy:
             features are cached, else ``trainer`` (a run records which it used).
         probe_train_rest: ``head_only`` with the solved probe: then train every trainable part of the head (the
             layers in front of the classifier too) with the Trainer on the cached features, from the solved values.
+        freeze_batchnorm_stats: keep every BatchNorm layer's running statistics as the checkpoint has them (the
+            layers normalise with them in training too; their affine weights still train where the policy trains
+            them). ``None``: on for ``lp_ft``, whose probe was fitted on the features those statistics give (left
+            to move, they change every feature at the first step: on digits through EfficientNet-Lite0, LP-FT at a
+            learning rate of 1e-12 fell from the probe's 93.6 % to 7 %); off otherwise. Frozen layers' statistics
+            never move.
     """
 
     strategy: str = "full"
@@ -130,6 +138,14 @@ class FreezePolicy:
     lora_target_modules: list[str] | None = None
     probe_solver: str | None = None
     probe_train_rest: bool = False
+    freeze_batchnorm_stats: bool | None = None
+
+    @property
+    def holds_batchnorm_stats(self) -> bool:
+        """Whether every BatchNorm layer's statistics stay as loaded (see ``freeze_batchnorm_stats``)."""
+        if self.freeze_batchnorm_stats is None:
+            return self.strategy == "lp_ft"
+        return self.freeze_batchnorm_stats
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -196,6 +212,8 @@ class FreezePolicy:
             "bitfit": "bitfit (biases + head)",
         }
         text = parts.get(self.strategy, self.strategy)
+        if self.freeze_batchnorm_stats:
+            text += ", BatchNorm statistics frozen"
         if self.layer_lr_decay != 1.0:
             text += f", layer LR decay {self.layer_lr_decay:g}"
         if self.head_lr_multiplier != 1.0:
@@ -448,10 +466,10 @@ def _keep_eval(module: nn.Module, _inputs: Any) -> None:
         module.train(False)
 
 
-def _frozen_subtrees(model: nn.Module) -> list[nn.Module]:
+def _frozen_subtrees(model: nn.Module, hold_batchnorm: bool = False) -> list[nn.Module]:
     """The largest modules whose parameters are all frozen (and that have any), and every BatchNorm whose own
     affine parameters are frozen inside a module that trains (LoRA, BitFit): its statistics are part of the frozen
-    function too."""
+    function too; with ``hold_batchnorm``, every BatchNorm."""
     found: list[nn.Module] = []
 
     def visit(module: nn.Module) -> None:
@@ -467,13 +485,14 @@ def _frozen_subtrees(model: nn.Module) -> list[nn.Module]:
     for module in model.modules():
         if not isinstance(module, nn.modules.batchnorm._BatchNorm) or id(module) in inside:
             continue
-        if not any(p.requires_grad for p in module.parameters(recurse=False)):
+        if hold_batchnorm or not any(p.requires_grad for p in module.parameters(recurse=False)):
             found.append(module)
     return found
 
 
-def set_trainable(model: nn.Module, names: set[str]) -> list[nn.Module]:
-    """Makes exactly ``names`` trainable and keeps every frozen sub-tree in eval mode through ``model.train()``.
+def set_trainable(model: nn.Module, names: set[str], *, hold_batchnorm: bool = False) -> list[nn.Module]:
+    """Makes exactly ``names`` trainable and keeps every frozen sub-tree in eval mode through ``model.train()``;
+    with ``hold_batchnorm``, every BatchNorm layer too (its statistics stay; its affine weights may train).
 
     Returns:
         The modules held in eval mode.
@@ -483,7 +502,7 @@ def set_trainable(model: nn.Module, names: set[str]) -> list[nn.Module]:
     for module, handle in _EVAL_HOOKS.pop(model, []):
         handle.remove()
         module.train(model.training)  # released: back to the mode of the model (the Trainer may not call train())
-    subtrees = _frozen_subtrees(model)
+    subtrees = _frozen_subtrees(model, hold_batchnorm)
     _EVAL_HOOKS[model] = [(module, module.register_forward_pre_hook(_keep_eval)) for module in subtrees]
     for module in subtrees:
         module.train(False)
@@ -543,5 +562,6 @@ def apply_freeze_policy(model: nn.Module, policy: FreezePolicy, stage: int = 0) 
             "lora wraps the model in adapters: use warmstart.prepare_fine_tuning (or warmstart.lora.apply_lora)"
         )
     layout = describe_blocks(model)
-    held = set_trainable(model, trainable_parameter_names(model, policy, layout, stage))
+    names = trainable_parameter_names(model, policy, layout, stage)
+    held = set_trainable(model, names, hold_batchnorm=policy.holds_batchnorm_stats)
     return freeze_report(model, policy, layout, held)

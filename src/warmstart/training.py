@@ -376,7 +376,7 @@ def probe_policy(args: RecipeArguments, feature_cache: CacheSettings | None) -> 
             f" (--probe_epochs {policy.probe_epochs:g} is not used)" if policy.probe_epochs else ""
         )
     logger.info("probe: %s (%s)", solver, why)
-    args.run.config["probe"] = {"solver": solver, "reason": why}
+    args.run.config["probe"] = {"solver": solver, "reason": why, "asked": asked}
     return dataclasses.replace(policy, probe_solver=solver)
 
 
@@ -889,7 +889,7 @@ def _solved_probe(
         WarmstartError: the features could not be cached or the head solved, where the solve was asked for (or
             ``lp_ft`` relies on it).
     """
-    explicit = run.config.get("probe", {}).get("reason", "").startswith("--probe_solver")
+    explicit = run.config.get("probe", {}).get("asked") is not None  # --probe_solver given
     if cached is None:
         problem = run.config.get("feature_cache", {}).get("reason", "the features are not cached")
     elif is_main_process():
@@ -935,8 +935,11 @@ def _solved_probe(
 
 
 def _trains_batchnorm(model: nn.Module, policy: FreezePolicy) -> bool:
-    """Whether BatchNorm layers train in this run (now, or once a schedule unfreezes them)."""
+    """Whether BatchNorm layers normalise with batch statistics in this run (now, or once a schedule unfreezes
+    them)."""
     batchnorms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if policy.holds_batchnorm_stats:
+        return False
     return any(p.requires_grad for m in batchnorms for p in m.parameters()) or (
         bool(batchnorms) and policy.strategy in ("gradual", "lp_ft")
     )
