@@ -512,13 +512,16 @@ def test_comparison_refuses_what_does_not_apply(extra, message, tiny_bert, text_
     assert not (out / "runs").exists()
 
 
-def test_lp_ft_reuses_features_only_for_the_same_rows(image_dirs, tmp_path):
-    """A BatchNorm model whose last batch would hold one sample leaves a row out for lp_ft (not for head_only):
-    the features of head_only's rows do not fit it, so it computes its own."""
+@pytest.mark.parametrize("batchnorm_stats", ["held", "moving"])
+def test_lp_ft_reuses_features_only_for_the_same_rows(batchnorm_stats, image_dirs, tmp_path):
+    """A BatchNorm model whose last batch would hold one sample leaves a row out where its statistics move (lp_ft
+    with --freeze_batchnorm_stats false; not head_only): the features of head_only's rows do not fit it, so it
+    computes its own. lp_ft holds them by default: then nothing is left out and it shares head_only's features."""
     from conftest import write_image_folder
 
     train = write_image_folder(tmp_path / "nine", 3, 0)  # 9 images: batches of 8 leave one
     out = tmp_path / "cmp"
+    moving = ["--freeze_batchnorm_stats", "false"] if batchnorm_stats == "moving" else []
     rows = compare_strategies.main(
         [
             *image_data_flags({"train": train, "validation": image_dirs["validation"]}),
@@ -529,13 +532,18 @@ def test_lp_ft_reuses_features_only_for_the_same_rows(image_dirs, tmp_path):
             "2",
             "--probe_solver",
             "trainer",
+            *moving,
             *[a for a in trainer_flags(out) if a not in ("--max_steps", "3")],
         ]
     )
     assert [r["strategy"] for r in rows] == ["head_only", "lp_ft"]
     second = yaml.safe_load((out / "runs" / "lp_ft-lr0.001" / "warmstart_config.yaml").read_text())
-    assert second["feature_cache"]["splits"]["train"]["examples"] == 8
-    assert "shared" not in second["feature_cache"]["splits"]["train"]
+    if moving:
+        assert second["feature_cache"]["splits"]["train"]["examples"] == 8
+        assert "shared" not in second["feature_cache"]["splits"]["train"]
+    else:
+        assert second["feature_cache"]["splits"]["train"]["examples"] == 9
+        assert "shared" in second["feature_cache"]["splits"]["train"]
 
 
 def test_an_interrupted_run_resumes_from_its_checkpoint_when_asked(tiny_bert, text_files, tmp_path):
