@@ -284,7 +284,7 @@ def apply_lora(model: nn.Module, policy: FreezePolicy, layout: BlockLayout | Non
     # shared freezing mechanism also keeps frozen BatchNorm in eval mode through model.train(): its statistics must
     # not move, or the adapter saved alone (which holds no BatchNorm buffers) would not reproduce the trained model.
     trainable = {n for n, _ in peft_model.named_parameters() if _is_lora_parameter(n) or ".modules_to_save." in n}
-    freezing.set_trainable(peft_model, trainable)
+    freezing.set_trainable(peft_model, trainable, hold_batchnorm=policy.holds_batchnorm_stats)
     return peft_model
 
 

@@ -419,7 +419,7 @@ def _inputs_of(module: nn.Module, run: Any, batches: Sequence[Any]) -> torch.Ten
 
 
 def feature_scale(x: torch.Tensor) -> torch.Tensor:
-    """One scale for every feature: the root-mean-square of their standard deviations (1 for constant features).
+    """One scale for every feature: the root-mean-square of their standard deviations (1 if all are constant).
 
     One number, not one per feature, so that the penalty stays the L2 norm of the weights on the features the model
     computes (as weight decay has it), only rescaled so that one grid of C fits every backbone. Per-feature
