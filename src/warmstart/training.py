@@ -362,8 +362,7 @@ def probe_policy(args: RecipeArguments, feature_cache: CacheSettings | None) -> 
             )
         solver, why = "trainer", asked and "--probe_solver trainer" or f"the features are not cached ({reason})"
     elif asked is None and policy.strategy == "lp_ft" and policy.probe_epochs is not None:
-        # epochs of probing asked for: the Trainer's probe, as before the solver (on digits through EfficientNet-Lite0,
-        # LP-FT from the solved head came out far below LP-FT from the Trainer's probe: see the README)
+        # epochs of probing asked for: the Trainer's probe, as every such command ran before the solver existed
         solver, why = "trainer", f"--probe_epochs {policy.probe_epochs:g}"
     else:
         solver, why = asked or "lbfgs", f"--probe_solver {asked}" if asked else "the default where features are cached"
@@ -937,9 +936,9 @@ def _solved_probe(
 def _trains_batchnorm(model: nn.Module, policy: FreezePolicy) -> bool:
     """Whether BatchNorm layers normalise with batch statistics in this run (now, or once a schedule unfreezes
     them)."""
-    batchnorms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if policy.holds_batchnorm_stats:
         return False
+    batchnorms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     return any(p.requires_grad for m in batchnorms for p in m.parameters()) or (
         bool(batchnorms) and policy.strategy in ("gradual", "lp_ft")
     )
