@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None, feature_store: dict | None = None, c
     # the image column is decoded by our transform, so the Trainer must not drop it as "unused"
     training_args.remove_unused_columns = False
 
-    splits, labels = load_labeled_splits(data_args, seed=training_args.seed)
+    splits, labels = load_labeled_splits(data_args, seed=training_args.seed, modality="image")
     image_column = resolve_image_column(splits, data_args.image_column_name)
     check_images(splits, image_column)
 

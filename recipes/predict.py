@@ -60,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             image_column=args.image_column_name,
             text_columns=args.text_column_names,
             label_column=args.label_column_name,
+            encoding=args.encoding,
         )
     probs, rows_here = predict_in_processes(
         predictor, data, args.batch_size, progress=not args.disable_tqdm, num_workers=args.num_workers

@@ -161,8 +161,9 @@ class Env:
             argv += ["--validation_file", str(validation or self.validation_csv)]
         return [*argv, *trainer_flags(self.out), *extra]
 
-    def image(self, *extra: str, model: list[str] | None = None, train=None, validation=None) -> list[str]:
-        argv = [*(model or IMAGE_MODEL), "--train_dir", str(train or self.train_dir)]
+    def image(self, *extra: str, model: list[str] | None = None, train=None, validation=None, table=None) -> list[str]:
+        argv = [*(model or IMAGE_MODEL)]
+        argv += ["--train_file", str(table)] if table else ["--train_dir", str(train or self.train_dir)]
         if validation != "":
             argv += ["--validation_dir", str(validation or self.validation_dir)]
         return [*argv, *trainer_flags(self.out), *extra]
@@ -379,7 +380,7 @@ CASES = [
         "image-folder-without-class-folders",
         "image",
         lambda e: e.image(train=_flat_images(e), validation=""),
-        ("'label'", "(columns: image)"),
+        ("--train_dir", "holds images but no class folders", "<dir>/<class>/<image>"),
     ),
     # ---- labels
     Case(
@@ -394,7 +395,7 @@ CASES = [
         lambda e: e.text(
             train=e.csv("t.csv", [("good", 0), ("bad", 1)] * 4), validation=e.csv("v.csv", [("good", 0), ("bad", 7)])
         ),
-        ("label 7", "never in train"),
+        ("label '7'", "never in train"),
     ),
     Case(
         "text-train-label-missing",
@@ -439,7 +440,7 @@ CASES = [
         "text-train-csv-not-utf8",
         "text",
         lambda e: e.text(train=e.write("t.csv", b"text,label\n\xff\xfe bad,pos\n")),
-        ("cannot read --train_file", "t.csv", "utf-8"),
+        ("--train_file", "t.csv", "is not UTF-8 text", "--encoding"),
     ),
     Case(
         "text-max-train-samples-0",
@@ -455,6 +456,76 @@ CASES = [
     ),
     Case(
         "image-train-folder-without-images", "image", lambda e: e.image(train=_empty_class_folders(e)), ("train_dir",)
+    ),
+    # ---- data layouts (test_data_layouts.py runs the layouts that train)
+    Case(
+        "image-loose-images-beside-class-folders",
+        "image",
+        lambda e: e.image(train=_loose_image(e)),
+        ("--train_dir", "1 image(s) outside any class folder", "stray.png", "class's sub-folder"),
+        subprocess=True,
+    ),
+    Case(
+        "image-table-path-missing",
+        "image",
+        lambda e: e.image(model=IMAGE_MODEL, train="", validation="", table=_image_table(e, "imgs/nowhere.png")),
+        ("image imgs/nowhere.png", "data row 4 of the train split", "tried", "tables/imgs/nowhere.png"),
+    ),
+    Case(
+        "image-table-path-is-a-url",
+        "image",
+        lambda e: e.image(train="", validation="", table=_image_table(e, "https://example.com/cat.png")),
+        ("data row 4", "by URL", "https://example.com/cat.png", "local files only"),
+    ),
+    Case(
+        "text-unknown-encoding",
+        "text",
+        lambda e: e.text("--encoding", "klingon-8"),
+        ("--encoding 'klingon-8'", "not an encoding"),
+        subprocess=True,
+    ),
+    Case(
+        "text-empty-text-cells",
+        "text",
+        lambda e: e.text(train=e.csv("t.csv", [POS, NEG, ("", "pos"), POS, ("   ", "neg"), NEG])),
+        ("2 data row(s) of the train split have no text in column 'text'", "rows 3, 5", "fill or drop"),
+        subprocess=True,
+    ),
+    Case(
+        "text-validation-label-missing",
+        "text",
+        lambda e: e.text(validation=e.csv("v.csv", [POS, ("bad movie", ""), NEG])),
+        ("1 data row(s) of the validation split have no 'label' value", "rows 2"),
+    ),
+    Case(
+        "text-fractional-labels",
+        "text",
+        lambda e: e.text(train=e.csv("t.csv", [("good", 0.5), ("bad", 1.5)] * 4)),
+        ("'label' holds fractional numbers", "0.5", "class names or whole numbers"),
+    ),
+    Case(
+        "text-list-labels",
+        "text",
+        lambda e: e.text(train=e.write("t.jsonl", '{"text": "good", "label": ["a", "b"]}\n' * 4), validation=""),
+        ("'label' holds lists", "one label per row"),
+    ),
+    Case(
+        "text-label-column-near-miss",
+        "text",
+        lambda e: e.text("--label_column_name", "Label "),
+        ("'Label '", "nearest: 'label'", "--label_column_name"),
+    ),
+    Case(
+        "predict-empty-text-cells",
+        "predict",
+        lambda e: e.predict(model=e.fixture("text_classifier"), source=e.csv("in.csv", [POS, ("", "neg")])),
+        ("1 data row(s) of --input", "in.csv have no text in column 'text'", "rows 2"),
+    ),
+    Case(
+        "predict-unknown-encoding",
+        "predict",
+        lambda e: e.predict("--encoding", "klingon-8"),
+        ("--encoding 'klingon-8'", "not an encoding"),
     ),
     # ---- images
     Case(
@@ -1314,6 +1385,18 @@ def _unknown_architecture(env: Env) -> Path:
     config = json.loads((target / "config.json").read_text())
     (target / "config.json").write_text(json.dumps({**config, "architecture": "no_such_arch"}))
     return target
+
+
+def _loose_image(env: Env) -> Path:
+    folder = env.image_folder("train_loose", per_class=2)
+    shutil.copy(folder / "red" / "0.png", folder / "stray.png")
+    return folder
+
+
+def _image_table(env: Env, bad_path: str) -> Path:
+    """``tables/train.csv``: three images by absolute path, then one bad path."""
+    rows = [f"{(env.train_dir / c / '0.png').resolve()},{c}" for c in ("red", "green", "blue")]
+    return env.write("tables/train.csv", "\n".join(["image,label", *rows, f"{bad_path},red"]) + "\n")
 
 
 def _flat_images(env: Env) -> Path:

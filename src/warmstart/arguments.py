@@ -26,6 +26,7 @@ from warmstart.precision import (
     requested_precision,
     training_on_cpu,
 )
+from warmstart.sources import check_encoding
 
 CONFIG_FILE_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -73,6 +74,10 @@ class DataArguments:
     )
     image_column_name: str | None = field(default=None, metadata={"help": "Image column (default: guessed)."})
     label_column_name: str = field(default="label", metadata={"help": "Label column."})
+    encoding: str | None = field(
+        default=None,
+        metadata={"help": "Tables: the text encoding, e.g. cp1252 (default: UTF-8, or what a byte-order mark says)."},
+    )
     max_seq_length: int | None = field(
         default=None,
         metadata={"help": "Longest tokenized input; longer ones are truncated (default: model's, <=512)."},
@@ -139,6 +144,7 @@ def check_data_values(data_args: Any, positive: Sequence[str]) -> None:
     Raises:
         WarmstartError: a value out of range.
     """
+    check_encoding(getattr(data_args, "encoding", None))
     if not 0.0 < data_args.train_val_split < 1.0:
         raise WarmstartError(f"--train_val_split must be between 0 and 1, got {data_args.train_val_split}")
     crop = data_args.random_crop_scale
@@ -181,6 +187,10 @@ class UnlabeledDataArguments:
         default=None, metadata={"help": "Text: the column of texts (default: `text`, or the only text column)."}
     )
     image_column_name: str | None = field(default=None, metadata={"help": "Images: the image column (guessed)."})
+    encoding: str | None = field(
+        default=None,
+        metadata={"help": "Tables and .txt files: the text encoding, e.g. cp1252 (default: UTF-8, or a BOM's)."},
+    )
     train_val_split: float = field(
         default=0.05, metadata={"help": "Fraction of train held out as validation when there is no validation split."}
     )

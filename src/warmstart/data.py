@@ -3,31 +3,37 @@ mapping; a seeded validation split when there is none; label encoding; tokenizat
 
 from __future__ import annotations
 
+import difflib
 import io
-import itertools
 import logging
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import datasets
-import pyarrow
-import pyarrow.parquet
 import torch
 from datasets import ClassLabel, DatasetDict, Value
-from datasets.exceptions import DatasetsError
 from PIL import Image, UnidentifiedImageError
 
 from warmstart.errors import WarmstartError
+from warmstart.images import load_image
+from warmstart.sources import (
+    CORPUS_BUILDERS,
+    LOAD_ERRORS,
+    datasets_errors_not_logged,
+    is_path_column,
+    read_image_folders,
+    read_tables,
+    resolve_image_paths,
+    root_cause,
+)
 
 logger = logging.getLogger(__name__)
 
 LABEL_COLUMN = "labels"  # what the Trainer and the models expect
 _SPLIT_ALIASES = {"validation": ("validation", "valid", "val", "dev"), "test": ("test",)}
-_FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
-# plain text, one example per line, is a corpus for pretraining (classification needs a label column)
-_CORPUS_BUILDERS = {**_FILE_BUILDERS, ".txt": "text"}
 _TEXT_COLUMN_GUESSES = (
     ("sentence1", "sentence2"),
     ("question", "sentence"),
@@ -39,106 +45,6 @@ _TEXT_COLUMN_GUESSES = (
 )
 
 
-def _load_from_files(files: dict[str, str], builders_by_suffix: dict[str, str] = _FILE_BUILDERS) -> DatasetDict:
-    suffixes = {Path(f).suffix.lower() for f in files.values()}
-    for split, file in files.items():
-        if Path(file).is_dir():
-            raise WarmstartError(f"--{split}_file {file} is a directory: give a data file (--{split}_dir for images)")
-        if not Path(file).is_file():
-            raise WarmstartError(f"--{split}_file {file} does not exist")
-    unknown = suffixes - set(builders_by_suffix)
-    if unknown:
-        known = ", ".join(builders_by_suffix)
-        raise WarmstartError(f"cannot read {', '.join(sorted(unknown))} files: use {known}")
-    builders = {builders_by_suffix[s] for s in suffixes}
-    if len(builders) > 1:
-        raise WarmstartError(
-            f"the data files mix formats ({', '.join(sorted(suffixes))}): give them all in one format"
-        )
-    builder = builders.pop()
-    kwargs = {"delimiter": "\t"} if suffixes == {".tsv"} else {}
-    # one split at a time: each file keeps its own columns, so that one missing a column is named by the column
-    # checks instead of failing inside datasets with a schema cast error
-    splits = DatasetDict()
-    for split, file in files.items():
-        try:
-            with _datasets_errors_not_logged():
-                splits[split] = datasets.load_dataset(builder, data_files={split: file}, split=split, **kwargs)
-        except _LOAD_ERRORS as err:
-            if _has_no_rows(Path(file), builder):
-                raise WarmstartError(f"--{split}_file {file} has no rows: the {split} split is empty") from None
-            raise WarmstartError(f"cannot read --{split}_file {file} as {builder}: {_root_cause(err)}") from None
-    return splits
-
-
-# What datasets raises for a file it cannot parse (the builders wrap pandas / pyarrow / json errors, or not).
-_LOAD_ERRORS = (DatasetsError, ValueError, TypeError, OSError, StopIteration, pyarrow.ArrowException)
-
-
-def _root_cause(err: BaseException) -> str:
-    """The first line of the most specific cause: datasets wraps the parser's error in a generic one."""
-    chain = [err]
-    while (nxt := chain[-1].__cause__ or chain[-1].__context__) is not None and nxt not in chain:
-        chain.append(nxt)
-    specific = [e for e in chain if not isinstance(e, DatasetsError) and str(e).strip()] or chain
-    text = str(specific[0]).strip()
-    return text.splitlines()[0][:300] if text else type(specific[0]).__name__
-
-
-def _has_no_rows(file: Path, builder: str) -> bool:
-    """Whether a data file holds no rows (nothing, or a CSV header only), read cheaply."""
-    try:
-        if builder == "parquet":
-            return pyarrow.parquet.ParquetFile(file).metadata.num_rows == 0
-        with file.open(encoding="utf-8", errors="replace") as f:
-            lines = [line.strip() for line in itertools.islice((x for x in f if x.strip()), 2)]
-    except (OSError, pyarrow.ArrowException):
-        return False
-    if builder == "csv":
-        return len(lines) <= 1
-    return not lines or (len(lines) == 1 and lines[0] in ("[]", "{}"))
-
-
-@contextmanager
-def _datasets_errors_not_logged() -> Iterator[None]:
-    """datasets logs a file it cannot parse to stderr before raising; the raise is reported here, on one line."""
-
-    def below_error(record: logging.LogRecord) -> bool:
-        return record.levelno < logging.ERROR
-
-    handlers = list(logging.getLogger("datasets").handlers)
-    for handler in handlers:
-        handler.addFilter(below_error)
-    try:
-        yield
-    finally:
-        for handler in handlers:
-            handler.removeFilter(below_error)
-
-
-def _image_extensions() -> set[str]:
-    Image.init()
-    return {ext.lower() for ext in Image.registered_extensions()}
-
-
-def _load_from_dirs(dirs: dict[str, str]) -> DatasetDict:
-    extensions = _image_extensions()
-    for split, folder in dirs.items():
-        if not Path(folder).is_dir():
-            raise WarmstartError(f"--{split}_dir {folder} is not a directory")
-        if not any(f.suffix.lower() in extensions and f.is_file() for f in Path(folder).rglob("*")):
-            raise WarmstartError(
-                f"--{split}_dir {folder} holds no image files: put them in one sub-folder per class "
-                "(<dir>/<class>/<image>)"
-            )
-    # one glob per split: the class is the name of each image's parent folder
-    try:
-        with _datasets_errors_not_logged():
-            return datasets.load_dataset("imagefolder", data_files={s: str(Path(d) / "**") for s, d in dirs.items()})
-    except _LOAD_ERRORS as err:
-        raise WarmstartError(f"cannot read the image folders: {_root_cause(err)}") from None
-
-
 def load_raw_splits(
     *,
     dataset_name: str | None = None,
@@ -146,8 +52,14 @@ def load_raw_splits(
     data_files: dict[str, str] | None = None,
     data_dirs: dict[str, str] | None = None,
     cache_dir: str | None = None,
+    encoding: str | None = None,
+    labeled: bool = True,
 ) -> DatasetDict:
     """Loads the splits from exactly one kind of source, with ``validation`` / ``test`` names normalised.
+
+    Tables and image folders are read by the rules of :mod:`warmstart.sources` (encodings, trimmed column names, a
+    class per first-level folder of each split's directory); ``encoding`` is the tables' text encoding (``None``:
+    UTF-8, or what a byte-order mark says); ``labeled=False`` reads image folders without class folders too.
 
     Raises:
         WarmstartError: no source, a missing file or folder, or a hub dataset that is not cached.
@@ -161,9 +73,9 @@ def load_raw_splits(
                 "files (--train_file/--train_dir) or a dataset already in the Hugging Face cache"
             ) from None
     elif data_files:
-        raw = _load_from_files(data_files)
+        raw = read_tables(data_files, encoding=encoding)
     elif data_dirs:
-        raw = _load_from_dirs(data_dirs)
+        raw = read_image_folders(data_dirs, labeled=labeled)
     else:
         raise WarmstartError("no data: give --dataset_name, --train_file or --train_dir")
     splits = DatasetDict({_canonical_split(name): data for name, data in raw.items()})
@@ -182,16 +94,43 @@ def _column_names(data: datasets.Dataset) -> list[str]:
 def _require_column(splits: DatasetDict, column: str, flag: str) -> None:
     for split, data in splits.items():
         if column not in data.column_names:
+            names = _column_names(data)
+            shown = ", ".join(names)
             raise WarmstartError(
-                f"column {column!r} is not in the {split} split (columns: {', '.join(_column_names(data))}): "
+                f"column {column!r} is not in the {split} split (columns: {shown}){_near_miss(column, names)}: "
                 f"set {flag} to one of them"
             )
 
 
-def resolve_image_column(splits: DatasetDict, image_column: str | None, purpose: str = "training") -> str:
-    """The image column: the one given, else the first ``Image`` feature, else ``image`` / ``img``."""
+def _near_miss(column: str, names: Sequence[str]) -> str:
+    """``; nearest: 'label'`` when a column name is close to the one asked for (case, spaces, a typo), else ``""``."""
+    folded = {name.strip().casefold(): name for name in names}
+    close = [folded[column.strip().casefold()]] if column.strip().casefold() in folded else []
+    close += [n for n in difflib.get_close_matches(column, names, n=2, cutoff=0.75) if n not in close]
+    return f"; nearest: {', '.join(repr(n) for n in close)}" if close else ""
+
+
+def resolve_image_column(
+    splits: DatasetDict,
+    image_column: str | None,
+    purpose: str = "training",
+    base_dirs: Mapping[str, Path] | None = None,
+    *,
+    where: Mapping[str, str] | None = None,
+) -> str:
+    """The image column: the one given, else the first ``Image`` feature, else ``image`` / ``img``.
+
+    A column of image paths becomes an ``Image`` column of absolute paths (in place, in ``splits``): a relative path
+    is read relative to ``base_dirs[split]`` (the folder of the table that names it), then to the working directory
+    (:func:`warmstart.sources.resolve_image_paths`); ``where`` names the splits in its messages (default ``the
+    <split> split``).
+
+    Raises:
+        WarmstartError: no image column, a column of something else, a URL or a path that is no file.
+    """
+    reference = splits["train"] if "train" in splits else next(iter(splits.values()))
     if image_column is None:
-        features = splits["train"].features
+        features = reference.features
         image_column = next((name for name, f in features.items() if isinstance(f, datasets.Image)), None)
         image_column = image_column or next((n for n in ("image", "img") if n in features), None)
         if image_column is None:
@@ -201,12 +140,14 @@ def resolve_image_column(splits: DatasetDict, image_column: str | None, purpose:
                 "of images or image paths"
             )
     _require_column(splits, image_column, "--image_column_name")
-    feature = splits["train"].features[image_column]
+    feature = reference.features[image_column]
     if not isinstance(feature, datasets.Image):
-        if not (isinstance(feature, Value) and feature.dtype in ("string", "large_string")):
+        if not is_path_column(feature):
             raise WarmstartError(f"column {image_column!r} holds {feature}, not images or image paths")
         for split in splits:
-            splits[split] = splits[split].cast_column(image_column, datasets.Image())
+            base = (base_dirs or {}).get(split)
+            place = (where or {}).get(split, f"the {split} split")
+            splits[split] = resolve_image_paths(splits[split], image_column, base, place)
     return image_column
 
 
@@ -228,6 +169,33 @@ def resolve_text_columns(splits: DatasetDict, text_column_names: str | None, lab
             raise WarmstartError(f"{name!r} is both the label column and a text column: set --text_column_names")
         _require_column(splits, name, "--text_column_names")
     return names
+
+
+def check_text_cells(splits: DatasetDict, columns: Sequence[str], where: Mapping[str, str] | None = None) -> None:
+    """Refuses text columns with empty cells (missing, or blank), naming how many and the first rows.
+
+    Args:
+        splits: the splits.
+        columns: their text columns.
+        where: how to name each split in the message (default ``the <split> split``).
+
+    Raises:
+        WarmstartError: a text cell that is missing or blank.
+    """
+    for split, data in splits.items():
+        for column in columns:
+            empty = [row for row, text in enumerate(data[column]) if not _has_text(text)]
+            if empty:
+                place = (where or {}).get(split, f"the {split} split")
+                raise WarmstartError(
+                    f"{len(empty)} data row(s) of {place} have no text in column {column!r} (rows {_rows(empty)}, "
+                    "counting from 1): fill or drop them"
+                )
+
+
+def table_dirs(data_args: Any) -> dict[str, Path]:
+    """The folder of each split's table (``--train_file`` ...), against which the image paths in it are read."""
+    return {split: Path(file).resolve().parent for split, file in data_args.data_files().items()}
 
 
 def make_validation_split(splits: DatasetDict, fraction: float, seed: int) -> DatasetDict:
@@ -253,8 +221,10 @@ def make_validation_split(splits: DatasetDict, fraction: float, seed: int) -> Da
 def encode_labels(splits: DatasetDict, label_column: str) -> list[str]:
     """Encodes the label column as ``labels`` (``ClassLabel``) in every split, with names from train.
 
-    String and integer labels are both fine; integer labels keep their numeric order. A label that train never
-    saw is an error.
+    String and integer labels are both fine, and one label written as ``1``, ``1.0`` or ``"1"`` (across rows or
+    splits) is one class; strings are trimmed; integer class names keep their numeric order. A non-train split
+    without any label (an unlabeled test file) is left out, with a warning. A label that train never saw, a missing
+    label elsewhere, fractional numbers and lists of labels are errors.
 
     Returns:
         The class names, in id order.
@@ -288,22 +258,30 @@ def encode_labels(splits: DatasetDict, label_column: str) -> list[str]:
             splits[split] = data.cast_column(LABEL_COLUMN, ClassLabel(names=names, id=label_column))
         return names
 
-    values = splits["train"].unique(label_column)
-    if None in values:
-        raise WarmstartError(f"the train split has rows with no {label_column!r} value: fill or drop them")
-    ordered = sorted(values) if all(isinstance(v, (int, bool)) for v in values) else sorted(values, key=str)
-    names = [str(v) for v in ordered]
-    to_id = {v: i for i, v in enumerate(ordered)}
-    for split, data in splits.items():
-        unseen = [v for v in data.unique(label_column) if v not in to_id]
-        if unseen:
+    keys = {split: _label_keys(data[label_column], label_column) for split, data in splits.items()}
+    for split in list(splits):
+        missing = [row for row, key in enumerate(keys[split]) if key is None]
+        if split != "train" and missing and len(missing) == len(keys[split]):  # an unlabeled test file
+            logger.warning("the %s split has no %r values: it is left out", split, label_column)
+            del splits[split], keys[split]
+        elif missing:
             raise WarmstartError(
-                f"label {unseen[0]!r} is in the {split} split but never in train: add training "
+                f"{len(missing)} data row(s) of the {split} split have no {label_column!r} value (rows "
+                f"{_rows(missing)}, counting from 1): fill or drop them"
+            )
+    seen = sorted(set(keys["train"]), key=_label_order(set(keys["train"])))
+    to_id = {key: i for i, key in enumerate(seen)}
+    for split, split_keys in keys.items():
+        unseen = next((key for key in split_keys if key not in to_id), None)
+        if unseen is not None:
+            raise WarmstartError(
+                f"label {unseen!r} is in the {split} split but never in train: add training "
                 "examples for it or drop it from the evaluation data"
             )
+    names = list(seen)
 
     def to_ids(batch: dict[str, list]) -> dict[str, list[int]]:
-        return {"_label_id": [to_id[v] for v in batch[label_column]]}
+        return {"_label_id": [to_id[key] for key in _label_keys(batch[label_column], label_column, note=False)]}
 
     for split, data in splits.items():
         # a fresh column of int64: writing ids back into a string label column would store '0', '1'
@@ -318,6 +296,58 @@ def encode_labels(splits: DatasetDict, label_column: str) -> list[str]:
             LABEL_COLUMN, ClassLabel(names=names, id=label_column)
         )
     return names
+
+
+def _label_keys(values: Sequence[Any], column: str, note: bool = True) -> list[str | None]:
+    """Each label as its class name: strings trimmed, whole numbers written as integers whether they were stored as
+    ints, floats (``1.0``, as pandas reads a numeric column with gaps) or strings (``"1"``); ``None`` for a missing
+    label (``None``, NaN, a blank string).
+
+    Raises:
+        WarmstartError: labels that are lists (several labels per example) or fractional numbers.
+    """
+    keys: list[str | None] = []
+    whole_floats = False
+    for value in values:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            keys.append(None)
+        elif isinstance(value, int):  # bools included: True, False
+            keys.append(str(value))
+        elif isinstance(value, float):
+            if not value.is_integer():
+                raise WarmstartError(
+                    f"column {column!r} holds fractional numbers (e.g. {value}): warmstart trains classifiers, whose "
+                    "labels are class names or whole numbers: set --label_column_name to a column of classes"
+                )
+            whole_floats = True
+            keys.append(str(int(value)))
+        elif isinstance(value, (list, tuple, dict)):
+            raise WarmstartError(
+                f"column {column!r} holds {type(value).__name__}s (e.g. {str(value)[:60]}), not one class per "
+                "example: give one label per row"
+            )
+        else:
+            text = str(value).strip()
+            keys.append(text if text else None)
+    if whole_floats and note:
+        logger.info("column %r holds whole numbers stored as floats: they are read as the classes 0, 1, ...", column)
+    return keys
+
+
+_INTEGER = re.compile(r"[+-]?\d+")
+
+
+def _label_order(keys: set[str]) -> Callable[[str], Any]:
+    """Numeric order when every class name is an integer (``2`` before ``10``), else the names' string order."""
+    if all(_INTEGER.fullmatch(key) for key in keys):
+        return int
+    return str
+
+
+def _rows(rows: Sequence[int], shown: int = 5) -> str:
+    """Row numbers counted from 1, the first ``shown`` of them."""
+    head = ", ".join(str(r + 1) for r in rows[:shown])
+    return head + (", ..." if len(rows) > shown else "")
 
 
 def limit_samples(splits: DatasetDict, max_train: int | None, max_eval: int | None, seed: int) -> DatasetDict:
@@ -355,6 +385,7 @@ def load_unlabeled_splits(data_args: Any, modality: str, seed: int) -> tuple[Dat
         WarmstartError: no readable source, no text / image column, or an empty split.
     """
     dirs = data_args.data_dirs()
+    encoding = getattr(data_args, "encoding", None)
     if modality == "text" and dirs:
         files = {}
         for split, folder in dirs.items():
@@ -363,23 +394,30 @@ def load_unlabeled_splits(data_args: Any, modality: str, seed: int) -> tuple[Dat
                 raise WarmstartError(f"--{split}_dir {folder} holds no .txt files: give a folder of text files")
             files[split] = texts
         try:
-            with _datasets_errors_not_logged():
-                raw = datasets.load_dataset("text", data_files=files)
-        except _LOAD_ERRORS as err:
-            raise WarmstartError(f"cannot read the text folders: {_root_cause(err)}") from None
+            with datasets_errors_not_logged():
+                raw = datasets.load_dataset("text", data_files=files, encoding=encoding or "utf-8")
+        except LOAD_ERRORS as err:
+            raise WarmstartError(
+                f"cannot read the text folders: {root_cause(err)}: files not in UTF-8 need --encoding"
+            ) from None
         splits = DatasetDict({_canonical_split(name): data for name, data in raw.items()})
     elif data_args.data_files():
-        splits = _load_from_files(data_args.data_files(), _CORPUS_BUILDERS)
+        splits = read_tables(data_args.data_files(), CORPUS_BUILDERS, encoding)
     else:
         splits = load_raw_splits(
-            dataset_name=data_args.dataset_name, dataset_config_name=data_args.dataset_config_name, data_dirs=dirs
+            dataset_name=data_args.dataset_name,
+            dataset_config_name=data_args.dataset_config_name,
+            data_dirs=dirs,
+            labeled=False,
         )
     splits = DatasetDict({name: data for name, data in splits.items() if name in ("train", "validation")})
     check_not_empty(splits)
     if modality == "text":
         column = _resolve_corpus_text_column(splits, data_args.text_column_name)
     else:
-        column = resolve_image_column(splits, data_args.image_column_name, purpose="pretraining")
+        column = resolve_image_column(
+            splits, data_args.image_column_name, purpose="pretraining", base_dirs=table_dirs(data_args)
+        )
     for name, data in splits.items():
         splits[name] = data.remove_columns([c for c in data.column_names if c != column])
     if modality == "text":  # blank lines of .txt files (paragraph breaks) are not examples
@@ -471,11 +509,6 @@ class TextCollator:
         return self._pad([{k: v for k, v in e.items() if k != LENGTH_COLUMN} for e in examples])
 
 
-def _open_image(value: dict[str, Any]) -> Image.Image:
-    source = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
-    return Image.open(source)
-
-
 def _describe(value: dict[str, Any], split: str, row: int) -> str:
     return value.get("path") or f"row {row} of {split}"
 
@@ -492,7 +525,7 @@ def check_images(splits: DatasetDict, image_column: str) -> None:
             if value is None:
                 raise WarmstartError(f"row {row} of the {split} split has no image: fill or drop it")
             try:
-                with _open_image(value) as image:
+                with Image.open(io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]) as image:
                     image.verify()
             except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
                 raise WarmstartError(
@@ -541,7 +574,7 @@ def attach_image_transforms(
             pixels = []
             for value in batch[image_column]:
                 try:
-                    image = _open_image(value).convert("RGB")
+                    image = load_image(value)  # upright, first frame, RGB: warmstart.images
                 except (UnidentifiedImageError, OSError, ValueError) as err:
                     raise WarmstartError(
                         f"image {value.get('path') or 'in ' + split} cannot be read ({err})"
@@ -563,9 +596,13 @@ def attach_image_transforms(
     return splits
 
 
-def load_labeled_splits(data_args: Any, seed: int) -> tuple[DatasetDict, list[str]]:
+def load_labeled_splits(data_args: Any, seed: int, modality: str = "text") -> tuple[DatasetDict, list[str]]:
     """Loads the splits a recipe's :class:`~warmstart.arguments.DataArguments` name, encodes their labels, makes a
     validation split when there is none and applies the sample limits.
+
+    Before any split is made (so that row numbers in messages are the file's): images get their image column
+    resolved (paths in a table relative to the table's folder, :func:`resolve_image_column`); texts get their text
+    columns checked for empty cells (:func:`check_text_cells`).
 
     Returns:
         The splits (``train``, ``validation``, maybe ``test``; labels in ``labels``) and the class names.
@@ -575,9 +612,15 @@ def load_labeled_splits(data_args: Any, seed: int) -> tuple[DatasetDict, list[st
         dataset_config_name=data_args.dataset_config_name,
         data_files=data_args.data_files(),
         data_dirs=data_args.data_dirs(),
+        encoding=getattr(data_args, "encoding", None),
     )
     check_not_empty(splits)
+    if modality == "image":
+        resolve_image_column(splits, data_args.image_column_name, base_dirs=table_dirs(data_args))
     labels = encode_labels(splits, data_args.label_column_name)
+    if modality == "text":
+        columns = resolve_text_columns(splits, data_args.text_column_names, data_args.label_column_name)
+        check_text_cells(splits, columns)
     splits = make_validation_split(splits, data_args.train_val_split, seed)
     splits = limit_samples(splits, data_args.max_train_samples, data_args.max_eval_samples, seed)
     check_not_empty(splits)

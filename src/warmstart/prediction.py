@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
 import logging
 import os
 import tempfile
@@ -45,18 +44,13 @@ import torch
 import torch.distributed as dist
 import yaml
 from datasets import ClassLabel, DatasetDict
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 from torch import nn
 from tqdm.auto import tqdm
 
 from warmstart.data import (
-    _FILE_BUILDERS,
-    _LOAD_ERRORS,
     TextCollator,
-    _datasets_errors_not_logged,
-    _has_no_rows,
-    _image_extensions,
-    _root_cause,
+    check_text_cells,
     resolve_image_column,
     resolve_text_columns,
 )
@@ -71,6 +65,7 @@ from warmstart.distributed import (
 )
 from warmstart.errors import WarmstartError
 from warmstart.export import CONFIG_NAME
+from warmstart.images import load_image
 from warmstart.models import (
     _load_checked,
     is_image_model_config,
@@ -80,6 +75,14 @@ from warmstart.models import (
     read_model_config,
 )
 from warmstart.precision import check_precision
+from warmstart.sources import (
+    LOAD_ERRORS,
+    check_encoding,
+    datasets_errors_not_logged,
+    image_files,
+    read_table,
+    root_cause,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +134,10 @@ class PredictionArguments:
         default="label",
         metadata={"help": "A column of true labels: when the input has it, accuracy is reported too."},
     )
+    encoding: str | None = field(
+        default=None,
+        metadata={"help": "Tables: the text encoding, e.g. cp1252 (default: UTF-8, or what a byte-order mark says)."},
+    )
     num_workers: int = field(default=0, metadata={"help": "Images: processes decoding and transforming them."})
     disable_tqdm: bool = field(default=False, metadata={"help": "No progress bar."})
 
@@ -139,6 +146,7 @@ class PredictionArguments:
             raise WarmstartError("--model_name_or_path is required: a warmstart output directory")
         if not self.input:
             raise WarmstartError("--input is required: an image folder, a data file or a cached dataset split")
+        check_encoding(self.encoding)
         if self.batch_size < 1:
             raise WarmstartError(f"--batch_size must be a positive integer, got {self.batch_size}")
         if self.num_workers < 0:
@@ -470,6 +478,7 @@ def read_prediction_input(
     image_column: str | None = None,
     text_columns: str | Sequence[str] | None = None,
     label_column: str | None = "label",
+    encoding: str | None = None,
 ) -> PredictionInput:
     """Reads the inputs to predict on.
 
@@ -493,6 +502,7 @@ def read_prediction_input(
         image_column: tables: the image column.
         text_columns: tables: one text column or a pair (``"a,b"`` or ``["a", "b"]``).
         label_column: the column of true labels, used only when present.
+        encoding: a table's text encoding (``None``: UTF-8, or what its byte-order mark says).
 
     Returns:
         The :class:`PredictionInput`.
@@ -509,25 +519,25 @@ def read_prediction_input(
             f"--input {path} is a folder but the model is a text classifier: give a csv / tsv / json / jsonl / "
             "parquet file or a cached dataset split (name[:config]:split)"
         )
-    data = _read_table(path) if path.is_file() else _read_dataset_split(source)
+    data = read_table(path, "--input", encoding=encoding, empty="nothing to predict") if path.is_file() else None
+    data = data if data is not None else _read_dataset_split(source)
     if len(data) == 0:
         raise WarmstartError(f"--input {source} has no rows: nothing to predict")
     ids = _row_ids(data, id_column)
     if predictor.modality == "image":
-        columns = [_image_column(data, image_column)]
-        data = data.cast_column(columns[0], datasets.Image(decode=False))
+        base_dir = path.resolve().parent if path.is_file() else None
+        data, column = _image_column(data, image_column, base_dir, f"--input {source}")
+        columns = [column]
+        data = data.cast_column(column, datasets.Image(decode=False))
     else:
         columns = _text_columns(data, predictor, text_columns, label_column)
+        check_text_cells(DatasetDict({"input": data}), columns, where={"input": f"--input {source}"})
     true_labels = _true_labels(data, label_column, predictor.labels) if label_column else None
     return PredictionInput(ids=ids, dataset=data, columns=columns, true_labels=true_labels, source=source)
 
 
 def _read_image_folder(folder: Path, predictor: Predictor) -> PredictionInput:
-    extensions = _image_extensions()
-    files = sorted(
-        (f for f in folder.rglob("*") if f.suffix.lower() in extensions and f.is_file() and not _hidden(f, folder)),
-        key=lambda f: f.relative_to(folder).as_posix(),
-    )
+    files = image_files(folder)  # at any depth, any case of extension, hidden files left out, sorted
     if not files:
         raise WarmstartError(f"--input {folder} holds no image files: nothing to predict")
     relative = [f.relative_to(folder) for f in files]
@@ -545,35 +555,14 @@ def _read_image_folder(folder: Path, predictor: Predictor) -> PredictionInput:
     )
 
 
-def _hidden(file: Path, folder: Path) -> bool:
-    """Whether a file is hidden (``.x``, macOS ``._x.jpg`` copies, ``__MACOSX/``), skipped as ``datasets`` skips them
-    when the training recipe reads an image folder."""
-    return any(part.startswith((".", "__")) for part in file.relative_to(folder).parts)
-
-
-def _read_table(path: Path) -> datasets.Dataset:
-    suffix = path.suffix.lower()
-    if suffix not in _FILE_BUILDERS:
-        raise WarmstartError(f"cannot read {suffix or 'extension-less'} files: use {', '.join(_FILE_BUILDERS)}")
-    builder = _FILE_BUILDERS[suffix]
-    kwargs = {"delimiter": "\t"} if suffix == ".tsv" else {}
-    try:
-        with _datasets_errors_not_logged():
-            return datasets.load_dataset(builder, data_files={"input": str(path)}, split="input", **kwargs)
-    except _LOAD_ERRORS as err:
-        if _has_no_rows(path, builder):
-            raise WarmstartError(f"--input {path} has no rows: nothing to predict") from None
-        raise WarmstartError(f"cannot read --input {path} as {builder}: {_root_cause(err)}") from None
-
-
 def _read_dataset_split(spec: str) -> datasets.Dataset:
     name, config, split = parse_dataset_spec(spec)
     try:
-        with _datasets_errors_not_logged():
+        with datasets_errors_not_logged():
             data = datasets.load_dataset(name, config, split=split)
-    except _LOAD_ERRORS as err:  # ConnectionError and the hub's offline errors are OSErrors
+    except LOAD_ERRORS as err:  # ConnectionError and the hub's offline errors are OSErrors
         raise WarmstartError(
-            f"cannot load split {split!r} of dataset {name!r}{f' ({config})' if config else ''}: {_root_cause(err)} "
+            f"cannot load split {split!r} of dataset {name!r}{f' ({config})' if config else ''}: {root_cause(err)} "
             "(warmstart runs offline: the dataset must be in the Hugging Face cache)"
         ) from None
     if not isinstance(data, datasets.Dataset):
@@ -595,11 +584,15 @@ def _row_ids(data: datasets.Dataset, id_column: str | None) -> list[str]:
     return [str(v) for v in data[id_column]]
 
 
-def _image_column(data: datasets.Dataset, image_column: str | None) -> str:
+def _image_column(
+    data: datasets.Dataset, image_column: str | None, base_dir: Path | None, where: str
+) -> tuple[datasets.Dataset, str]:
     if image_column is not None:
         _require_input_column(data, image_column, "--image_column_name")
-    # guessed and checked as in training (an Image feature or a column of paths); the caller casts it
-    return resolve_image_column(DatasetDict({"train": data}), image_column, purpose="prediction")
+    # guessed and checked as in training (an Image feature or a column of paths, read relative to the table first)
+    splits = DatasetDict({"input": data})
+    column = resolve_image_column(splits, image_column, "prediction", {"input": base_dir}, where={"input": where})
+    return splits["input"], column
 
 
 def _text_columns(
@@ -648,11 +641,10 @@ class _ImageRows(torch.utils.data.Dataset):
     on disk until needed). A row that cannot be read gives its error message instead of pixels: raised in a
     DataLoader worker, the error would reach the user wrapped in the worker's traceback."""
 
-    def __init__(self, data: PredictionInput, transform: Callable, table_dir: Path | None):
+    def __init__(self, data: PredictionInput, transform: Callable):
         self.dataset = data.dataset
         self.column = data.columns[0]
         self.transform = transform
-        self.table_dir = table_dir
         self.source = data.source
 
     def __len__(self) -> int:
@@ -664,19 +656,10 @@ class _ImageRows(torch.utils.data.Dataset):
             return row, None, f"row {row} of {self.source} has no image: fill or drop it"
         name = value.get("path") or f"row {row} of {self.source}"
         try:
-            image = Image.open(_image_source(value, self.table_dir)).convert("RGB")
+            image = load_image(value)  # upright, first frame, RGB, as in training: warmstart.images
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
             return row, None, f"image {name} cannot be read ({err}): remove or replace the file"
         return row, self.transform(image), None
-
-
-def _image_source(value: dict[str, Any], table_dir: Path | None) -> Any:
-    if value.get("bytes"):
-        return io.BytesIO(value["bytes"])
-    path = Path(value["path"])
-    if table_dir is not None and not path.is_absolute() and (table_dir / path).is_file():
-        return table_dir / path  # a path in a table is read relative to the table first
-    return path
 
 
 def _image_batch(items: list[tuple[int, torch.Tensor | None, str | None]]) -> tuple[list[int], dict[str, Any]]:
@@ -718,9 +701,8 @@ def predict_batches(
     if batch_size < 1:
         raise WarmstartError(f"--batch_size must be a positive integer, got {batch_size}")
     if predictor.modality == "image":
-        table_dir = Path(data.source).parent if Path(data.source).is_file() else None
         batches = torch.utils.data.DataLoader(
-            _ImageRows(data, predictor.preprocess, table_dir),
+            _ImageRows(data, predictor.preprocess),
             batch_size=batch_size,
             sampler=rows,
             num_workers=num_workers,
