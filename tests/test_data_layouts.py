@@ -366,6 +366,11 @@ def test_a_table_of_relative_paths_predicts_from_another_folder(elsewhere: Path)
     argv = ["--model_name_or_path", str(out), "--input", table, "--output", str(elsewhere.parent / "p.csv")]
     results = RECIPES["predict"].main([*argv, "--disable_tqdm", "true"])
     assert results["rows"] == 3 and "accuracy" in results
+    # an image folder with nested class folders: the first-level folder is each image's true label, as in training
+    nested = _class_images(elsewhere / "nested", 1, nest="2021/march")
+    argv = ["--model_name_or_path", str(out), "--input", str(nested), "--output", str(elsewhere.parent / "n.csv")]
+    results = RECIPES["predict"].main([*argv, "--disable_tqdm", "true"])
+    assert results["rows"] == 3 and "accuracy" in results
 
 
 def test_pretraining_reads_a_table_of_relative_paths(elsewhere: Path):

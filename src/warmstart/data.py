@@ -4,7 +4,6 @@ mapping; a seeded validation split when there is none; label encoding; tokenizat
 from __future__ import annotations
 
 import difflib
-import io
 import logging
 import math
 import re
@@ -18,7 +17,7 @@ from datasets import ClassLabel, DatasetDict, Value
 from PIL import Image, UnidentifiedImageError
 
 from warmstart.errors import WarmstartError
-from warmstart.images import load_image
+from warmstart.images import image_file, load_image
 from warmstart.sources import (
     CORPUS_BUILDERS,
     LOAD_ERRORS,
@@ -525,7 +524,7 @@ def check_images(splits: DatasetDict, image_column: str) -> None:
             if value is None:
                 raise WarmstartError(f"row {row} of the {split} split has no image: fill or drop it")
             try:
-                with Image.open(io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]) as image:
+                with Image.open(image_file(value)) as image:
                     image.verify()
             except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
                 raise WarmstartError(

@@ -41,13 +41,14 @@ def load_image(source: str | Path | bytes | dict[str, Any], channels: int = 3) -
     Raises:
         OSError, ValueError, PIL.UnidentifiedImageError, SyntaxError: what Pillow raises for a file it cannot read.
     """
-    with Image.open(_file(source)) as image:
+    with Image.open(image_file(source)) as image:
         image.seek(0)  # the first frame of an animation or a multi-page file
         image.load()  # first: a PNG's EXIF may follow its pixels, and a broken pixel stream must raise here
         return to_channels(exif_upright(image), channels)
 
 
-def _file(source: str | Path | bytes | dict[str, Any]) -> Any:
+def image_file(source: str | Path | bytes | dict[str, Any]) -> Any:
+    """What ``Image.open`` takes for a source: the path, or the bytes as a file (a ``datasets`` value: bytes first)."""
     if isinstance(source, dict):
         return io.BytesIO(source["bytes"]) if source.get("bytes") else source["path"]
     return io.BytesIO(source) if isinstance(source, bytes) else source

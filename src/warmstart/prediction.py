@@ -493,7 +493,8 @@ def read_prediction_input(
     ``premise,hypothesis``...).
 
     True labels, for accuracy: ``label_column`` when the input has it and all its values are the model's label
-    names (or ids); for an image folder, the sub-folder of each image when every one is named after a label.
+    names (or ids); for an image folder, the first-level sub-folder of each image (deeper folders are storage, as
+    in training) when every one is named after a label.
 
     Args:
         source: the input (see above).
@@ -544,7 +545,7 @@ def _read_image_folder(folder: Path, predictor: Predictor) -> PredictionInput:
     data = datasets.Dataset.from_dict({_IMAGE_FOLDER_COLUMN: [{"path": str(f), "bytes": None} for f in files]})
     data = data.cast_column(_IMAGE_FOLDER_COLUMN, datasets.Image(decode=False))
     label_ids = {label: i for i, label in enumerate(predictor.labels)}
-    folders = [r.parts[0] if len(r.parts) == 2 else None for r in relative]
+    folders = [r.parts[0] if len(r.parts) >= 2 else None for r in relative]  # as training: the first-level folder
     true_labels = [label_ids[f] for f in folders] if all(f in label_ids for f in folders) else None
     return PredictionInput(
         ids=[r.as_posix() for r in relative],

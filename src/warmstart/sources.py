@@ -307,7 +307,7 @@ def _read_image_metadata(dirs: Mapping[str, str], metadata: Mapping[str, Path | 
     splits = DatasetDict()
     for split, file in metadata.items():
         assert file is not None
-        data = read_table(file, f"--{split}_dir's", empty=f"the {split} split is empty")
+        data = read_table(file, "the metadata file", empty=f"the {split} split is empty")
         if "file_name" not in data.column_names:
             raise WarmstartError(
                 f"{file} has no file_name column (columns: {', '.join(data.column_names)}): name each image's path, "
