@@ -1,0 +1,67 @@
+"""The package as downstream projects import it: ``import warmstart`` costs no deep-learning library, every exported
+name resolves, type checkers see the same names (``TYPE_CHECKING`` imports, ``py.typed``), and the version is the
+installed one."""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import warmstart
+
+PACKAGE = Path(warmstart.__file__).parent
+HEAVY = ("torch", "transformers", "timm", "datasets", "peft", "sklearn", "matplotlib", "accelerate")
+
+
+def _imported_after(code: str) -> list[str]:
+    probe = f"import sys, json; {code}; print(json.dumps([m for m in {list(HEAVY)!r} if m in sys.modules]))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_import_warmstart_imports_no_deep_learning_library():
+    assert _imported_after("import warmstart; warmstart.__version__; dir(warmstart)") == []
+
+
+def test_a_name_imports_only_what_its_module_needs():
+    # the error type and the CLI runner need no deep-learning library; the freezing policy needs torch only
+    assert _imported_after("from warmstart import WarmstartError, run_cli") == []
+    assert _imported_after("from warmstart import FreezePolicy") == ["torch"]
+
+
+def test_every_exported_name_resolves_and_unknown_names_raise():
+    for name in warmstart.__all__:
+        assert getattr(warmstart, name) is not None, name
+    try:
+        warmstart.no_such_name  # noqa: B018
+    except AttributeError as err:
+        assert "no_such_name" in str(err)
+    else:
+        raise AssertionError("an unknown name resolved")
+
+
+def test_type_checkers_see_the_same_names_as_the_lazy_table():
+    tree = ast.parse((PACKAGE / "__init__.py").read_text())
+    block = next(n for n in tree.body if isinstance(n, ast.If) and getattr(n.test, "id", "") == "TYPE_CHECKING")
+    typed = {
+        (node.module.removeprefix("warmstart."), alias.name)
+        for node in block.body
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    lazy = {(module, name) for module, names in warmstart._EXPORTS.items() for name in names}
+    assert typed == lazy
+    assert sorted(name for _, name in lazy) == warmstart.__all__
+
+
+def test_the_package_ships_its_type_marker_and_version():
+    assert (PACKAGE / "py.typed").is_file()
+    assert warmstart.__version__ == importlib.metadata.version("warmstart")
+    files = importlib.metadata.files("warmstart") or []
+    # an editable install lists no package files; a wheel or sdist install must carry py.typed
+    listed = [str(f) for f in files if str(f).startswith("warmstart/")]
+    assert not listed or "warmstart/py.typed" in listed, json.dumps(listed[:5])
