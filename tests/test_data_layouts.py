@@ -31,7 +31,7 @@ from PIL import Image
 from warmstart import WarmstartError, run_cli
 from warmstart.data import attach_image_transforms, load_labeled_splits
 from warmstart.images import BACKGROUND, load_image, to_channels
-from warmstart.prediction import _ImageRows, read_prediction_input
+from warmstart.prediction import ImageRows, read_prediction_input
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_MODEL = ["--model_name_or_path", "test_resnet", "--random_init", "--image_size", "32"]
@@ -460,7 +460,7 @@ def test_an_exif_rotated_jpeg_decodes_upright_in_training_the_cache_and_predicti
     # the feature cache computes its features from splits made by the same function with the evaluation transform
     # (recipes/image_classification.py: feature_cache.source_splits); prediction decodes through its own rows:
     predictor = SimpleNamespace(modality="image", labels=["portrait"])
-    rows = _ImageRows(read_prediction_input(folder / "validation", predictor), pixels)
+    rows = ImageRows(read_prediction_input(folder / "validation", predictor), pixels)
     _, predicted, error = rows[0]
     assert error is None and _close(predicted.numpy(), upright)
 

@@ -682,4 +682,4 @@ def test_a_gpu_run_with_more_processes_than_gpus_stops_every_process_reported_by
         assert "2 processes were launched on this machine but it has 1 CUDA GPU(s)" in str(raised.value)
     assert not torch.distributed.is_initialized()
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    assert prediction._resolve_device("auto") == torch.device("cuda", int(rank))  # the GPU of its local rank
+    assert prediction.resolve_device("auto") == torch.device("cuda", int(rank))  # the GPU of its local rank

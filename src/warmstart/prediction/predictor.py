@@ -1,0 +1,300 @@
+"""A saved classifier loaded to predict, with the preprocessing it was evaluated with: :func:`load_predictor`."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from warmstart.distributed import (
+    launched_processes,
+)
+from warmstart.errors import WarmstartError
+from warmstart.export import CONFIG_NAME
+from warmstart.models import (
+    _load_checked,
+    is_image_model_config,
+    load_text_tokenizer,
+    load_timm_backbone,
+    max_sequence_length,
+    read_model_config,
+)
+from warmstart.precision import check_precision
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Predictor:
+    """A classifier ready to predict, with the preprocessing it was evaluated with.
+
+    Attributes:
+        model: the network, in eval mode on ``device``: a timm model (images) or a transformers sequence classifier.
+        modality: ``image`` or ``text``.
+        labels: class names, in id order (the probability columns follow it).
+        device: where the model runs.
+        precision: ``fp32``, ``bf16`` or ``fp16`` (autocast).
+        preprocess: images: the timm evaluation transform (PIL image -> tensor); text: a function of one column of
+            texts (or two, for pairs) -> token ids, truncated and not padded.
+        model_dir: the directory the model came from.
+        data_config: images: timm's data config (``input_size``, ``crop_pct``, ``mean``...).
+        tokenizer: text: the saved tokenizer.
+        max_length: text: the truncation length (the run's ``max_seq_length``, else the model's limit).
+        text_columns: text: the columns the run trained on, when it recorded them.
+    """
+
+    model: nn.Module
+    modality: str
+    labels: list[str]
+    device: torch.device
+    precision: str
+    preprocess: Callable[..., Any]
+    model_dir: Path
+    data_config: dict[str, Any] | None = None
+    tokenizer: Any = None
+    max_length: int | None = None
+    text_columns: list[str] | None = None
+
+    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The model's logits for a preprocessed batch already on ``device``, under the chosen autocast."""
+        dtype = PRECISIONS[self.precision]
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+            if self.modality == "image":
+                return self.model(batch["pixel_values"])
+            return self.model(**batch).logits
+
+
+def load_predictor(model_name_or_path: str | Path, device: str = "auto", precision: str = "fp32") -> Predictor:
+    """Loads a saved classifier with the preprocessing recorded next to it.
+
+    Image models (a ``config.json`` in timm's layout, or ``model_type: timm_wrapper``) are loaded with timm and get
+    timm's evaluation transform for their saved data config; one probe forward pass checks that the model takes
+    the input size that transform makes. Text models must be ``...ForSequenceClassification`` checkpoints; they get
+    their saved tokenizer, truncating to the ``max_seq_length`` of the run's ``warmstart_config.yaml`` (else the
+    model's limit).
+
+    Args:
+        model_name_or_path: a model directory, or a hub id whose files are in the Hugging Face cache.
+        device: ``auto`` (cuda when available), ``cpu`` or ``cuda``.
+        precision: ``fp32``, ``bf16`` or ``fp16`` autocast.
+
+    Returns:
+        The :class:`Predictor`.
+
+    Raises:
+        WarmstartError: not a model directory, not a classifier (a bare encoder, a model with no classes), an input
+            size the model cannot take, no CUDA device for ``cuda``, or a precision the device cannot run.
+    """
+    model_dir = _model_directory(str(model_name_or_path))
+    run_device = resolve_device(device)
+    if precision not in PRECISIONS:
+        raise WarmstartError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "fp32":
+        check_precision(precision, on_cpu=run_device.type == "cpu", source=f"--precision {precision}")
+    config = read_model_config(model_dir)
+    if is_image_model_config(config):
+        predictor = _image_predictor(model_dir, config, run_device, precision)
+    else:
+        predictor = _text_predictor(model_dir, config, run_device, precision)
+    logger.info(
+        "loaded the %s classifier for %d labels in %s, on %s (%s)",
+        predictor.modality,
+        len(predictor.labels),
+        model_dir,
+        run_device,
+        precision,
+    )
+    return predictor
+
+
+def _model_directory(model_name_or_path: str) -> Path:
+    path = Path(model_name_or_path)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise WarmstartError(
+                f"{path} is not a model directory (no config.json): point --model_name_or_path at the output "
+                "directory of a warmstart run"
+            )
+        return path
+    if path.exists():
+        raise WarmstartError(f"--model_name_or_path {path} is a file: give the model's directory")
+    if model_name_or_path.count("/") == 1 and not model_name_or_path.startswith((".", "/")):
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(snapshot_download(model_name_or_path, local_files_only=True))
+        except (OSError, ValueError):  # not in the cache (a FileNotFoundError), or not a valid repo id
+            pass
+    raise WarmstartError(
+        f"--model_name_or_path {model_name_or_path} is neither a model directory nor a hub model in the local "
+        "cache: point it at the output directory of a warmstart run"
+    )
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
+        raise WarmstartError("--device cuda was asked for but no CUDA GPU is available: use --device cpu or auto")
+    elif device not in ("cpu", "cuda"):
+        raise WarmstartError(f"--device must be auto, cpu or cuda, got {device!r}")
+    if device == "cuda" and launched_processes() > 1:
+        # each process of a launch on its own GPU, the one of its local rank, as the Trainer (Accelerate) places it
+        check_a_gpu_per_process()
+        return torch.device("cuda", _local_rank())
+    return torch.device(device)
+
+
+def _local_rank() -> int:
+    try:
+        return int(os.environ.get("LOCAL_RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def _local_processes() -> int:
+    """The processes of the launch on this machine (``LOCAL_WORLD_SIZE``, set by ``torchrun``)."""
+    try:
+        return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+def check_a_gpu_per_process() -> None:
+    gpus, processes = torch.cuda.device_count(), max(_local_processes(), _local_rank() + 1)
+    if processes > gpus:
+        raise WarmstartError(
+            f"{processes} processes were launched on this machine but it has {gpus} CUDA GPU(s): launch at most "
+            f"{gpus} per machine (--nproc_per_node), or predict on the CPU with --device cpu"
+        )
+
+
+def _image_predictor(model_dir: Path, config: dict[str, Any], device: torch.device, precision: str) -> Predictor:
+    from timm.data import create_transform, resolve_data_config
+
+    timm_model = load_timm_backbone(str(model_dir))
+    if not getattr(timm_model, "num_classes", 0):
+        raise WarmstartError(
+            f"{model_dir} holds a timm model without a classifier (0 classes): predict with a fine-tuned model"
+        )
+    labels = _image_labels(timm_model, config)
+    # the data config timm resolves from the saved pretrained_cfg is the one the recipe evaluated with
+    data_config = resolve_data_config({}, model=timm_model)
+    data_config["input_size"] = tuple(data_config["input_size"])  # a list when read from config.json
+    timm_model.eval().to(device)
+    predictor = Predictor(
+        model=timm_model,
+        modality="image",
+        labels=labels,
+        device=device,
+        precision=precision,
+        preprocess=create_transform(**data_config),
+        model_dir=model_dir,
+        data_config=data_config,
+    )
+    _check_input_size(predictor)
+    return predictor
+
+
+def _image_labels(timm_model: nn.Module, config: dict[str, Any]) -> list[str]:
+    names = timm_model.pretrained_cfg.get("label_names") or config.get("label_names")
+    if not names and config.get("id2label"):
+        names = [config["id2label"][k] for k in sorted(config["id2label"], key=int)]
+    names = [str(n) for n in names] if names else [str(i) for i in range(timm_model.num_classes)]
+    if len(names) != timm_model.num_classes:
+        raise WarmstartError(
+            f"{config.get('architecture', 'the model')} has {timm_model.num_classes} classes but its config.json "
+            f"names {len(names)}: the model directory is inconsistent"
+        )
+    return names
+
+
+def _check_input_size(predictor: Predictor) -> None:
+    """One forward pass on a blank image of the size the transform makes: a model built for another resolution (a
+    ViT whose saved ``pretrained_cfg.input_size`` was changed) fails here, named, rather than on the first batch."""
+    size = tuple(predictor.data_config["input_size"])
+    blank = torch.zeros(1, *size, device=predictor.device)
+    try:
+        out = predictor.logits({"pixel_values": blank})
+    except (RuntimeError, AssertionError, ValueError, TypeError) as err:
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise WarmstartError(
+            f"the model in {predictor.model_dir} cannot take the {'x'.join(map(str, size))} input its saved "
+            f"preprocessing makes (config.json pretrained_cfg.input_size; {reason}): the directory is inconsistent, "
+            "re-export the model"
+        ) from None
+    if tuple(out.shape) != (1, len(predictor.labels)):
+        raise WarmstartError(
+            f"the model in {predictor.model_dir} returns {tuple(out.shape)} per image, not {len(predictor.labels)} "
+            "class scores: predict with a fine-tuned classifier"
+        )
+
+
+def _text_predictor(model_dir: Path, config: dict[str, Any], device: torch.device, precision: str) -> Predictor:
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    architectures = config.get("architectures") or []
+    if not any(a.endswith("ForSequenceClassification") for a in architectures):
+        shown = ", ".join(architectures) or config.get("model_type") or "no architecture"
+        raise WarmstartError(
+            f"{model_dir} holds a {shown} model, not an image classifier or a sequence classifier: predict with the "
+            "output of recipes/image_classification.py or recipes/text_classification.py"
+        )
+    try:
+        hf_config = AutoConfig.from_pretrained(model_dir)
+    except (OSError, ValueError, KeyError) as err:
+        raise WarmstartError(f"cannot read the configuration in {model_dir} ({type(err).__name__})") from None
+    if hf_config.num_labels < 1 or not hf_config.id2label:
+        raise WarmstartError(f"{model_dir} holds a classifier with no classes (num_labels 0): it has no head to use")
+    model, info = _load_checked(
+        AutoModelForSequenceClassification.from_pretrained, str(model_dir), output_loading_info=True
+    )
+    if info.get("missing_keys"):
+        missing = sorted(info["missing_keys"])
+        raise WarmstartError(
+            f"{model_dir} lacks {len(missing)} weights of the classifier (e.g. {missing[0]}): its predictions would "
+            "be random; the directory is incomplete"
+        )
+    tokenizer = load_text_tokenizer(str(model_dir))
+    recorded = _recorded_run_config(model_dir)
+    max_length = recorded.get("max_seq_length") or max_sequence_length(model, tokenizer, None)
+    text_columns = recorded.get("text_columns") or None
+
+    def encode(*texts: list[Any]) -> dict[str, list]:
+        # as the recipe tokenized (warmstart.data.tokenize_splits): a missing text reads as ""
+        cleaned = [["" if t is None else str(t) for t in column] for column in texts]
+        return tokenizer(*cleaned, truncation=True, max_length=max_length)
+
+    return Predictor(
+        model=model.eval().to(device),
+        modality="text",
+        labels=[str(model.config.id2label[i]) for i in range(model.config.num_labels)],
+        device=device,
+        precision=precision,
+        preprocess=encode,
+        model_dir=model_dir,
+        tokenizer=tokenizer,
+        max_length=int(max_length),
+        text_columns=list(text_columns) if text_columns else None,
+    )
+
+
+def _recorded_run_config(model_dir: Path) -> dict[str, Any]:
+    path = model_dir / CONFIG_NAME
+    if not path.is_file():
+        return {}
+    try:
+        recorded = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        logger.warning("%s cannot be read (%s): the model's own limits are used", path, str(err).splitlines()[0])
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
