@@ -30,7 +30,7 @@ from PIL import Image
 
 from warmstart import WarmstartError, run_cli
 from warmstart.data import attach_image_transforms, load_labeled_splits
-from warmstart.images import BACKGROUND, load_image, to_channels
+from warmstart.data.decoding import BACKGROUND, load_image, to_channels
 from warmstart.prediction import ImageRows, read_prediction_input
 
 REPO = Path(__file__).resolve().parents[1]
@@ -560,7 +560,7 @@ def test_one_channel_models_get_grey_images():
 
 
 def test_a_utf16_table_without_a_byte_order_mark_is_refused_with_the_encoding_flag(tmp_path):
-    from warmstart.sources import read_table
+    from warmstart.data.sources import read_table
 
     path = tmp_path / "t.csv"
     path.write_bytes("text,label\nhi,pos\n".encode("utf-16-le"))  # no BOM: reads as UTF-8 with NUL bytes
@@ -574,7 +574,7 @@ def test_a_utf16_table_without_a_byte_order_mark_is_refused_with_the_encoding_fl
 
 
 def test_an_unknown_encoding_is_one_line(tmp_path):
-    from warmstart.sources import read_table
+    from warmstart.data.sources import read_table
 
     path = _csv(tmp_path / "t.csv", _text_rows())
     with pytest.raises(WarmstartError, match="--encoding 'nope' is not an encoding"):
@@ -582,7 +582,7 @@ def test_an_unknown_encoding_is_one_line(tmp_path):
 
 
 def test_bom_detection_names_utf16_and_utf32(tmp_path):
-    from warmstart.sources import sniff_encoding
+    from warmstart.data.sources import sniff_encoding
 
     for encoding, expected in (("utf-16", "utf-16"), ("utf-32", "utf-32"), ("utf-8-sig", None), ("utf-8", None)):
         path = tmp_path / f"{encoding}.csv"

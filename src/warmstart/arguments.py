@@ -16,6 +16,7 @@ import torch
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from warmstart.data.sources import check_encoding
 from warmstart.distributed import launched_processes
 from warmstart.errors import WarmstartError
 from warmstart.freezing import FreezePolicy
@@ -26,7 +27,6 @@ from warmstart.precision import (
     requested_precision,
     training_on_cpu,
 )
-from warmstart.sources import check_encoding
 
 CONFIG_FILE_SUFFIXES = (".yaml", ".yml", ".json")
 

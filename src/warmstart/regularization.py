@@ -25,12 +25,11 @@ import torch
 from transformers import EarlyStoppingCallback, TrainingArguments
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
-from warmstart.data import LABEL_COLUMN, image_collate
+from warmstart.data import LABEL_COLUMN, TRAIN_MARKER, image_collate
 from warmstart.errors import WarmstartError
 
 logger = logging.getLogger(__name__)
 
-TRAIN_MARKER = "_warmstart_train"  # key on each training example (attach_image_transforms(mark_train=True))
 IGNORE_INDEX = -100  # a hard label the loss skips, as in torch and transformers (the Trainer does not count it)
 SINGLE_LABEL = "single_label_classification"
 IMAGE_ONLY_OPTIONS = ("mixup_alpha", "cutmix_alpha", "auto_augment", "random_erasing")

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from warmstart.errors import WarmstartError
-from warmstart.sources import (
+from warmstart.data.sources import (
     check_encoding,
 )
+from warmstart.errors import WarmstartError
 
 
 @dataclass

@@ -12,8 +12,8 @@ from tqdm.auto import tqdm
 from warmstart.data import (
     TextCollator,
 )
+from warmstart.data.decoding import load_image
 from warmstart.errors import WarmstartError
-from warmstart.images import load_image
 from warmstart.prediction.inputs import PredictionInput
 from warmstart.prediction.predictor import Predictor
 
@@ -38,7 +38,7 @@ class ImageRows(torch.utils.data.Dataset):
             return row, None, f"row {row} of {self.source} has no image: fill or drop it"
         name = value.get("path") or f"row {row} of {self.source}"
         try:
-            image = load_image(value)  # upright, first frame, RGB, as in training: warmstart.images
+            image = load_image(value)  # upright, first frame, RGB, as in training: warmstart.data.decoding
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
             return row, None, f"image {name} cannot be read ({err}): remove or replace the file"
         return row, self.transform(image), None

@@ -15,15 +15,15 @@ from warmstart.data import (
     resolve_image_column,
     resolve_text_columns,
 )
-from warmstart.errors import WarmstartError
-from warmstart.prediction.predictor import Predictor
-from warmstart.sources import (
+from warmstart.data.sources import (
     LOAD_ERRORS,
     datasets_errors_not_logged,
     image_files,
     read_table,
     root_cause,
 )
+from warmstart.errors import WarmstartError
+from warmstart.prediction.predictor import Predictor
 
 logger = logging.getLogger(__name__)
 

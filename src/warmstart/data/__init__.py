@@ -1,0 +1,58 @@
+"""Data, from where users keep it to the batches a model takes, one concept a module:
+
+- :mod:`~warmstart.data.sources`: reading tables (encodings, trimmed headers) and image folders (a class per
+  first-level folder of each split), image paths resolved against the table that names them;
+- :mod:`~warmstart.data.decoding`: images decoded as cameras and tools write them (EXIF orientation, first frame,
+  every PIL mode);
+- :mod:`~warmstart.data.splits`: the splits a recipe names, a seeded validation split when there is none, the limits;
+- :mod:`~warmstart.data.columns`: column checks and names for messages;
+- :mod:`~warmstart.data.labels`: label encoding;
+- :mod:`~warmstart.data.text`: text columns, tokenization, the padding collator;
+- :mod:`~warmstart.data.vision`: image columns, transforms and the collator.
+"""
+
+from warmstart.data.columns import LABEL_COLUMN
+from warmstart.data.decoding import load_image
+from warmstart.data.labels import encode_labels
+from warmstart.data.splits import (
+    check_not_empty,
+    limit_samples,
+    load_labeled_splits,
+    load_raw_splits,
+    load_unlabeled_splits,
+    make_validation_split,
+    table_dirs,
+)
+from warmstart.data.text import LENGTH_COLUMN, TextCollator, check_text_cells, resolve_text_columns, tokenize_splits
+from warmstart.data.vision import (
+    TRAIN_MARKER,
+    attach_image_transforms,
+    check_images,
+    image_collate,
+    image_transforms,
+    resolve_image_column,
+)
+
+__all__ = [
+    "LABEL_COLUMN",
+    "LENGTH_COLUMN",
+    "TRAIN_MARKER",
+    "TextCollator",
+    "attach_image_transforms",
+    "check_images",
+    "check_not_empty",
+    "check_text_cells",
+    "encode_labels",
+    "image_collate",
+    "image_transforms",
+    "limit_samples",
+    "load_image",
+    "load_labeled_splits",
+    "load_raw_splits",
+    "load_unlabeled_splits",
+    "make_validation_split",
+    "resolve_image_column",
+    "resolve_text_columns",
+    "table_dirs",
+    "tokenize_splits",
+]
