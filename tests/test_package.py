@@ -65,3 +65,43 @@ def test_the_package_ships_its_type_marker_and_version():
     # an editable install lists no package files; a wheel or sdist install must carry py.typed
     listed = [str(f) for f in files if str(f).startswith("warmstart/")]
     assert not listed or "warmstart/py.typed" in listed, json.dumps(listed[:5])
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the warmstart modules it imports, at any level (a function-level import counts: it would only hide
+    a cycle), the lazy package ``__init__`` left out."""
+    modules = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for name, path in modules.items():
+        if name == "warmstart":
+            continue
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("warmstart"):
+                if node.module == "warmstart":
+                    imported |= {f"warmstart.{alias.name}" for alias in node.names}
+                else:
+                    imported.add(node.module)
+        graph[name] = {m for m in imported if m in modules and m != name}
+    return graph
+
+
+def test_no_module_imports_itself_back():
+    graph = _import_graph()
+    assert "warmstart.training" in graph and "warmstart.data.sources" in graph  # the walk found the modules
+    state: dict[str, str] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = "open"
+        for target in sorted(graph[module]):
+            assert state.get(target) != "open", " -> ".join([*path, module, target])
+            if target not in state:
+                visit(target, [*path, module])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [])

@@ -13,7 +13,8 @@ from conftest import text_data_flags, trainer_flags
 from transformers import AutoModelForSequenceClassification, TrainerControl, TrainerState, TrainingArguments
 
 from warmstart import WarmstartError
-from warmstart.training import STAGING_DIR, StopOnNonFiniteLoss, checkpoints, resume_point
+from warmstart.run_folder import checkpoints
+from warmstart.training import STAGING_DIR, StopOnNonFiniteLoss, resume_point
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
 import text_classification  # noqa: E402

@@ -24,7 +24,8 @@ from conftest import (
 )
 
 from warmstart import run_cli
-from warmstart.export import CONFIG_NAME, public_config
+from warmstart.export import public_config
+from warmstart.run_folder import CONFIG_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))

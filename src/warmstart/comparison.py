@@ -38,6 +38,7 @@ import torch
 from warmstart.arguments import CliParser, underscored
 from warmstart.distributed import barrier, broadcast_from_main, is_main_process
 from warmstart.errors import WarmstartError
+from warmstart.export import copy_run_output, markdown_table
 from warmstart.freezing import DEFAULT_LR_SWEEP, STRATEGIES, default_learning_rate
 
 logger = logging.getLogger(__name__)
@@ -453,8 +454,6 @@ _TABLE_COLUMNS = (
 
 def comparison_table(rows: Sequence[dict[str, Any]], best: dict[str, Any] | None = None) -> str:
     """The comparison as a markdown table: one row per run, every eval / test metric, the best in bold."""
-    from warmstart.export import markdown_table
-
     metrics = [k for k in dict.fromkeys(k for row in rows for k in row) if k.startswith(("eval_", "test_"))]
     marked = next((row for row in rows if best is not None and row["run"] == best["run"]), None)
     return markdown_table(rows, [*_TABLE_COLUMNS, *((m, m) for m in metrics)], best=marked)
@@ -550,8 +549,6 @@ def majority_class_level(class_counts: Mapping[str, int], metric: str) -> float 
 def keep_best(best: dict[str, Any], rows: Sequence[dict[str, Any]], output_dir: Path, metric: str) -> None:
     """Copies the best run's model (its files, not its checkpoints) to ``output_dir`` and adds the comparison to
     its model card."""
-    from warmstart.export import copy_run_output
-
     copy_run_output(output_dir / "runs" / best["run"], output_dir, skip=(ROW_FILE,))
     card = output_dir / "README.md"
     key = f"eval_{metric.removeprefix('eval_')}"

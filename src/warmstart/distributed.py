@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from warmstart.errors import WarmstartError
+
 T = TypeVar("T")
 
 
@@ -77,8 +79,6 @@ def on_main_process(work: Callable[[], T]) -> T | None:
     """``work()`` in the main process (``None`` in the others), for a step only the main process may do (open a
     study, write files); a :class:`~warmstart.errors.WarmstartError` it raises is raised in every process, where the
     others would otherwise wait for the main process forever. In one process, ``work()``."""
-    from warmstart.errors import WarmstartError
-
     value, error = None, None
     if is_main_process():
         try:

@@ -17,10 +17,11 @@ from timm.models._hub import save_config_for_hf
 from transformers import PreTrainedModel
 
 from warmstart.errors import WarmstartError
+from warmstart.lineage import lineage_markdown
+from warmstart.run_folder import CONFIG_NAME, read_run_config
 
 logger = logging.getLogger(__name__)
 
-CONFIG_NAME = "warmstart_config.yaml"
 _MODEL_FILES = ("config.json", "model.safetensors", "pytorch_model.bin")
 # Keys of the resolved config that may change between two runs of the same model without changing the model.
 _VOLATILE_KEYS = (
@@ -62,13 +63,11 @@ def check_output_dir(output_dir: str | Path, resolved_config: dict[str, Any], ov
     if path.exists() and not path.is_dir():
         raise WarmstartError(f"--output_dir {path} is a file: give a directory")
     if path.is_dir() and not overwrite and any((path / name).exists() for name in _MODEL_FILES):
-        previous = path / CONFIG_NAME
         try:
-            same = previous.is_file() and _comparable(yaml.safe_load(previous.read_text())) == _comparable(
-                resolved_config
-            )
+            previous = read_run_config(path / CONFIG_NAME)
         except (OSError, yaml.YAMLError):
-            same = False
+            previous = None
+        same = previous is not None and _comparable(previous) == _comparable(resolved_config)
         if not same:
             raise WarmstartError(
                 f"--output_dir {path} already holds a different model: choose another --output_dir or pass "
@@ -338,8 +337,6 @@ def write_model_card(output_dir: str | Path, card: dict[str, Any]) -> Path:
     sections = [f"Trained with [warmstart](https://pypi.org/project/warmstart/) from **{base}**."]
     lineage = card.get("lineage") or {}
     if len(lineage.get("runs") or []) > 1:
-        from warmstart.lineage import lineage_markdown  # here: lineage reads this module's CONFIG_NAME
-
         sections.append("## Lineage\n" + lineage_markdown(lineage))
     data = card["data"]
     if classifier:

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from warmstart.export import CONFIG_NAME
+from warmstart.run_folder import CONFIG_NAME, read_run_config
 
 logger = logging.getLogger(__name__)
 
@@ -43,14 +43,12 @@ def _read_earlier_config(model_name_or_path: str) -> tuple[dict[str, Any], Path]
 
         cached = try_to_load_from_cache(model_name_or_path.removeprefix("hf-hub:"), CONFIG_NAME)
         path = Path(cached) if isinstance(cached, str) else path
-    if not path.is_file():
-        return None
     try:
-        config = yaml.safe_load(path.read_text())
+        config = read_run_config(path)
     except (OSError, yaml.YAMLError) as err:
         logger.warning("the base model's %s cannot be read (%s): its lineage is not carried on", CONFIG_NAME, err)
         return None
-    return (config, path.parent) if isinstance(config, dict) else None
+    return (config, path.parent) if config is not None else None
 
 
 def start_lineage(model_name_or_path: str, random_init: bool = False) -> dict[str, Any]:

@@ -40,6 +40,8 @@ from warmstart.distributed import (
     on_main_process,
 )
 from warmstart.errors import WarmstartError
+from warmstart.export import copy_run_output, markdown_table
+from warmstart.run_folder import checkpoint_step, checkpoints, is_complete_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -338,9 +340,6 @@ def _settle_interrupted(optuna: Any, study: Any, storage: Any, output_dir: Path,
 
 def _latest_checkpoint(trial: Any, output_dir: Path) -> Path | None:
     """The latest complete checkpoint of an interrupted trial: in its folder, or the one it resumed from itself."""
-    # not at the top: training imports this module
-    from warmstart.training import checkpoint_step, checkpoints, is_complete_checkpoint
-
     found = checkpoints(_trial_dir(output_dir, trial.number))
     earlier = trial.user_attrs.get("resume_from")
     if earlier and is_complete_checkpoint(Path(earlier)):
@@ -350,8 +349,6 @@ def _latest_checkpoint(trial: Any, output_dir: Path) -> Path | None:
 
 def _plan_trial(trial: Any, space: dict[str, Any], output_dir: Path, *, resume: bool) -> dict[str, Any]:
     """What every process needs to run ``trial``: its number, values, folder and the checkpoint it resumes from."""
-    from warmstart.training import checkpoints
-
     values = sample(trial, space)
     run_dir = _trial_dir(output_dir, trial.number)
     trial.set_user_attr("output_dir", str(run_dir))
@@ -466,15 +463,11 @@ def _write_results(rows: list[dict[str, Any]], key: str, best: int, output_dir: 
 
 def search_table(rows: list[dict[str, Any]], columns: list[str], best: int) -> str:
     """The trials as a markdown table, the best in bold."""
-    from warmstart.export import markdown_table
-
     marked = next((row for row in rows if row["trial"] == best), None)
     return markdown_table(rows, [(c, c) for c in columns], best=marked)
 
 
 def _keep_best(source: Path, output_dir: Path, rows: list[dict[str, Any]], key: str, best: int) -> None:
-    from warmstart.export import copy_run_output
-
     copy_run_output(source, output_dir)
     card = output_dir / "README.md"
     columns = list(dict.fromkeys(k for row in rows for k in row))

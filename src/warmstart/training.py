@@ -67,6 +67,7 @@ from warmstart.precision import apply_device_settings
 from warmstart.probe import ProbeFit, ProbeUnsolvable, solve_head
 from warmstart.regularization import check_regularization
 from warmstart.report import write_evaluation_report
+from warmstart.run_folder import checkpoints
 from warmstart.search import SearchArguments, run_search
 
 logger = logging.getLogger("warmstart")
@@ -581,29 +582,6 @@ def train_evaluate_save(
             _write_output(run, staging, model, save_model, card, results, files, trainer)
         _finish_output(run)
     return results
-
-
-def checkpoints(output_dir: str | Path, *, complete: bool = True) -> list[Path]:
-    """The Trainer's ``checkpoint-<step>`` folders in ``output_dir``, oldest first; with ``complete``, only those
-    written to the end: their ``trainer_state.json``, saved last, is there and whole (a process killed while writing
-    it leaves it empty or cut short)."""
-    numbered = [p for p in Path(output_dir).glob("checkpoint-*") if p.name.rsplit("-", 1)[-1].isdigit()]
-    kept = [p for p in numbered if not complete or is_complete_checkpoint(p)]
-    return sorted(kept, key=checkpoint_step)
-
-
-def checkpoint_step(checkpoint: Path) -> int:
-    """The optimizer step a ``checkpoint-<step>`` folder was saved at."""
-    return int(checkpoint.name.rsplit("-", 1)[-1])
-
-
-def is_complete_checkpoint(checkpoint: Path) -> bool:
-    """Whether a checkpoint was written to the end: its ``trainer_state.json``, saved last, is there and whole."""
-    try:
-        json.loads((checkpoint / "trainer_state.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return True
 
 
 def resume_point(training_args: TrainingArguments) -> str | None:

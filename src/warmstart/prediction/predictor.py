@@ -17,7 +17,6 @@ from warmstart.distributed import (
     launched_processes,
 )
 from warmstart.errors import WarmstartError
-from warmstart.export import CONFIG_NAME
 from warmstart.models import (
     _load_checked,
     is_image_model_config,
@@ -27,6 +26,7 @@ from warmstart.models import (
     read_model_config,
 )
 from warmstart.precision import check_precision
+from warmstart.run_folder import CONFIG_NAME, read_run_config
 
 logger = logging.getLogger(__name__)
 
@@ -290,11 +290,8 @@ def _text_predictor(model_dir: Path, config: dict[str, Any], device: torch.devic
 
 def _recorded_run_config(model_dir: Path) -> dict[str, Any]:
     path = model_dir / CONFIG_NAME
-    if not path.is_file():
-        return {}
     try:
-        recorded = yaml.safe_load(path.read_text())
+        return read_run_config(path) or {}
     except (OSError, yaml.YAMLError) as err:
         logger.warning("%s cannot be read (%s): the model's own limits are used", path, str(err).splitlines()[0])
         return {}
-    return recorded if isinstance(recorded, dict) else {}
