@@ -28,7 +28,7 @@ import yaml
 from conftest import COLORS, trainer_flags, write_image_folder
 from PIL import Image
 
-from warmstart import WarmstartError, run_cli
+from warmstart import DataArguments, WarmstartError, run_cli
 from warmstart.data import attach_image_transforms, load_labeled_splits
 from warmstart.data.decoding import BACKGROUND, load_image, to_channels
 from warmstart.prediction import ImageRows, read_prediction_input
@@ -432,6 +432,12 @@ def _close(actual: Image.Image | np.ndarray, expected: Image.Image, tolerance: f
     return a.shape == b.shape and float(np.abs(a - b).mean()) < tolerance
 
 
+def _read_folders(train: Path, validation: Path):
+    """The splits and labels the image recipe reads from two folders (its own data arguments, its own loader)."""
+    args = DataArguments(train_dir=str(train), validation_dir=str(validation))
+    return load_labeled_splits(args, seed=0, modality="image")
+
+
 @pytest.mark.parametrize("orientation", sorted(_STORE))
 def test_an_exif_rotated_jpeg_decodes_upright_in_training_the_cache_and_prediction(orientation: int, tmp_path):
     stored, upright = _exif_rotated(orientation)
@@ -442,18 +448,7 @@ def test_an_exif_rotated_jpeg_decodes_upright_in_training_the_cache_and_predicti
     assert not _close(stored.resize(upright.size), upright), "the stored pixels must differ from the upright picture"
 
     pixels = lambda image: torch.from_numpy(np.asarray(image).copy())  # noqa: E731 - no resize, no normalisation
-    args = SimpleNamespace(
-        dataset_name=None,
-        dataset_config_name=None,
-        data_files=dict,
-        data_dirs=lambda: {"train": str(folder / "train"), "validation": str(folder / "validation")},
-        label_column_name="label",
-        image_column_name=None,
-        train_val_split=0.2,
-        max_train_samples=None,
-        max_eval_samples=None,
-    )
-    splits, _ = load_labeled_splits(args, seed=0, modality="image")
+    splits, _ = _read_folders(folder / "train", folder / "validation")
     transformed = attach_image_transforms(splits, "image", pixels, pixels)  # training and evaluation
     assert _close(transformed["train"][0]["pixel_values"].numpy(), upright)
     assert _close(transformed["validation"][0]["pixel_values"].numpy(), upright)
@@ -598,16 +593,5 @@ def test_write_image_folder_layout_still_reads(tmp_path):
     """The layout every other test uses (``<split>/<class>/<i>.png``) reads into the same classes and counts."""
     root = write_image_folder(tmp_path / "train", 2, 0)
     shutil.copytree(root, tmp_path / "validation")
-    args = SimpleNamespace(
-        dataset_name=None,
-        dataset_config_name=None,
-        data_files=dict,
-        data_dirs=lambda: {"train": str(root), "validation": str(tmp_path / "validation")},
-        label_column_name="label",
-        image_column_name=None,
-        train_val_split=0.2,
-        max_train_samples=None,
-        max_eval_samples=None,
-    )
-    splits, labels = load_labeled_splits(args, seed=0, modality="image")
+    splits, labels = _read_folders(root, tmp_path / "validation")
     assert labels == CLASSES and len(splits["train"]) == 6 and len(splits["validation"]) == 6

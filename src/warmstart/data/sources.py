@@ -93,7 +93,7 @@ def read_table(
     flag: str,
     builders_by_suffix: Mapping[str, str] = FILE_BUILDERS,
     encoding: str | None = None,
-    empty: str = "is empty",
+    empty: str = "there is nothing to read",
 ) -> datasets.Dataset:
     """Reads one table (see the module docstring for encodings and column names).
 
