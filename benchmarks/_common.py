@@ -207,7 +207,7 @@ def write_digit_folders(
 ) -> tuple[Path, Path]:
     """scikit-learn's handwritten digits (warmstart's quick-start data, real images) as PNG image folders,
     ``<folder>/{train,validation}/<digit>/<n>.png``, at ``image_size`` pixels; optionally the first rows only."""
-    from warmstart.quickstart import digits_image_dataset
+    from warmstart.data.digits import digits_image_dataset
 
     splits = digits_image_dataset(image_size=image_size)
     dirs = []

@@ -43,7 +43,7 @@ from _common import (
     write_text_csvs,
 )
 
-from warmstart.freezing import default_learning_rate
+from warmstart.policy import default_learning_rate
 
 FACTORS = (0.1, 1.0, 10.0)
 # (name, strategy, flags): the two probes of head_only and lp_ft, then the strategies that train the backbone

@@ -9,27 +9,12 @@ See src/warmstart/chain.py for the file format, and recipes/configs/digits_chain
 
 from __future__ import annotations
 
-import importlib
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from warmstart import WarmstartError, run_cli
-from warmstart.arguments import CliParser
 from warmstart.chain import chain_table, load_chain, run_chain
+from warmstart.config import CliParser
 from warmstart.distributed import ensure_process_group, is_main_process
-
-RECIPES = Path(__file__).resolve().parent
-
-
-def recipe_main(name: str):
-    """A recipe's ``main`` by its name (recipes/<name>.py)."""
-    if not (RECIPES / f"{name}.py").is_file() or name == "chain":
-        known = sorted(p.stem for p in RECIPES.glob("*.py") if p.stem != "chain")
-        raise WarmstartError(f"unknown recipe {name!r} in the chain: use one of {', '.join(known)}")
-    if str(RECIPES) not in sys.path:
-        sys.path.insert(0, str(RECIPES))
-    return importlib.import_module(name).main
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
@@ -42,8 +27,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     for name in args.only or ():
         if name not in {link.name for link in chain.links}:
             raise WarmstartError(f"--only {name}: no link of that name in {args.chain_file}")
-    ensure_process_group()  # under torchrun: the links' recipes and the writes agree from the start
-    rows = run_chain(chain, recipe_main, only=args.only)
+    ensure_process_group()  # under torchrun: the links' runs and the writes agree from the start
+    rows = run_chain(chain, only=args.only)
     if is_main_process():
         print(f"\nchain {args.chain_file} -> {chain.output_dir}\n{chain_table(rows)}")
     return rows

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from warmstart import WarmstartError, run_cli
-from warmstart.arguments import CliParser
-from warmstart.distributed import broadcast_from_main, ensure_process_group, on_main_process
-from warmstart.quickstart import write_digits_chain_data
+from warmstart import run_cli
+from warmstart.config import CliParser
+from warmstart.data.digits import digits_data_step
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, str]:
@@ -22,19 +21,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, str]:
     parser.add_argument("--image_size", type=int, default=32, help="side of the square images in pixels")
     parser.add_argument("--labeled_fraction", type=float, default=0.1, help="fraction of train that keeps labels")
     parser.add_argument("--seed", type=int, default=0, help="seeds the validation split and the labeled subset")
-    args = parser.parse_args(argv)
-    if args.image_size < 8:
-        raise WarmstartError(f"--image_size must be at least 8 (the scans are 8x8), got {args.image_size}")
-
-    def write() -> dict[str, str]:
-        try:
-            paths = write_digits_chain_data(args.output_dir, args.image_size, args.labeled_fraction, args.seed)
-        except ValueError as err:
-            raise WarmstartError(f"--labeled_fraction: {err}") from None
-        return {name: str(path) for name, path in paths.items()}
-
-    ensure_process_group()  # in a chain under torchrun: the main process writes, the others wait for the files
-    return broadcast_from_main(on_main_process(write))
+    return digits_data_step(**vars(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from warmstart import parse_args, run_cli
+from warmstart import run_cli
+from warmstart.config import parse_args
 from warmstart.distributed import is_main_process
 from warmstart.prediction import (
     PredictionArguments,

@@ -19,7 +19,8 @@ from pathlib import Path
 import image_classification
 
 from warmstart import run_cli
-from warmstart.quickstart import digits_image_dataset, write_efficientnet_lite0_imagenet
+from warmstart.data.digits import digits_image_dataset
+from warmstart.quickstart import write_efficientnet_lite0_imagenet
 
 IMAGE_SIZE = 64
 # (strategy, learning rate, augmentation): the frozen backbone's head is solved on features cached once (L-BFGS

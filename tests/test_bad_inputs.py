@@ -27,7 +27,8 @@ from conftest import trainer_flags, write_image_folder, write_text_csv
 from transformers import TrainingArguments
 
 import warmstart.precision
-from warmstart import DataArguments, FreezeArguments, ModelArguments, WarmstartError, parse_args, run_cli
+from warmstart import DataArguments, ModelArguments, WarmstartError, run_cli
+from warmstart.config import PolicyArguments, parse_args
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_MODEL = ["--model_name_or_path", "test_resnet", "--random_init", "--image_size", "32"]
@@ -1537,7 +1538,7 @@ def test_data_failures_create_no_output_dir(env: Env, capfd):
 def test_bf16_on_a_cpu_with_native_bf16_is_accepted(flag: str, env: Env, monkeypatch):
     monkeypatch.setattr(warmstart.precision, "cpu_flags", lambda cpuinfo=None: {"avx2", flag})
     *_, training_args = parse_args(
-        (ModelArguments, DataArguments, FreezeArguments, TrainingArguments), [*env.text("--bf16")]
+        (ModelArguments, DataArguments, PolicyArguments, TrainingArguments), [*env.text("--bf16")]
     )
     assert training_args.bf16 and not training_args.fp16
     assert training_args.use_cpu
@@ -1546,7 +1547,7 @@ def test_bf16_on_a_cpu_with_native_bf16_is_accepted(flag: str, env: Env, monkeyp
 def test_bf16_on_a_cpu_without_native_bf16_fails_at_parse_time(env: Env, monkeypatch):
     monkeypatch.setattr(warmstart.precision, "cpu_flags", lambda cpuinfo=None: {"avx2"})
     with pytest.raises(WarmstartError, match="without native bf16"):
-        parse_args((ModelArguments, DataArguments, FreezeArguments, TrainingArguments), env.text("--bf16"))
+        parse_args((ModelArguments, DataArguments, PolicyArguments, TrainingArguments), env.text("--bf16"))
 
 
 def test_an_accelerate_cpu_config_counts_as_cpu_even_with_a_gpu(monkeypatch):

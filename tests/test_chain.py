@@ -13,7 +13,7 @@ import yaml
 
 from warmstart import WarmstartError
 from warmstart.chain import load_chain
-from warmstart.quickstart import write_digits_chain_data
+from warmstart.data.digits import write_digits_chain_data
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 sys.path.insert(0, str(RECIPES))
@@ -100,10 +100,10 @@ def test_unknown_recipe_and_unknown_only_are_refused(tmp_path):
 def test_links_start_from_the_outputs_written_including_a_one_seed_link(tmp_path):
     path = tmp_path / "chain.yaml"
     links = [
-        {"name": "pre", "recipe": "a", "seeds": [7], "args": {"x": 1}},
+        {"name": "pre", "recipe": "pretrain_autoencoder", "seeds": [7], "args": {"x": 1}},
         {
             "name": "ft",
-            "recipe": "b",
+            "recipe": "image_classification",
             "seeds": [0, 1],
             "args": {"model_name_or_path": "{pre}", "data": "{output_dir}/d"},
         },
@@ -111,20 +111,18 @@ def test_links_start_from_the_outputs_written_including_a_one_seed_link(tmp_path
     path.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "out"), "links": links}))
     calls = []
 
-    def recipe(name):
-        def main(argv):
-            calls.append((name, argv))
-            return {"eval_accuracy": 0.5 + 0.25 * len(calls)}
-
-        return main
+    def runner(recipe, args):
+        calls.append((recipe, args))
+        return {"eval_accuracy": 0.5 + 0.25 * len(calls)}
 
     from warmstart.chain import run_chain
 
-    rows = run_chain(load_chain(path), recipe)
+    rows = run_chain(load_chain(path), runner=runner)
     out = tmp_path / "out"
-    assert calls[0] == ("a", ["--x", "1", "--seed", "7", "--output_dir", str(out / "pre-seed7")])
-    for seed, (_, argv) in zip((0, 1), calls[1:]):
-        assert argv[argv.index("--model_name_or_path") + 1] == str(out / "pre-seed7")  # the one run's output
-        assert argv[argv.index("--data") + 1] == str(out / "d")
-        assert argv[argv.index("--output_dir") + 1] == str(out / f"ft-seed{seed}")
+    assert calls[0] == ("pretrain_autoencoder", {"x": 1, "seed": 7, "output_dir": str(out / "pre-seed7")})
+    for seed, (recipe, args) in zip((0, 1), calls[1:]):
+        assert recipe == "image_classification"
+        assert args["model_name_or_path"] == str(out / "pre-seed7")  # the one run's output
+        assert args["data"] == str(out / "d")
+        assert args["output_dir"] == str(out / f"ft-seed{seed}")
     assert rows[1]["per_seed"] == [1.0, 1.25] and rows[1]["mean"] == 1.125

@@ -32,12 +32,30 @@ from warmstart.comparison import (
     validation_class_counts,
     write_comparison,
 )
-from warmstart.freezing import DEFAULT_LEARNING_RATES, DEFAULT_LR_SWEEP
+from warmstart.config import RunConfig, parse_config
+from warmstart.policy import DEFAULT_LEARNING_RATES, DEFAULT_LR_SWEEP
+from warmstart.tasks import run as run_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
 import compare_strategies  # noqa: E402
 import image_classification  # noqa: E402
 import text_classification  # noqa: E402
+
+
+def _config(argv: list[str], modality: str) -> RunConfig:
+    """A configuration a comparison could share, with these flags (parsing loads no model or data)."""
+    model = "test_resnet" if modality == "image" else "bert-base-uncased"
+    base = [
+        "--model_name_or_path",
+        model,
+        "--output_dir",
+        "unused",
+        "--use_cpu",
+        "true",
+        "--freeze_strategy",
+        "head_only",
+    ]
+    return parse_config([*base, *argv], f"{modality}_classification")
 
 
 def text_comparison(tiny_bert, text_files, out, *extra):
@@ -94,8 +112,8 @@ def test_without_rates_each_strategy_runs_its_own_sweep(tiny_bert, text_files, t
     for row in rows[1:]:
         config = yaml.safe_load((out / "runs" / row["run"] / "warmstart_config.yaml").read_text())
         assert config["training"]["learning_rate"] == pytest.approx(row["learning_rate"])
-    argv = json.loads((out / "runs" / "head_only-lbfgs" / ROW_FILE).read_text())["argv"]
-    assert "--learning_rate" not in argv and argv[argv.index("--freeze_strategy") + 1] == "head_only"
+    record = json.loads((out / "runs" / "head_only-lbfgs" / ROW_FILE).read_text())["config"]
+    assert record["freeze"]["freeze_strategy"] == "head_only"
 
 
 def test_a_crashed_comparison_resumes_with_the_runs_left(tiny_bert, text_files, tmp_path):
@@ -105,23 +123,24 @@ def test_a_crashed_comparison_resumes_with_the_runs_left(tiny_bert, text_files, 
         *text_data_flags(tiny_bert, text_files),
         *[a for a in trainer_flags(out) if a not in ("--output_dir", str(out), "--learning_rate", "1e-3")],
     ]
+    shared = parse_config(shared, "text_classification")
     calls = []
 
-    def crashing(argv, feature_store=None):
-        calls.append(argv[argv.index("--freeze_strategy") + 1])
+    def crashing(config, feature_store=None):
+        calls.append(config.policy.strategy)
         if len(calls) == 2:
             raise RuntimeError("killed")
-        return text_classification.main(argv, feature_store=feature_store)
+        return run_config(config, feature_store=feature_store)
 
     with pytest.raises(RuntimeError, match="killed"):
-        run_comparison(runs, crashing, shared, out, progress=lambda line: None)
+        run_comparison(runs, shared, out, progress=lambda line: None, runner=crashing)
     calls.clear()
 
-    def recording(argv, feature_store=None):
-        calls.append(argv[argv.index("--freeze_strategy") + 1])
-        return text_classification.main(argv, feature_store=feature_store)
+    def recording(config, feature_store=None):
+        calls.append(config.policy.strategy)
+        return run_config(config, feature_store=feature_store)
 
-    rows = run_comparison(runs, recording, shared, out, progress=lambda line: None)
+    rows = run_comparison(runs, shared, out, progress=lambda line: None, runner=recording)
     assert calls == ["bitfit", "full"]  # head_only had finished before the crash
     assert [r["strategy"] for r in rows] == ["head_only", "bitfit", "full"]
 
@@ -166,7 +185,7 @@ def test_strategy_specs_and_plans():
     assert parse_strategy("top_k") == ("top_k", 2) and parse_strategy("top_k:3") == ("top_k", 3)
     runs = plan_runs(["head_only", "top_k:3"], [1e-3, 1e-4])
     assert [r.name for r in runs] == ["head_only-lr0.001", "head_only-lr0.0001", "top_k3-lr0.001", "top_k3-lr0.0001"]
-    assert runs[2].flags == ["--freeze_strategy", "top_k", "--learning_rate", "0.001", "--unfreeze_top_k", "3"]
+    assert runs[2].values == {"freeze_strategy": "top_k", "learning_rate": 0.001, "unfreeze_top_k": 3}
     assert isinstance(runs[0], PlannedRun)
 
 
@@ -175,16 +194,14 @@ def test_strategy_specs_and_plans():
 
 @pytest.mark.parametrize("modality", ["text", "image"])
 def test_without_rates_each_strategy_sweeps_a_decade_around_its_own_default(modality):
-    runs = plan_comparison(["full", "top_k:3", "lp_ft", "bitfit", "lora"], None, [], modality)
+    runs = plan_comparison(["full", "top_k:3", "lp_ft", "bitfit", "lora"], None, _config([], modality))
     swept: dict[str, list[float]] = {}
     for run in runs:
         swept.setdefault(run.strategy, []).append(run.learning_rate)
         label = run.strategy.replace("top_k:", "top_k")
         assert run.name == f"{label}-lr{run.learning_rate:g}"
-        rate = run.flags[run.flags.index("--learning_rate") + 1]
-        assert float(rate) == run.learning_rate and rate == repr(
-            float(f"{run.learning_rate:.3g}")
-        )  # no 1.5000000000000002e-05
+        rate = run.values["learning_rate"]
+        assert rate == run.learning_rate and repr(rate) == repr(float(f"{rate:.3g}"))  # no 1.5000000000000002e-05
     assert list(swept) == ["full", "top_k:3", "lp_ft", "bitfit", "lora"]
     for spec, rates in swept.items():
         default = DEFAULT_LEARNING_RATES[modality][parse_strategy(spec)[0]]
@@ -195,19 +212,19 @@ def test_without_rates_each_strategy_sweeps_a_decade_around_its_own_default(moda
 
 
 def test_given_rates_cross_every_strategy_and_one_given_rate_is_shared():
-    crossed = plan_comparison(["full", "bitfit"], [1e-3, 1e-4], ["--learning_rate", "0.02"], "text")
+    crossed = plan_comparison(["full", "bitfit"], [1e-3, 1e-4], _config(["--learning_rate", "0.02"], "text"))
     assert [r.name for r in crossed] == ["full-lr0.001", "full-lr0.0001", "bitfit-lr0.001", "bitfit-lr0.0001"]
-    shared = plan_comparison(["full", "bitfit"], None, ["--learning-rate=0.02"], "image")
+    shared = plan_comparison(["full", "bitfit"], None, _config(["--learning-rate=0.02"], "image"))
     assert [r.name for r in shared] == ["full-lr0.02", "bitfit-lr0.02"]
-    assert shared[1].flags == ["--freeze_strategy", "bitfit", "--learning_rate", "0.02"]
+    assert shared[1].values == {"freeze_strategy": "bitfit", "learning_rate": 0.02}
 
 
 @pytest.mark.parametrize("rates", [None, [1e-3, 1e-4]])
 @pytest.mark.parametrize(("modality", "argv"), [("text", []), ("image", []), ("text", ["--learning_rate", "0.1"])])
 def test_a_solved_head_only_runs_once_without_a_rate(rates, modality, argv):
-    runs = plan_comparison(["head_only", "top_k:2"], rates, argv, modality)
+    runs = plan_comparison(["head_only", "top_k:2"], rates, _config(argv, modality))
     assert [r.name for r in runs if r.strategy == "head_only"] == ["head_only-lbfgs"]
-    assert runs[0].learning_rate is None and runs[0].flags == ["--freeze_strategy", "head_only"]
+    assert runs[0].learning_rate is None and runs[0].values == {"freeze_strategy": "head_only"}
     assert len(runs) == 1 + (len(rates) if rates else len(DEFAULT_LR_SWEEP) if not argv else 1)
 
 
@@ -226,17 +243,18 @@ def test_a_solved_head_only_runs_once_without_a_rate(rates, modality, argv):
     ],
 )
 def test_head_only_sweeps_where_the_trainer_trains_its_probe(modality, argv):
-    assert not probe_is_solved(argv, modality)
-    runs = plan_comparison(["head_only"], None, argv, modality)
+    assert not probe_is_solved(_config(argv, modality))
+    runs = plan_comparison(["head_only"], None, _config(argv, modality))
     default = DEFAULT_LEARNING_RATES[modality]["head_only"]
     assert [r.learning_rate for r in runs] == pytest.approx([default * f for f in DEFAULT_LR_SWEEP])
-    assert plan_comparison(["head_only"], [1e-3, 1e-2], argv, modality)[1].name == "head_only-lr0.01"
+    assert plan_comparison(["head_only"], [1e-3, 1e-2], _config(argv, modality))[1].name == "head_only-lr0.01"
 
 
 def test_head_only_trained_on_after_its_solved_head_sweeps():
     argv = ["--probe_train_rest", "true"]
-    assert probe_is_solved(argv, "text")  # the head is solved first, then the Trainer trains it on: that needs rates
-    assert [r.name for r in plan_comparison(["head_only"], [1e-3], argv, "text")] == ["head_only-lr0.001"]
+    # the head is solved first, then the Trainer trains it on: that needs rates
+    assert probe_is_solved(_config(argv, "text"))
+    assert [r.name for r in plan_comparison(["head_only"], [1e-3], _config(argv, "text"))] == ["head_only-lr0.001"]
 
 
 @pytest.mark.parametrize(
@@ -251,7 +269,7 @@ def test_head_only_trained_on_after_its_solved_head_sweeps():
     ],
 )
 def test_the_probe_is_solved_where_the_features_are_cached(modality, argv):
-    assert probe_is_solved(argv, modality)
+    assert probe_is_solved(_config(argv, modality))
 
 
 @pytest.mark.parametrize(
@@ -270,19 +288,20 @@ def test_the_probe_is_solved_where_the_features_are_cached(modality, argv):
     ],
 )
 def test_the_planned_solver_is_the_one_the_recipe_picks(argv, tmp_path):
-    """The comparison decides from the command line what the recipe decides from its arguments: the same answer."""
-    from warmstart.training import feature_cache_settings, probe_policy, start_recipe
+    """The comparison decides from the shared configuration what the run decides from its own: the same answer."""
+    from warmstart.tasks.classification import feature_cache_settings, probe_policy, start_classification
 
     base = ["--model_name_or_path", "test_resnet", "--freeze_strategy", "head_only", "--use_cpu", "true"]
-    args = start_recipe([*base, "--output_dir", str(tmp_path / "run"), *argv], "image")
-    solver = probe_policy(args, feature_cache_settings(args, "image", lambda batch: batch)).probe_solver
-    assert probe_is_solved(argv, "image") == (solver == "lbfgs")
+    config = parse_config([*base, "--output_dir", str(tmp_path / "run"), *argv], "image_classification").copy()
+    run = start_classification(config)
+    solver = probe_policy(config, run, feature_cache_settings(config, run, lambda batch: batch)).probe_solver
+    assert probe_is_solved(_config(argv, "image")) == (solver == "lbfgs")
 
 
 def test_lp_ft_gets_half_the_epochs_of_probing_only_from_the_trainer_probe():
     def probe_flags(argv, modality="text"):
-        flags = plan_comparison(["lp_ft"], [1e-3], argv, modality)[0].flags
-        return flags[flags.index("--probe_epochs") :] if "--probe_epochs" in flags else []
+        values = plan_comparison(["lp_ft"], [1e-3], _config(argv, modality))[0].values
+        return ["--probe_epochs", str(values["probe_epochs"])] if "probe_epochs" in values else []
 
     assert probe_flags(["--num_train_epochs", "4"]) == []  # solved: the whole run fine-tunes
     assert probe_flags(["--max_steps", "3"]) == []
@@ -291,7 +310,7 @@ def test_lp_ft_gets_half_the_epochs_of_probing_only_from_the_trainer_probe():
     assert probe_flags(["--hflip", "0.5", "--num_train_epochs", "2"], "image") == ["--probe_epochs", "1.0"]
     assert probe_flags(["--probe_solver", "trainer", "--probe_epochs", "1"]) == []  # the user's, passed on as given
     with pytest.raises(WarmstartError, match="lp_ft with --max_steps needs --probe_epochs"):
-        plan_comparison(["lp_ft"], None, ["--max_steps", "3", "--probe_solver", "trainer"], "text")
+        plan_comparison(["lp_ft"], None, _config(["--max_steps", "3", "--probe_solver", "trainer"], "text"))
 
 
 def test_a_sweep_needs_the_modality():
@@ -353,10 +372,10 @@ def test_rows_without_a_learning_rate_go_through_the_csv_table_plot_and_best(tmp
 def test_validation_counts_come_from_the_first_run_that_reported_them(tmp_path):
     runs = [tmp_path / name for name in ("a", "b", "c")]
     assert validation_class_counts(runs) is None
-    for run, support in zip(runs[1:], (7, 9)):
-        run.mkdir()
+    for run_dir, support in zip(runs[1:], (7, 9)):
+        run_dir.mkdir()
         report = {"x": {"support": support}, "y": {"support": 3}, "accuracy": 0.5, "weighted avg": {"support": 10}}
-        (run / "classification_report.json").write_text(json.dumps(report))
+        (run_dir / "classification_report.json").write_text(json.dumps(report))
     assert validation_class_counts(runs) == {"x": 7, "y": 3}
 
 
@@ -564,26 +583,27 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_when_asked(tiny_bert, te
         *("--precision", "fp32", "--group_by_length", "false", "--per_device_train_batch_size", "4"),
     ]
     shared = [a for a in shared if a not in ("--output_dir", str(tmp_path / "unused"), "--learning_rate", "1e-3")]
+    shared = parse_config(shared, "text_classification")
     straight = tmp_path / "straight"
-    run_comparison(runs, text_classification.main, shared, straight, progress=lambda line: None)
+    run_comparison(runs, shared, straight, progress=lambda line: None)
 
     out, calls, lines = tmp_path / "cmp", [], []
 
-    def crashing(argv, feature_store=None):
-        crash = [Crash()] if "full" in argv else []
-        return text_classification.main(argv, feature_store=feature_store, callbacks=crash)
+    def crashing(config, feature_store=None):
+        crash = [Crash()] if config.policy.strategy == "full" else []
+        return run_config(config, feature_store=feature_store, callbacks=crash)
 
     with pytest.raises(RuntimeError, match="killed"):
-        run_comparison(runs, crashing, shared, out, progress=lambda line: None)
+        run_comparison(runs, shared, out, progress=lambda line: None, runner=crashing)
     assert (out / "runs" / "full-lr0.01" / "checkpoint-4" / "trainer_state.json").is_file()
 
-    def recording(argv, feature_store=None):
-        calls.append(argv)
-        return text_classification.main(argv, feature_store=feature_store)
+    def recording(config, feature_store=None):
+        calls.append(config)
+        return run_config(config, feature_store=feature_store)
 
-    rows = run_comparison(runs, recording, shared, out, progress=lines.append, resume=True)
-    assert [argv[argv.index("--freeze_strategy") + 1] for argv in calls] == ["full"]
-    assert calls[0][-2:] == ["--resume_from_checkpoint", "auto"]
+    rows = run_comparison(runs, shared, out, progress=lines.append, resume=True, runner=recording)
+    assert [config.policy.strategy for config in calls] == ["full"]
+    assert calls[0].training.resume_from_checkpoint == "auto"
     assert "full-lr0.01: interrupted earlier, resuming from its last checkpoint ..." in lines[1]
     state = json.loads((out / "runs" / "full-lr0.01" / "trainer_state.json").read_text())
     assert [e["step"] for e in state["log_history"] if "loss" in e][0] > 4  # nothing before the checkpoint again
@@ -596,6 +616,6 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_when_asked(tiny_bert, te
     # the same interruption without resume: trained again from the start, in its own folder
     (out / "runs" / "full-lr0.01" / ROW_FILE).unlink()
     calls.clear()
-    run_comparison(runs, recording, shared, out, progress=lines.append)
-    assert calls[0][-2:] == ["--overwrite_output_dir", "true"]
+    run_comparison(runs, shared, out, progress=lines.append, runner=recording)
+    assert calls[0].model.overwrite_output_dir and calls[0].training.resume_from_checkpoint is None
     assert "full-lr0.01: interrupted earlier, trained again from the start" in lines[-3]

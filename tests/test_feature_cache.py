@@ -17,8 +17,9 @@ from conftest import tiny_text_config, trainer_flags
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from warmstart import CacheSettings, backbone_features, cache_features, head_model, image_collate
-from warmstart.feature_cache import CACHE_DIR_NAME, CacheDeclined, head_inputs
+from warmstart import backbone_features, cache_features
+from warmstart.data import image_collate
+from warmstart.feature_cache import CACHE_DIR_NAME, CacheDeclined, CacheSettings, head_inputs, head_model
 from warmstart.freezing import TEXT_LAYOUTS
 from warmstart.models import wrap_timm_model
 

@@ -11,7 +11,8 @@ import torch
 import transformers
 from conftest import tiny_bert_classifier, tiny_text_config, train_steps
 
-from warmstart import TEXT_LAYOUTS, FreezePolicy, WarmstartError, apply_freeze_policy, describe_blocks
+from warmstart import FreezePolicy, WarmstartError, apply_freeze_policy, describe_blocks
+from warmstart.freezing import TEXT_LAYOUTS
 from warmstart.models import load_image_model
 
 

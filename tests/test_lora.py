@@ -17,9 +17,10 @@ from conftest import tiny_bert_classifier, tiny_text_config, train_steps, withou
 from safetensors import safe_open
 from torch import nn
 
-from warmstart import TEXT_LAYOUTS, FreezePolicy, WarmstartError, describe_blocks
+from warmstart import FreezePolicy, WarmstartError, describe_blocks
 from warmstart.data import image_transforms
 from warmstart.export import save_image_model, save_text_model
+from warmstart.freezing import TEXT_LAYOUTS
 from warmstart.lora import (
     TEXT_LORA_TARGETS,
     apply_lora,

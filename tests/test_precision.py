@@ -20,8 +20,8 @@ from torch import nn
 from transformers import Trainer, TrainingArguments, set_seed
 
 import warmstart.precision
-from warmstart import DataArguments, ModelArguments, PerformanceArguments, WarmstartError, parse_args
-from warmstart.arguments import to_plain
+from warmstart import DataArguments, ModelArguments, PerformanceArguments, WarmstartError
+from warmstart.config import parse_args, parse_config, to_plain
 from warmstart.export import check_output_dir, write_resolved_config
 from warmstart.precision import (
     PENDING,
@@ -34,7 +34,7 @@ from warmstart.precision import (
     time_memory_formats,
 )
 from warmstart.step_timing import StepSetup, example_inputs, time_training_steps
-from warmstart.training import apply_devices, start_recipe
+from warmstart.tasks.classification import apply_devices, start_classification
 
 AVX2 = {"fpu", "avx2", "fma", "avx512f"}
 AVX512_BF16 = AVX2 | {"avx512_bf16"}
@@ -240,7 +240,7 @@ def test_torch_compile_passes_through(tmp_path):
 def test_the_run_config_records_the_choice_and_a_rerun_ignores_the_evidence(tmp_path, tiny_bert, monkeypatch):
     monkeypatch.setattr(warmstart.precision, "cpu_flags", lambda cpuinfo=None: set(AVX2))
     argv = ["--model_name_or_path", str(tiny_bert), "--train_file", "train.csv", "--output_dir", str(tmp_path)]
-    run = start_recipe([*argv, "--report_to", "none", "--use_cpu", "true"], "text").run
+    run = start_classification(parse_config([*argv, "--report_to", "none", "--use_cpu", "true"]).copy())
     performance = run.config["performance"]
     assert performance["resolved_precision"] == "fp32"
     assert "native bf16 flags: none" in performance["precision_evidence"]
@@ -636,10 +636,11 @@ def test_a_recipe_records_the_timed_precision_and_a_rerun_is_still_recognised(tm
     monkeypatch.setattr(warmstart.precision, "time_training_steps", lambda *a, **k: {"fp32": 0.3, "bf16": 0.1})
     argv = ["--model_name_or_path", str(tiny_bert), "--train_file", "train.csv", "--output_dir", str(tmp_path)]
     argv += ["--report_to", "none", "--use_cpu", "true", "--max_seq_length", "24"]
-    args = start_recipe(argv, "text")
-    assert args.run.config["precision"] == "no" and args.performance.resolved_precision == PENDING
-    apply_devices(args, tiny_bert_classifier(), "text")
-    config = args.run.config
+    args = parse_config(argv, "text_classification").copy()
+    run = start_classification(args)
+    assert run.config["precision"] == "no" and args.performance.resolved_precision == PENDING
+    apply_devices(args, run, tiny_bert_classifier())
+    config = run.config
     assert config["precision"] == "bf16" and args.training.bf16
     assert config["device_settings"][0].startswith(
         "precision: bf16 (auto on the CPU (native bf16 flags: avx512_bf16): training step of 8x24 tokens: fp32 300 ms"
@@ -648,7 +649,7 @@ def test_a_recipe_records_the_timed_precision_and_a_rerun_is_still_recognised(tm
 
     (tmp_path / "model.safetensors").write_bytes(b"")
     write_resolved_config(tmp_path, config)
-    start_recipe(argv, "text")  # the same command again: recognised, whichever way its timing goes
+    start_classification(parse_config(argv, "text_classification").copy())  # the same command again: recognised
 
 
 # ------------------------------------------------------------------------------------------ bf16 matches fp32

@@ -33,7 +33,8 @@ from conftest import (
 from PIL import Image
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from warmstart import image_transforms, run_cli
+from warmstart import run_cli
+from warmstart.data import image_transforms
 from warmstart.errors import WarmstartError
 from warmstart.prediction import (
     load_predictor,

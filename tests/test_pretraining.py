@@ -29,6 +29,7 @@ from safetensors.torch import load_file
 from transformers import AutoModel, AutoModelForImageClassification, AutoModelForMaskedLM, AutoTokenizer
 from transformers import pipeline as hf_pipeline
 
+import warmstart.tasks.classification as classification_task
 from warmstart import WarmstartError
 from warmstart.mlm import MlmArguments, MlmCollator, tokenize_corpus
 
@@ -75,16 +76,16 @@ def text_rows(n: int, seed: int, labels=("pos", "neg")) -> list[tuple[str, str]]
     return rows
 
 
-def step_zero_weights(monkeypatch, recipe) -> dict:
-    """Records the model's weights as the recipe hands it to training (before any step)."""
+def step_zero_weights(monkeypatch) -> dict:
+    """Records the model's weights as the classification task hands it to training (before any step)."""
     seen = {}
-    original = recipe.train_evaluate_save
+    original = classification_task.train_classifier
 
     def record(run, *, tuning, **kwargs):
         seen.update({k: v.detach().clone() for k, v in tuning.model.state_dict().items()})
         return original(run, tuning=tuning, **kwargs)
 
-    monkeypatch.setattr(recipe, "train_evaluate_save", record)
+    monkeypatch.setattr(classification_task, "train_classifier", record)
     return seen
 
 
@@ -218,7 +219,7 @@ def test_classifier_from_mlm_output_starts_from_every_pretrained_weight(bert_dir
         original["encoder.layer.0.attention.self.query.weight"],
     )
 
-    seen = step_zero_weights(monkeypatch, text_classification)
+    seen = step_zero_weights(monkeypatch)
     train = write_text_csv(tmp_path / "train.csv", text_rows(24, 1))
     text_classification.main(
         ["--model_name_or_path", str(pretrained), "--train_file", str(train)] + trainer_flags(tmp_path / "cls")
@@ -388,7 +389,7 @@ def test_three_link_chain_pretrain_source_target(tmp_path, monkeypatch):
     run_autoencoder(["--train_dir", str(write_unlabeled_images(tmp_path / "unlabeled", 16, 0))], pretrained)
     encoder = load_file(pretrained / "model.safetensors")
 
-    seen = step_zero_weights(monkeypatch, image_classification)
+    seen = step_zero_weights(monkeypatch)
     colors = labeled_images(
         tmp_path / "colors", {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}, 6, 0
     )
@@ -433,7 +434,7 @@ def test_same_labels_keep_the_head_unless_reset_head(tmp_path, monkeypatch):
         + trainer_flags(first)
     )
     head = load_file(first / "model.safetensors")["fc.weight"]
-    seen = step_zero_weights(monkeypatch, image_classification)
+    seen = step_zero_weights(monkeypatch)
     for flag, kept in (([], True), (["--reset_head"], False)):
         seen.clear()
         image_classification.main(
@@ -450,7 +451,7 @@ def test_text_chain_keeps_the_head_for_same_labels_unless_reset(bert_dir, tmp_pa
         ["--model_name_or_path", str(bert_dir), "--train_file", str(train)] + trainer_flags(first)
     )
     head = load_file(first / "model.safetensors")["classifier.weight"]
-    seen = step_zero_weights(monkeypatch, text_classification)
+    seen = step_zero_weights(monkeypatch)
     for flag, kept in (([], True), (["--reset_head"], False)):
         seen.clear()
         text_classification.main(

@@ -223,7 +223,7 @@ def test_lp_ft_fine_tunes_from_the_solved_probe(tmp_path, tiny_bert, text_files)
 
 
 def test_the_default_learning_rate_is_the_strategys_own(tmp_path, tiny_bert, text_files):
-    from warmstart.freezing import default_learning_rate
+    from warmstart.policy import default_learning_rate
 
     flags = [f for f in trainer_flags(tmp_path / "x") if f not in ("--learning_rate", "1e-3")]
 

@@ -1,4 +1,4 @@
-"""Tests for the offline quick-start assets in ``warmstart.quickstart``."""
+"""Tests for the offline quick-start assets in ``warmstart.quickstart`` and ``warmstart.data.digits``."""
 
 import hashlib
 import os
@@ -15,7 +15,8 @@ from PIL import Image
 from sklearn.datasets import load_digits, load_sample_image
 from timm.data import ImageNetInfo, create_transform, resolve_data_config
 
-from warmstart.quickstart import digits_image_dataset, load_efficientnet_lite0_imagenet
+from warmstart.data.digits import digits_image_dataset
+from warmstart.quickstart import load_efficientnet_lite0_imagenet
 
 _IMAGENET_INFO = ImageNetInfo()
 IMAGENET_NAMES = [_IMAGENET_INFO.index_to_description(i).split(",")[0] for i in range(1000)]

@@ -137,7 +137,8 @@ def test_text_recipe_learns_the_task(tiny_bert, text_files, tmp_path):
 def test_text_batches_are_padded_per_batch_not_to_max_length(tiny_bert, text_files, tmp_path):
     from datasets import load_dataset
 
-    from warmstart import load_text_model, tokenize_splits
+    from warmstart import load_text_model
+    from warmstart.data import tokenize_splits
 
     splits = load_dataset("csv", data_files={"train": str(text_files["train"])})
     splits = splits.rename_column("label", "labels").class_encode_column("labels")
@@ -482,7 +483,8 @@ def _mixed_length_split(tiny_bert, n=96):
 
     from datasets import ClassLabel, Dataset, DatasetDict
 
-    from warmstart import load_text_model, tokenize_splits
+    from warmstart import load_text_model
+    from warmstart.data import tokenize_splits
 
     rng = random.Random(0)
     words = ["good", "bad", "the", "movie", "was", "really", "plot", "and"]
@@ -505,7 +507,8 @@ def test_lengths_are_computed_once_and_evaluation_is_sorted(tiny_bert):
 def _padding_per_epoch(splits, tokenizer, model_dir, tmp_path, strategy, multiple=None):
     from transformers import Trainer, TrainingArguments
 
-    from warmstart import TextCollator, load_text_model
+    from warmstart import load_text_model
+    from warmstart.data import TextCollator
 
     model, _ = load_text_model(str(model_dir), ["neg", "pos"])
     args = TrainingArguments(

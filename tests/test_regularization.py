@@ -21,7 +21,7 @@ from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
 from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
-from warmstart.arguments import RegularizationArguments
+from warmstart.config import RegularizationArguments
 from warmstart.data import (
     attach_image_transforms,
     encode_labels,

@@ -12,6 +12,7 @@ import torch
 from conftest import text_data_flags, trainer_flags
 from transformers import AutoModelForSequenceClassification, TrainerControl, TrainerState, TrainingArguments
 
+import warmstart.tasks.text_classification as text_task
 from warmstart import WarmstartError
 from warmstart.run_folder import checkpoints
 from warmstart.training import STAGING_DIR, StopOnNonFiniteLoss, resume_point
@@ -30,7 +31,7 @@ def test_a_failure_while_saving_leaves_the_previous_model_whole(tiny_bert, text_
         (Path(output_dir) / "model.safetensors").write_bytes(b"\0" * 100)
         raise OSError("disk full")
 
-    monkeypatch.setattr(text_classification, "save_text_model", lambda m, t, d: half_written(m, d))
+    monkeypatch.setattr(text_task, "save_text_model", lambda m, t, d: half_written(m, d))
     with pytest.raises(OSError, match="disk full"):
         text_classification.main(
             [*text_data_flags(tiny_bert, text_files), *trainer_flags(out, "--learning_rate", "0.5")]

@@ -21,7 +21,8 @@ from conftest import image_data_flags, text_data_flags, torchrun_command, traine
 from transformers import TrainerControl, TrainerState
 
 from warmstart import WarmstartError
-from warmstart.search import PruneOnEvaluation, argv_as_mapping
+from warmstart.config import argv_as_mapping
+from warmstart.search import PruneOnEvaluation
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "recipes"))

@@ -1,5 +1,10 @@
 """warmstart: fine-tune pretrained timm and BERT-family backbones with a chosen freezing strategy.
 
+A run is a value: :func:`parse_config` reads one (a command line, a YAML file or a mapping) into a :class:`RunConfig`,
+:func:`run` executes it, and the drivers (:func:`compare_strategies`, :func:`run_search`, :func:`run_chain`) run
+variants of it. The policy (:class:`FreezePolicy`) applies to any supported model on its own
+(:func:`apply_freeze_policy`, :func:`prepare_fine_tuning` for a ``Trainer`` of your own).
+
 Names are resolved lazily (PEP 562): ``import warmstart`` imports no deep-learning library, and ``from warmstart
 import FreezePolicy`` imports only the module that defines it (and what that module needs). Type checkers and IDEs
 read the imports under ``TYPE_CHECKING`` below; ``py.typed`` ships with the package.
@@ -18,150 +23,76 @@ except PackageNotFoundError:  # a source tree that was never installed
 
 # module -> the names it exports here; the TYPE_CHECKING imports below list the same (a test checks they agree)
 _EXPORTS: dict[str, tuple[str, ...]] = {
-    "arguments": (
-        "DataArguments",
-        "FreezeArguments",
-        "ModelArguments",
-        "PerformanceArguments",
-        "RegularizationArguments",
-        "UnlabeledDataArguments",
-        "parse_args",
-    ),
-    "autoencoder": (
-        "AutoencoderArguments",
-        "ImageAutoencoder",
-        "build_image_autoencoder",
-        "save_image_encoder",
-        "save_reconstruction_grid",
-        "spatial_features",
-    ),
     "chain": (
-        "Chain",
         "load_chain",
         "run_chain",
     ),
     "comparison": (
-        "ComparisonArguments",
-        "best_row",
-        "plan_runs",
+        "compare_strategies",
+        "parse_comparison",
+        "plan_comparison",
         "run_comparison",
-        "write_comparison",
+    ),
+    "config": (
+        "DataArguments",
+        "ModelArguments",
+        "PerformanceArguments",
+        "RegularizationArguments",
+        "RunConfig",
+        "parse_config",
     ),
     "data": (
-        "TextCollator",
-        "attach_image_transforms",
-        "check_images",
-        "encode_labels",
-        "image_collate",
-        "image_transforms",
+        "load_image",
         "load_labeled_splits",
-        "load_raw_splits",
         "load_unlabeled_splits",
-        "make_validation_split",
-        "resolve_image_column",
-        "resolve_text_columns",
-        "tokenize_splits",
     ),
     "errors": (
         "WarmstartError",
         "run_cli",
     ),
     "export": (
-        "check_output_dir",
         "save_image_model",
         "save_text_model",
         "write_model_card",
     ),
     "feature_cache": (
-        "CachedRun",
-        "CacheSettings",
-        "FeatureTable",
         "backbone_features",
         "cache_features",
-        "head_model",
     ),
     "fine_tuning": (
         "FineTuning",
-        "UnfreezeSchedule",
-        "build_param_groups",
         "prepare_fine_tuning",
     ),
     "freezing": (
-        "STRATEGIES",
-        "TEXT_LAYOUTS",
         "BlockLayout",
-        "FreezePolicy",
         "FreezeReport",
         "apply_freeze_policy",
-        "default_learning_rate",
         "describe_blocks",
-    ),
-    "lineage": (
-        "finish_lineage",
-        "lineage_markdown",
-        "start_lineage",
     ),
     "metrics": (
         "classification_metrics",
         "compute_metrics",
-        "roc_auc",
-    ),
-    "mlm": (
-        "MlmArguments",
-        "load_mlm_model",
-        "save_mlm_model",
     ),
     "models": (
-        "keeps_head",
         "load_image_model",
         "load_text_model",
         "load_timm_backbone",
     ),
-    "precision": (
-        "DeviceFacts",
-        "PrecisionChoice",
-        "apply_device_settings",
-        "check_precision",
-        "choose_precision",
-        "cpu_has_native_bf16",
+    "policy": (
+        "STRATEGIES",
+        "STRATEGY_SPECS",
+        "FreezePolicy",
+        "StrategySpec",
+        "default_learning_rate",
     ),
     "prediction": (
-        "PredictionArguments",
-        "PredictionInput",
         "Predictor",
         "load_predictor",
         "predict",
-        "predict_batches",
-        "read_prediction_input",
-        "write_predictions",
     ),
-    "probe": (
-        "ProbeFit",
-        "ProbeUnsolvable",
-        "fit_logistic_regression",
-        "solve_head",
-    ),
-    "report": (
-        "EvaluationReport",
-        "write_comparison_plot",
-        "write_evaluation_report",
-    ),
-    "training": (
-        "PretrainingArguments",
-        "ProbeOptions",
-        "RecipeArguments",
-        "Run",
-        "apply_devices",
-        "feature_cache_settings",
-        "pretrain_evaluate_save",
-        "probe_policy",
-        "push_output_dir",
-        "search_or_none",
-        "start_pretraining",
-        "start_recipe",
-        "start_run",
-        "train_evaluate_save",
-    ),
+    "probe": ("solve_head",),
+    "search": ("run_search",),
+    "tasks": ("run",),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)
@@ -182,98 +113,26 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from warmstart.arguments import (
+    from warmstart.chain import load_chain, run_chain
+    from warmstart.comparison import compare_strategies, parse_comparison, plan_comparison, run_comparison
+    from warmstart.config import (
         DataArguments,
-        FreezeArguments,
         ModelArguments,
         PerformanceArguments,
         RegularizationArguments,
-        UnlabeledDataArguments,
-        parse_args,
+        RunConfig,
+        parse_config,
     )
-    from warmstart.autoencoder import (
-        AutoencoderArguments,
-        ImageAutoencoder,
-        build_image_autoencoder,
-        save_image_encoder,
-        save_reconstruction_grid,
-        spatial_features,
-    )
-    from warmstart.chain import Chain, load_chain, run_chain
-    from warmstart.comparison import ComparisonArguments, best_row, plan_runs, run_comparison, write_comparison
-    from warmstart.data import (
-        TextCollator,
-        attach_image_transforms,
-        check_images,
-        encode_labels,
-        image_collate,
-        image_transforms,
-        load_labeled_splits,
-        load_raw_splits,
-        load_unlabeled_splits,
-        make_validation_split,
-        resolve_image_column,
-        resolve_text_columns,
-        tokenize_splits,
-    )
+    from warmstart.data import load_image, load_labeled_splits, load_unlabeled_splits
     from warmstart.errors import WarmstartError, run_cli
-    from warmstart.export import check_output_dir, save_image_model, save_text_model, write_model_card
-    from warmstart.feature_cache import (
-        CachedRun,
-        CacheSettings,
-        FeatureTable,
-        backbone_features,
-        cache_features,
-        head_model,
-    )
-    from warmstart.fine_tuning import FineTuning, UnfreezeSchedule, build_param_groups, prepare_fine_tuning
-    from warmstart.freezing import (
-        STRATEGIES,
-        TEXT_LAYOUTS,
-        BlockLayout,
-        FreezePolicy,
-        FreezeReport,
-        apply_freeze_policy,
-        default_learning_rate,
-        describe_blocks,
-    )
-    from warmstart.lineage import finish_lineage, lineage_markdown, start_lineage
-    from warmstart.metrics import classification_metrics, compute_metrics, roc_auc
-    from warmstart.mlm import MlmArguments, load_mlm_model, save_mlm_model
-    from warmstart.models import keeps_head, load_image_model, load_text_model, load_timm_backbone
-    from warmstart.precision import (
-        DeviceFacts,
-        PrecisionChoice,
-        apply_device_settings,
-        check_precision,
-        choose_precision,
-        cpu_has_native_bf16,
-    )
-    from warmstart.prediction import (
-        PredictionArguments,
-        PredictionInput,
-        Predictor,
-        load_predictor,
-        predict,
-        predict_batches,
-        read_prediction_input,
-        write_predictions,
-    )
-    from warmstart.probe import ProbeFit, ProbeUnsolvable, fit_logistic_regression, solve_head
-    from warmstart.report import EvaluationReport, write_comparison_plot, write_evaluation_report
-    from warmstart.training import (
-        PretrainingArguments,
-        ProbeOptions,
-        RecipeArguments,
-        Run,
-        apply_devices,
-        feature_cache_settings,
-        pretrain_evaluate_save,
-        probe_policy,
-        push_output_dir,
-        search_or_none,
-        start_pretraining,
-        start_recipe,
-        start_run,
-        train_evaluate_save,
-    )
+    from warmstart.export import save_image_model, save_text_model, write_model_card
+    from warmstart.feature_cache import backbone_features, cache_features
+    from warmstart.fine_tuning import FineTuning, prepare_fine_tuning
+    from warmstart.freezing import BlockLayout, FreezeReport, apply_freeze_policy, describe_blocks
+    from warmstart.metrics import classification_metrics, compute_metrics
+    from warmstart.models import load_image_model, load_text_model, load_timm_backbone
+    from warmstart.policy import STRATEGIES, STRATEGY_SPECS, FreezePolicy, StrategySpec, default_learning_rate
+    from warmstart.prediction import Predictor, load_predictor, predict
+    from warmstart.probe import solve_head
+    from warmstart.search import run_search
+    from warmstart.tasks import run

@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +25,11 @@ from torch import nn
 from torchvision.utils import make_grid
 from transformers.utils import ModelOutput
 
+from warmstart.config.objectives import AutoencoderArguments
 from warmstart.errors import WarmstartError
 from warmstart.export import contiguous_state, save_timm_for_hub
 
 __all__ = [
-    "AutoencoderArguments",
     "AutoencoderOutput",
     "ConvDecoder",
     "ImageAutoencoder",
@@ -49,49 +49,6 @@ _EVAL_MASK_SEED = 0
 _GRID_PADDING = 2
 # Masked patches in the grid's masked-input row are shown in this grey (0..1).
 _MASKED_GREY = 0.5
-
-
-@dataclass
-class AutoencoderArguments:
-    """Command-line settings of autoencoder pretraining (see each field's help)."""
-
-    mask_ratio: float = field(
-        default=0.0,
-        metadata={
-            "help": "Fraction of input patches masked (0: a plain autoencoder; e.g. 0.6: masked image modelling, the "
-            "loss on masked pixels only)."
-        },
-    )
-    mask_patch_size: int | None = field(
-        default=None,
-        metadata={
-            "help": "Side of a masked square in pixels; it must divide the image size (default: the encoder's "
-            "reduction, at most a quarter of the image)."
-        },
-    )
-    decoder_channels: int = field(
-        default=256, metadata={"help": "Width of the decoder's first stage; each later stage halves it, down to 32."}
-    )
-    num_reconstructions: int = field(
-        default=8, metadata={"help": "Validation images shown, with their reconstructions, in reconstructions.png."}
-    )
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.mask_ratio < 1.0:
-            raise WarmstartError(f"--mask_ratio must be in [0, 1), got {self.mask_ratio}")
-        for name in ("mask_patch_size", "decoder_channels", "num_reconstructions"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise WarmstartError(f"--{name} must be a positive integer, got {value}")
-
-    def describe(self, mask_patch_size: int) -> str:
-        """The objective for the model card and lineage (``mask_patch_size``: the one the model uses)."""
-        if self.mask_ratio == 0:
-            return "autoencoder, MSE reconstruction of the whole image"
-        return (
-            f"masked autoencoder, {self.mask_ratio:.0%} of {mask_patch_size}x{mask_patch_size}-pixel patches masked "
-            "(zeroed in the input), MSE on the masked pixels"
-        )
 
 
 @dataclass

@@ -6,7 +6,7 @@ A chain file::
     output_dir: outputs/digits_chain     # link <name> writes to <output_dir>/<name>
     links:
       - name: pretrain
-        recipe: pretrain_autoencoder     # recipes/<recipe>.py
+        recipe: pretrain_autoencoder     # recipes/<recipe>.py (the task it runs)
         args: {model_name_or_path: resnet10t, random_init: true, train_file: data/unlabeled.parquet}
       - name: head_only
         recipe: image_classification
@@ -32,9 +32,12 @@ from typing import Any
 
 import yaml
 
-from warmstart.arguments import mapping_to_argv
+from warmstart.config import TASKS, parse_config
+from warmstart.data.digits import digits_data_step
 from warmstart.distributed import barrier, is_main_process
 from warmstart.errors import WarmstartError
+from warmstart.search import run_search
+from warmstart.tasks import run
 
 logger = logging.getLogger(__name__)
 
@@ -129,21 +132,52 @@ def _summary_metric(results: dict[str, Any]) -> tuple[str, float] | None:
     return None
 
 
+# links that prepare data rather than train: their recipe's name and the function that runs them on the link's args
+STEPS: dict[str, Callable[..., Any]] = {"digits_data": digits_data_step}
+
+
+def run_link(recipe: str, args: dict[str, Any]) -> Any:
+    """Runs one run of a link: a step (:data:`STEPS`) on its arguments, or a task's run, the arguments parsed as the
+    task's configuration (as a config file is), then :func:`warmstart.run`, or the search they ask for.
+
+    Raises:
+        WarmstartError: an argument the step or the task does not take, or what the run refuses.
+    """
+    if recipe in STEPS:
+        try:
+            return STEPS[recipe](**args)
+        except TypeError as err:
+            raise WarmstartError(f"the {recipe} step of the chain: {err}") from None
+    config = parse_config(args, recipe)
+    return run_search(config) if config.searching else run(config)
+
+
+def check_recipe(recipe: str) -> None:
+    """Refuses a link's ``recipe`` that is neither a step nor a task's.
+
+    Raises:
+        WarmstartError: the recipe is unknown, with the known ones.
+    """
+    if recipe in STEPS or any(recipe in (task.name, task.recipe) for task in TASKS.values()):
+        return
+    known = ", ".join([*(task.recipe for task in TASKS.values()), *STEPS])
+    raise WarmstartError(f"unknown recipe {recipe!r} in the chain: use one of {known}")
+
+
 def run_chain(
     chain: Chain,
-    recipe: Callable[[str], Callable[[Sequence[str]], Any]],
     *,
     only: Sequence[str] | None = None,
+    runner: Callable[[str, dict[str, Any]], Any] = run_link,
 ) -> list[dict[str, Any]]:
-    """Runs the links in order, each recipe in this process, and writes ``chain_results.json`` and
-    ``chain_results.md`` (link, recipe, metric: mean and per seed, wall time) into the chain's output directory.
-    Under a multi-process launch every process runs every link (each recipe a multi-process run), and the main
-    process writes.
+    """Runs the links in order, in this process, and writes ``chain_results.json`` and ``chain_results.md`` (link,
+    recipe, metric: mean and per seed, wall time) into the chain's output directory. Under a multi-process launch
+    every process runs every link (each a multi-process run), and the main process writes.
 
     Args:
         chain: from :func:`load_chain`.
-        recipe: gives a recipe's ``main`` by its name.
         only: run just these links (the others must have run before: their outputs are used as they are).
+        runner: runs one run of a link, given its recipe and arguments (:func:`run_link`).
 
     Returns:
         One summary row per link run.
@@ -151,14 +185,15 @@ def run_chain(
     outputs = {"output_dir": chain.output_dir}
     # every recipe is looked up before the first link runs: an unknown one in a late link must not cost the
     # earlier links' runs (nor leave their outputs behind)
-    mains = {link.name: recipe(link.recipe) for link in chain.links if not only or link.name in only}
+    for link in chain.links:
+        if not only or link.name in only:
+            check_recipe(link.recipe)
     rows = []
     for link in chain.links:
         one_seed = link.seeds is not None and len(link.seeds) == 1  # a later {name} is that one run's output
         outputs[link.name] = chain.output_dir / (f"{link.name}-seed{link.seeds[0]}" if one_seed else link.name)
         if only and link.name not in only:
             continue
-        main = mains[link.name]
         per_seed: list[float] = []
         metric = None
         started = time.perf_counter()
@@ -169,7 +204,7 @@ def run_chain(
                 args["seed"] = seed
             args["output_dir"] = str(out)
             logger.warning("chain: %s (%s)%s", link.name, link.recipe, f", seed {seed}" if seed is not None else "")
-            results = main(mapping_to_argv(args))
+            results = runner(link.recipe, args)
             barrier()  # under torchrun: the next link reads this one's output only once it is written
             found = _summary_metric(results) if isinstance(results, dict) else None
             if found is not None:

@@ -18,7 +18,6 @@ probe of ``lp_ft``) share one feature cache: the backbone runs once for all of t
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import importlib.util
@@ -35,11 +34,23 @@ from typing import Any
 
 import torch
 
-from warmstart.arguments import CliParser, underscored
-from warmstart.distributed import barrier, broadcast_from_main, is_main_process
+from warmstart.config import (
+    CliParser,
+    RunConfig,
+    argv_as_mapping,
+    mapping_to_argv,
+    parse_config,
+    read_config_file,
+    starts_with_config_file,
+    to_plain,
+    underscored,
+)
+from warmstart.distributed import barrier, broadcast_from_main, ensure_process_group, is_main_process
 from warmstart.errors import WarmstartError
-from warmstart.export import copy_run_output, markdown_table
-from warmstart.freezing import DEFAULT_LR_SWEEP, STRATEGIES, default_learning_rate
+from warmstart.export import comparable_config, copy_run_output, markdown_table, refuse_foreign_model
+from warmstart.policy import DEFAULT_LR_SWEEP, STRATEGIES, default_learning_rate
+from warmstart.tasks import run
+from warmstart.tasks.classification import feature_cache_refusal
 
 logger = logging.getLogger(__name__)
 
@@ -103,13 +114,14 @@ def default_strategies() -> list[str]:
 
 @dataclass
 class PlannedRun:
-    """One strategy at one learning rate: its name (its folder under ``runs/``) and the recipe flags it adds.
-    ``learning_rate`` is ``None`` for a run that uses none (``head_only`` with the solved probe)."""
+    """One strategy at one learning rate: its name (its folder under ``runs/``) and the arguments it changes in the
+    comparison's configuration, by flag name. ``learning_rate`` is ``None`` for a run that uses none (``head_only``
+    with the solved probe)."""
 
     name: str
     strategy: str
     learning_rate: float | None
-    flags: list[str]
+    values: dict[str, Any]
 
 
 def plan_runs(
@@ -128,8 +140,8 @@ def plan_runs(
             :data:`~warmstart.freezing.DEFAULT_LR_SWEEP` (rounded to 3 significant digits).
         modality: ``image`` or ``text``, whose default rates a sweep uses (needed without ``learning_rates``).
         solved_head: ``head_only`` fits its head without a learning rate (see :func:`probe_is_solved`): it runs once,
-            as ``head_only-lbfgs``, with no ``--learning_rate``.
-        lp_ft_probe_epochs: added to the lp_ft runs as ``--probe_epochs``.
+            as ``head_only-lbfgs``, with no learning rate.
+        lp_ft_probe_epochs: the lp_ft runs' ``probe_epochs``.
 
     Returns:
         The runs, named ``<strategy>-lr<rate>`` (``top_k3-lr0.001``).
@@ -147,11 +159,11 @@ def plan_runs(
     for spec in strategies:
         name, k = parse_strategy(spec)
         label = f"{name}{k}" if k else name
-        extra = ["--unfreeze_top_k", str(k)] if k else []
+        extra: dict[str, Any] = {"unfreeze_top_k": k} if k else {}
         if name == "lp_ft" and lp_ft_probe_epochs is not None:
-            extra += ["--probe_epochs", repr(float(lp_ft_probe_epochs))]
+            extra["probe_epochs"] = float(lp_ft_probe_epochs)
         if name == "head_only" and solved_head:
-            runs.append(PlannedRun(f"{label}-lbfgs", spec, None, ["--freeze_strategy", name, *extra]))
+            runs.append(PlannedRun(f"{label}-lbfgs", spec, None, {"freeze_strategy": name, **extra}))
             continue
         if learning_rates is None:
             default = default_learning_rate(name, modality)
@@ -160,54 +172,36 @@ def plan_runs(
         else:
             rates = [float(lr) for lr in learning_rates]
         for lr in rates:
-            flags = ["--freeze_strategy", name, "--learning_rate", repr(lr), *extra]
-            runs.append(PlannedRun(f"{label}-lr{lr:g}", spec, lr, flags))
+            runs.append(
+                PlannedRun(f"{label}-lr{lr:g}", spec, lr, {"freeze_strategy": name, "learning_rate": lr, **extra})
+            )
     if len({run.name for run in runs}) != len(runs):
         raise WarmstartError("--strategies / --learning_rates name the same run twice: give each once")
     return runs
 
 
-def probe_is_solved(recipe_argv: Sequence[str], modality: str) -> bool:
-    """Whether the head of ``head_only`` runs and the probe of ``lp_ft`` runs will be solved (L-BFGS logistic
-    regression on the cached backbone features, no learning rate or epochs) rather than trained by the Trainer.
-
-    The rule of :func:`warmstart.training.feature_cache_settings` and :func:`warmstart.training.probe_policy`, read
-    from the recipe arguments the runs share: solved unless ``--probe_solver trainer`` is given, the features are
-    not cached (``--cache_features false``), or (images) augmentation that turns the cache off was asked for
-    (``--hflip`` > 0, ``--random_crop_scale``, ``--auto_augment`` other than none, ``--random_erasing`` > 0,
-    ``--mixup_alpha`` / ``--cutmix_alpha`` > 0).
-
-    Args:
-        recipe_argv: the recipe arguments of the comparison (a config file already expanded into flags).
-        modality: ``image`` or ``text``.
+def probe_is_solved(config: RunConfig) -> bool:
+    """Whether the head of ``head_only`` runs and the probe of ``lp_ft`` runs made from ``config`` will be solved
+    (L-BFGS logistic regression on the cached backbone features, no learning rate or epochs) rather than trained by
+    the Trainer: the features are cached (:func:`warmstart.tasks.classification.feature_cache_refusal`, the rule the
+    runs themselves follow) and ``--probe_solver trainer`` is not given.
 
     Example:
-        >>> probe_is_solved(["--hflip", "0.5"], "image"), probe_is_solved(["--hflip", "0.5"], "text")
-        (False, True)
+        >>> probe_is_solved(parse_config([*flags, "--hflip", "0.5"], "image_classification"))
+        False
     """
-    values = _recipe_values(recipe_argv)
-    if values.probe_solver == "trainer" or not _true(values.cache_features):
+    if config.policy.probe_solver == "trainer":
         return False
-    if modality != "image":
-        return True
-    augmented = (
-        (values.hflip or 0) > 0
-        or values.random_crop_scale is not None
-        or (values.auto_augment or "none").lower() != "none"
-        or values.random_erasing > 0
-        or values.mixup_alpha > 0
-        or values.cutmix_alpha > 0
-    )
-    return not augmented
+    return feature_cache_refusal(config.with_values(freeze_strategy="head_only", probe_train_rest=False)) is None
 
 
 def plan_comparison(
-    strategies: Sequence[str], learning_rates: Sequence[float] | None, recipe_argv: Sequence[str], modality: str
+    strategies: Sequence[str], learning_rates: Sequence[float] | None, config: RunConfig
 ) -> list[PlannedRun]:
-    """The runs of a comparison, from ``--strategies`` / ``--learning_rates`` and the recipe arguments all runs share.
+    """The runs of a comparison, from ``--strategies`` / ``--learning_rates`` and the configuration all runs share.
 
-    - Rates: ``learning_rates`` crossed with every strategy; without them, a ``--learning_rate`` in
-      ``recipe_argv`` is one rate shared by all (what it meant before strategies had rates of their own); without
+    - Rates: ``learning_rates`` crossed with every strategy; without them, a ``--learning_rate`` given in
+      ``config`` is one rate shared by all (what it meant before strategies had rates of their own); without
       either, each strategy sweeps its own grid (:func:`plan_runs`).
     - ``head_only`` with the solved probe (:func:`probe_is_solved`; not with ``--probe_train_rest``, which trains the
       head on after solving it) runs once, without a rate: every rate would give the same head.
@@ -218,43 +212,21 @@ def plan_comparison(
         WarmstartError: lp_ft with the Trainer's probe, ``--max_steps`` and no ``--probe_epochs`` (half of a step
             budget is not a number of epochs), or what :func:`plan_runs` refuses.
     """
-    values = _recipe_values(recipe_argv)
-    solved = probe_is_solved(recipe_argv, modality)
-    rates = learning_rates or ([values.learning_rate] if values.learning_rate is not None else None)
+    training, policy = config.training, config.policy
+    solved = probe_is_solved(config)
+    rates = learning_rates or ([training.learning_rate] if "learning_rate" in config.given else None)
     probe_epochs = None
-    if not solved and values.probe_epochs is None and any(parse_strategy(s)[0] == "lp_ft" for s in strategies):
-        if values.max_steps is not None and values.max_steps > 0:
+    if not solved and policy.probe_epochs is None and any(parse_strategy(s)[0] == "lp_ft" for s in strategies):
+        if training.max_steps > 0:
             raise WarmstartError(
                 "--strategies lp_ft with --max_steps needs --probe_epochs (the length of the probe the Trainer "
                 "trains here)"
             )
-        probe_epochs = (values.num_train_epochs or 3.0) / 2  # probe for half the budget unless told
-    solved_head = solved and not _true(values.probe_train_rest)
-    return plan_runs(strategies, rates, modality=modality, solved_head=solved_head, lp_ft_probe_epochs=probe_epochs)
-
-
-def _recipe_values(recipe_argv: Sequence[str]) -> argparse.Namespace:
-    """The recipe arguments planning reads, with the recipes' defaults (the rest are left to the recipe)."""
-    read = CliParser(add_help=False, allow_abbrev=False)
-    read.add_argument("--learning_rate", type=float)
-    read.add_argument("--num_train_epochs", type=float)
-    read.add_argument("--max_steps", type=int)
-    read.add_argument("--probe_epochs", type=float)
-    read.add_argument("--probe_solver")
-    read.add_argument("--probe_train_rest", nargs="?", const="true", default="false")
-    read.add_argument("--cache_features", nargs="?", const="true", default="true")
-    read.add_argument("--hflip", type=float)
-    read.add_argument("--random_crop_scale", nargs="+", type=float)
-    read.add_argument("--auto_augment")
-    for flag in ("random_erasing", "mixup_alpha", "cutmix_alpha"):
-        read.add_argument(f"--{flag}", type=float, default=0.0)
-    values, _ = read.parse_known_args(underscored(recipe_argv))
-    return values
-
-
-def _true(value: str) -> bool:
-    # the spellings of false HfArgumentParser reads (string_to_bool)
-    return str(value).lower() not in ("false", "no", "f", "n", "0")
+        probe_epochs = training.num_train_epochs / 2  # probe for half the budget unless told
+    solved_head = solved and not policy.probe_train_rest
+    return plan_runs(
+        strategies, rates, modality=config.modality, solved_head=solved_head, lp_ft_probe_epochs=probe_epochs
+    )
 
 
 class PeakMemory:
@@ -345,29 +317,30 @@ def best_row(rows: Sequence[dict[str, Any]], metric: str) -> dict[str, Any]:
 
 def run_comparison(
     runs: Sequence[PlannedRun],
-    recipe: Callable[..., dict[str, Any]],
-    recipe_argv: Sequence[str],
+    config: RunConfig,
     output_dir: Path,
     *,
     feature_store: dict[str, Any] | None = None,
     progress: Callable[[str], None] = print,
     resume: bool = False,
+    runner: Callable[..., dict[str, Any]] = run,
 ) -> list[dict[str, Any]]:
-    """Runs each planned run through ``recipe`` (a recipe's ``main``) into ``output_dir/runs/<name>``, skipping
-    the runs a previous attempt finished with the same arguments, with one progress line per run.
+    """Runs each planned run, a variant of ``config`` (:meth:`~warmstart.config.RunConfig.with_values`), into
+    ``output_dir/runs/<name>``, skipping the runs a previous attempt finished with the same configuration, with one
+    progress line per run.
 
-    Under a multi-process launch every process runs the same runs (each a multi-process run of the recipe); the
-    main process decides what to skip, and alone writes the rows and the progress lines.
+    Under a multi-process launch every process runs the same runs (each a multi-process run); the main process
+    decides what to skip, and alone writes the rows and the progress lines.
 
     Args:
         runs: from :func:`plan_runs`.
-        recipe: ``main(argv, feature_store=...)`` of the classification recipe.
-        recipe_argv: the recipe arguments all runs share (data, model, budget, seed).
+        config: the configuration all runs share (data, model, budget, seed).
         output_dir: the comparison's directory.
         feature_store: shared between runs, so that frozen-backbone runs compute the features once.
         progress: where the progress lines go.
-        resume: a run an earlier attempt started with the same arguments and did not finish resumes from its last
-            complete checkpoint (``--resume_from_checkpoint auto``), instead of starting again.
+        resume: a run an earlier attempt started with the same configuration and did not finish resumes from its
+            last complete checkpoint (``--resume_from_checkpoint auto``), instead of starting again.
+        runner: runs one configuration, ``runner(config, feature_store=...)`` (:func:`warmstart.run`).
 
     Returns:
         One row per run (see :func:`row_from_results`), in plan order.
@@ -375,35 +348,37 @@ def run_comparison(
     rows = []
     main_process = is_main_process()
     say = progress if main_process else lambda line: None
-    plans = [_plan(run, [*recipe_argv, *run.flags, "--output_dir", str(output_dir / "runs" / run.name)], resume)
-             for run in runs] if main_process else None  # fmt: skip
+    variants = [
+        config.with_values(**run.values, output_dir=str(output_dir / "runs" / run.name), resume_from_checkpoint=None)
+        for run in runs
+    ]
+    plans = [_plan(v, resume) for v in variants] if main_process else None
     plans = broadcast_from_main(plans)  # every process runs what the main process decided, from its files
-    for i, (run, (argv, action, row)) in enumerate(zip(runs, plans, strict=True), start=1):
-        run_dir = output_dir / "runs" / run.name
+    for i, (run_, variant, (record, action, row)) in enumerate(zip(runs, variants, plans, strict=True), start=1):
+        run_dir = output_dir / "runs" / run_.name
         if action == "skip":
             rows.append(row)
-            say(f"[{i}/{len(runs)}] {run.name}: finished earlier, skipped")
+            say(f"[{i}/{len(runs)}] {run_.name}: finished earlier, skipped")
             continue
-        extra = []
         if action in ("replace", "restart"):
             why = "finished earlier with other arguments" if action == "replace" else "interrupted earlier"
-            say(f"[{i}/{len(runs)}] {run.name}: {why}, trained again from the start")
-            extra = ["--overwrite_output_dir", "true"]  # the run's own folder, made by this comparison
+            say(f"[{i}/{len(runs)}] {run_.name}: {why}, trained again from the start")
+            variant = variant.with_values(overwrite_output_dir=True)  # the run's own folder, made by this comparison
         elif action == "resume":
-            say(f"[{i}/{len(runs)}] {run.name}: interrupted earlier, resuming from its last checkpoint ...")
-            extra = ["--resume_from_checkpoint", "auto"]
+            say(f"[{i}/{len(runs)}] {run_.name}: interrupted earlier, resuming from its last checkpoint ...")
+            variant = variant.with_values(resume_from_checkpoint="auto")
         made = main_process and not run_dir.exists()
         if main_process:
             (run_dir / ROW_FILE).unlink(missing_ok=True)
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / STARTED_FILE).write_text(json.dumps({"argv": argv}, indent=2))
+            (run_dir / STARTED_FILE).write_text(json.dumps({"config": record}, indent=2))
         barrier()  # no process starts the run while the main process still changes its folder
         if action != "resume":
-            say(f"[{i}/{len(runs)}] {run.name}: training ...")
+            say(f"[{i}/{len(runs)}] {run_.name}: training ...")
         started = time.perf_counter()
         try:
             with PeakMemory() as memory:
-                results = recipe([*argv, *extra], feature_store=feature_store)
+                results = runner(variant, feature_store=feature_store)
         except WarmstartError:
             if made and [p.name for p in run_dir.iterdir()] == [STARTED_FILE]:
                 # refused before it wrote anything (bad arguments): the comparison leaves no trace of it
@@ -411,36 +386,44 @@ def run_comparison(
                 with contextlib.suppress(OSError):
                     run_dir.parent.rmdir()  # the runs/ folder, if this was its first run
             raise
-        row = row_from_results(run, results, time.perf_counter() - started, memory)
+        row = row_from_results(run_, results, time.perf_counter() - started, memory)
         if main_process:
-            # written last, with the arguments: the run counts as finished from here, for these arguments only
-            (run_dir / ROW_FILE).write_text(json.dumps({**row, "argv": argv}, indent=2))
+            # written last, with the configuration: the run counts as finished from here, for it only
+            (run_dir / ROW_FILE).write_text(json.dumps({**row, "config": record}, indent=2))
         rows.append(row)
         shown = ", ".join(f"{k} {row[k]:.4f}" for k in ("eval_accuracy", "eval_loss") if k in row)
         say(
-            f"[{i}/{len(runs)}] {run.name}: {shown}; {row['trainable_params']:,} trainable params, "
+            f"[{i}/{len(runs)}] {run_.name}: {shown}; {row['trainable_params']:,} trainable params, "
             f"{row['train_seconds'] + row['feature_cache_seconds']:.1f} s training, peak {row['peak_rss_mb']:.0f} MiB"
         )
     return rows
 
 
-def _plan(run: PlannedRun, argv: list[str], resume: bool) -> tuple[list[str], str, dict[str, Any] | None]:
-    """What to do with a run, from what its folder holds: ``skip`` (finished with these arguments; its row),
-    ``replace`` (finished with others), ``resume`` (started with these arguments, not finished, and resuming was
-    asked for), ``restart`` (started, not finished, not resumed) or ``train``."""
-    run_dir = Path(argv[argv.index("--output_dir") + 1])
+def run_record(config: RunConfig) -> dict[str, Any]:
+    """What decides which model a run makes, as plain data (its sections and training arguments, without where it
+    writes and how this attempt starts): two runs with equal records make the same model."""
+    return comparable_config({**config.sections(), "training": to_plain(config.training)})
+
+
+def _plan(config: RunConfig, resume: bool) -> tuple[dict[str, Any], str, dict[str, Any] | None]:
+    """What to do with a run, from what its folder holds: ``skip`` (finished with this configuration; its row),
+    ``replace`` (finished with another), ``resume`` (started with this configuration, not finished, and resuming was
+    asked for), ``restart`` (started, not finished, not resumed) or ``train``; with the run's record."""
+    # through JSON, as the files hold it: a tuple is a list there
+    record = json.loads(json.dumps(run_record(config), default=str))
+    run_dir = Path(config.training.output_dir)
     finished = run_dir / ROW_FILE
     if finished.is_file():
         row = json.loads(finished.read_text())
-        if row.pop("argv", None) == argv:
-            return argv, "skip", row
-        return argv, "replace", None
+        if row.pop("config", None) == record:
+            return record, "skip", row
+        return record, "replace", None
     started = run_dir / STARTED_FILE
-    same = started.is_file() and json.loads(started.read_text()).get("argv") == argv
+    same = started.is_file() and json.loads(started.read_text()).get("config") == record
     if resume and same:
-        return argv, "resume", None
+        return record, "resume", None
     # a folder from an interrupted attempt is this comparison's own: trained again
-    return argv, "restart" if run_dir.exists() else "train", None
+    return record, "restart" if run_dir.exists() else "train", None
 
 
 _TABLE_COLUMNS = (
@@ -588,3 +571,88 @@ def close_feature_store(store: dict[str, Any]) -> None:
     for cached in store.values():
         cached.close()
     store.clear()
+
+
+def parse_comparison(argv: Sequence[str]) -> tuple[ComparisonArguments, RunConfig]:
+    """A comparison's command line: its own arguments (``--strategies``, ``--learning_rates``) and the configuration
+    its runs share, parsed as the image or text classification task (chosen from the model and the data).
+
+    Raises:
+        WarmstartError: a bad argument, or one that does not apply to a comparison.
+    """
+    argv = list(argv)
+    if starts_with_config_file(argv):  # the comparison's own arguments may be in the file too
+        argv = mapping_to_argv(read_config_file(argv.pop(0))) + argv
+    argv = underscored(argv)  # --learning-rate is --learning_rate: one spelling to read here
+    own = CliParser(add_help=False, allow_abbrev=False)
+    own.add_argument("--strategies", nargs="+")
+    own.add_argument("--learning_rates", nargs="+", type=float)
+    parsed, rest = own.parse_known_args(argv)
+    comparison = ComparisonArguments(parsed.strategies, parsed.learning_rates)
+    given = argv_as_mapping(rest)
+    if given.get("freeze_strategy"):
+        raise WarmstartError("--freeze_strategy is chosen per run here: list the strategies with --strategies")
+    for flag, why in (
+        ("push_to_hub", "push the kept model afterwards (it is a normal warmstart output)"),
+        ("hparam_search", "search one strategy's hyperparameters with the recipe itself"),
+    ):
+        value = given.get(flag)
+        if value is not None and str(value).lower() not in ("false", "none", "no", "0"):
+            raise WarmstartError(f"--{flag} does not apply to a comparison: {why}")
+    resume = given.get("resume_from_checkpoint")
+    if resume is not None and resume not in ("auto", "none"):
+        raise WarmstartError(
+            f"--resume_from_checkpoint {resume}: a comparison resumes each interrupted run from its own checkpoints; "
+            "give auto (finished runs are skipped either way)"
+        )
+    if not given.get("model_name_or_path") or not given.get("output_dir"):
+        raise WarmstartError("--model_name_or_path and --output_dir are required")
+    metric = str(given.get("metric_for_best_model") or "accuracy").removeprefix("eval_")
+    if metric not in KNOWN_METRICS:
+        raise WarmstartError(
+            f"--metric_for_best_model {metric}: no run reports it (runs report {', '.join(KNOWN_METRICS)})"
+        )
+    strategies = comparison.strategies or default_strategies()
+    if "gradual" in strategies and given.get("unfreeze_every") is None:
+        raise WarmstartError("--strategies gradual needs --unfreeze_every N (epochs between unfreezings)")
+    modality = modality_of(str(given["model_name_or_path"]), image_folders=given.get("train_dir") is not None)
+    # the shared configuration as head_only's, the strategy that takes every policy flag a comparison may share
+    # (--probe_train_rest among them); each run sets its own strategy
+    config = parse_config([*rest, "--freeze_strategy", "head_only"], f"{modality}_classification")
+    config.given.pop("freeze_strategy")
+    comparison.strategies = strategies
+    return comparison, config
+
+
+def compare_strategies(comparison: ComparisonArguments, config: RunConfig) -> list[dict[str, Any]]:
+    """Runs a comparison: every strategy (at each of its learning rates) a variant of ``config``, into
+    ``<output_dir>/runs``; writes the comparison's table and plot, and keeps the best run's model in
+    ``--output_dir`` (by ``--metric_for_best_model``, default accuracy).
+
+    Returns:
+        One row per run.
+
+    Raises:
+        WarmstartError: the output folder holds another model, or a run fails with a one-line error.
+    """
+    strategies = comparison.strategies or default_strategies()
+    runs = plan_comparison(strategies, comparison.learning_rates, config)
+    output_dir = Path(config.training.output_dir)
+    refuse_foreign_model(output_dir, "comparison.csv", "a comparison", config.model.overwrite_output_dir)
+    metric = (config.training.metric_for_best_model or "accuracy").removeprefix("eval_")
+    resume = config.training.resume_from_checkpoint == "auto"
+    ensure_process_group()  # several processes (torchrun): they agree on what to run before the first run
+    store: dict = {}
+    try:
+        rows = run_comparison(runs, config, output_dir, feature_store=store, resume=resume)
+    finally:
+        close_feature_store(store)
+    if is_main_process():
+        best = write_comparison(rows, output_dir, metric)
+        keep_best(best, rows, output_dir, metric)
+        print(
+            f"\nstrategy comparison ({config.modality}): best by eval_{metric} is {best['run']}, kept in {output_dir}"
+        )
+        print(comparison_table(rows, best))
+    barrier()  # the other processes return once the outputs are written
+    return rows

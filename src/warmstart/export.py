@@ -43,7 +43,7 @@ _CARD_METRIC_PREFIXES = ("eval_", "test_", "train_loss", "train_runtime", "train
 _COMPARED_SECTIONS = ("model", "data", "freeze", "objective", "regularization", "performance", "training")
 
 
-def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+def comparable_config(config: dict[str, Any]) -> dict[str, Any]:
     """The parts of a resolved config that decide which model a run makes."""
     return {
         section: {k: v for k, v in (config.get(section) or {}).items() if k not in _VOLATILE_KEYS}
@@ -67,7 +67,7 @@ def check_output_dir(output_dir: str | Path, resolved_config: dict[str, Any], ov
             previous = read_run_config(path / CONFIG_NAME)
         except (OSError, yaml.YAMLError):
             previous = None
-        same = previous is not None and _comparable(previous) == _comparable(resolved_config)
+        same = previous is not None and comparable_config(previous) == comparable_config(resolved_config)
         if not same:
             raise WarmstartError(
                 f"--output_dir {path} already holds a different model: choose another --output_dir or pass "

@@ -25,9 +25,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from warmstart.errors import WarmstartError
 from warmstart.freezing import (
-    SCHEDULED,
     BlockLayout,
-    FreezePolicy,
     FreezeReport,
     describe_blocks,
     freeze_report,
@@ -36,6 +34,7 @@ from warmstart.freezing import (
     set_trainable,
     trainable_parameter_names,
 )
+from warmstart.policy import FreezePolicy
 
 logger = logging.getLogger("warmstart")
 
@@ -266,7 +265,7 @@ def prepare_fine_tuning(model: nn.Module, policy: FreezePolicy, training_args: T
     optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(training_args, model)
     optimizer = optimizer_cls(groups, **optimizer_kwargs)
     callbacks: list[TrainerCallback] = [LogParamGroups()]
-    if policy.strategy in SCHEDULED:
+    if policy.spec.scheduled:
         # DDP registers the parameters that require grad when it wraps the model, and must see every one that will
         # ever train; the schedule then switches the not-yet ones off at the first step, which DDP allows only
         # when told that some parameters may get no gradient.

@@ -28,7 +28,8 @@ from warmstart import freezing
 from warmstart.errors import WarmstartError
 
 if TYPE_CHECKING:
-    from warmstart.freezing import BlockLayout, FreezePolicy
+    from warmstart.freezing import BlockLayout
+    from warmstart.policy import FreezePolicy
 
 PEFT_INSTALL = 'pip install "warmstart[peft]"'
 

@@ -7,7 +7,8 @@ from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 from transformers import EvalPrediction
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Probabilities from logits along the last axis (shifted by the maximum: no overflow)."""
     shifted = logits - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
     return exp / exp.sum(axis=-1, keepdims=True)
@@ -49,7 +50,7 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, 
         "accuracy": float(accuracy_score(labels, predictions)),
         "f1_macro": float(f1_score(labels, predictions, average="macro", labels=np.unique(labels), zero_division=0)),
     }
-    auc = roc_auc(labels, _softmax(logits))
+    auc = roc_auc(labels, softmax(logits))
     if auc is not None:
         metrics["roc_auc"] = auc
     return metrics

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling, PreTrainedModel
 
+from warmstart.config.objectives import MlmArguments
 from warmstart.data import LENGTH_COLUMN
 from warmstart.errors import WarmstartError
 from warmstart.models import (
@@ -31,34 +31,6 @@ from warmstart.models import (
 logger = logging.getLogger(__name__)
 
 _IGNORE_INDEX = -100  # positions the masked-LM loss skips
-
-
-@dataclass
-class MlmArguments:
-    mlm_probability: float = field(
-        default=0.15, metadata={"help": "Fraction of tokens masked for prediction (BERT: 0.15; 80/10/10 replaced)."}
-    )
-    packing: bool = field(
-        default=True,
-        metadata={
-            "help": "Concatenate the tokenized texts and cut them into blocks of --max_seq_length (no padding); "
-            "false: one text per example, truncated, padded per batch and batched by length."
-        },
-    )
-    pad_to_multiple_of: int | None = field(
-        default=None, metadata={"help": "Pad each batch to a multiple of this (8 suits GPU tensor cores)."}
-    )
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.mlm_probability < 1.0:
-            raise WarmstartError(f"--mlm_probability must be between 0 and 1, got {self.mlm_probability}")
-        if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
-            raise WarmstartError(f"--pad_to_multiple_of must be a positive integer, got {self.pad_to_multiple_of}")
-
-    def describe(self) -> str:
-        """The objective for the model card and lineage."""
-        batches = "texts packed into full blocks" if self.packing else "one text per example, padded per batch"
-        return f"masked-LM, {self.mlm_probability:.0%} of tokens masked; {batches}"
 
 
 def _has_masked_lm_head(config: Any) -> bool:

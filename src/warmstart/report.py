@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import classification_report, roc_curve
 
 from warmstart.errors import WarmstartError
-from warmstart.metrics import _softmax, roc_auc
+from warmstart.metrics import roc_auc, softmax
 
 DPI = 100
 CONFUSION_MATRIX_SIZE = (8.0, 8.0)  # at CONFUSION_MATRIX_DPI: 1200 x 1200 px
@@ -317,7 +317,7 @@ def _as_probabilities(logits_or_probs: Any, num_classes: int) -> np.ndarray:
             "logits or probabilities"
         )
     is_distribution = (scores >= 0).all() and np.allclose(scores.sum(axis=-1), 1.0, atol=1e-4)
-    return scores if is_distribution else _softmax(scores)
+    return scores if is_distribution else softmax(scores)
 
 
 def _figure(size: tuple[float, float], dpi: int = DPI) -> Figure:

@@ -24,14 +24,14 @@ import json
 import logging
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from transformers import TrainerCallback
 
-from warmstart.arguments import CONFIG_FILE_SUFFIXES, mapping_to_argv, read_config_file, underscored
+from warmstart.config import RunConfig
+from warmstart.config.sections import INTEGER_HYPERPARAMETERS
 from warmstart.distributed import (
     barrier,
     broadcast_from_main,
@@ -40,80 +40,15 @@ from warmstart.distributed import (
     on_main_process,
 )
 from warmstart.errors import WarmstartError
-from warmstart.export import copy_run_output, markdown_table
+from warmstart.export import copy_run_output, markdown_table, refuse_foreign_model
 from warmstart.run_folder import checkpoint_step, checkpoints, is_complete_checkpoint
+from warmstart.tasks import run
 
 logger = logging.getLogger(__name__)
 
-SEARCHABLE = ("learning_rate", "per_device_train_batch_size", "unfreeze_top_k", "layer_lr_decay", "weight_decay")
-_INTEGERS = ("per_device_train_batch_size", "unfreeze_top_k")
-DEFAULT_SPACE = {
-    "learning_rate": {"low": 1e-5, "high": 1e-2, "log": True},
-    "weight_decay": {"low": 0.0, "high": 0.1},
-}
 BEST_CONFIG = "best_config.yaml"
 # flags the search sets per trial, or that say how this run of the search goes: not part of the search's settings
 _SEARCH_FLAGS = ("hparam_search", "n_trials", "hparam_space", "resume_from_checkpoint")
-
-
-@dataclass
-class SearchArguments:
-    hparam_search: Literal["none", "optuna"] = field(
-        default="none", metadata={"help": "optuna: search hyperparameters over --n_trials runs, keep the best."}
-    )
-    n_trials: int = field(default=10, metadata={"help": "Runs of the search (at least 1)."})
-    hparam_space: str | None = field(
-        default=None,
-        metadata={
-            "help": "Ranges to search, as JSON / a mapping in the config file: a name of learning_rate, "
-            "per_device_train_batch_size, unfreeze_top_k, layer_lr_decay, weight_decay, to {low, high[, log]} or a "
-            'list of choices, e.g. {"learning_rate": {"low": 1e-5, "high": 1e-3, "log": true}, '
-            '"per_device_train_batch_size": [16, 32]} (default: learning rate 1e-5..1e-2 log, weight decay 0..0.1).'
-        },
-    )
-
-    def __post_init__(self) -> None:
-        if self.n_trials < 1:
-            raise WarmstartError(f"--n_trials must be at least 1, got {self.n_trials}")
-        check_space(self.space())
-
-    def space(self) -> dict[str, Any]:
-        """The ranges to search: ``--hparam_space`` (JSON, or a mapping in the config file), or the default."""
-        if not self.hparam_space:
-            return dict(DEFAULT_SPACE)
-        try:
-            return json.loads(self.hparam_space)
-        except json.JSONDecodeError as err:
-            raise WarmstartError(f"--hparam_space is not JSON ({err.msg}): give a mapping of ranges") from None
-
-
-def check_space(space: Any) -> None:
-    """Refuses a search space with an unknown name, a range with min > max, a log range through zero, or an
-    empty list of choices.
-
-    Raises:
-        WarmstartError: what is wrong, and with which name.
-    """
-    if not isinstance(space, dict) or not space:
-        raise WarmstartError("--hparam_space must map hyperparameter names to ranges or lists of choices")
-    for name, spec in space.items():
-        if name not in SEARCHABLE:
-            raise WarmstartError(f"--hparam_space: {name!r} cannot be searched; use {', '.join(SEARCHABLE)}")
-        if isinstance(spec, list):
-            if not spec:
-                raise WarmstartError(f"--hparam_space {name}: the list of choices is empty")
-            continue
-        if not isinstance(spec, dict) or not {"low", "high"} <= set(spec) or set(spec) - {"low", "high", "log"}:
-            raise WarmstartError(f"--hparam_space {name}: give {{low, high}} (and log: true), or a list of choices")
-        low, high = spec["low"], spec["high"]
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
-            raise WarmstartError(f"--hparam_space {name}: low and high must be numbers, got {low!r} and {high!r}")
-        if low > high:
-            raise WarmstartError(f"--hparam_space {name}: min {low:g} is above max {high:g}")
-        if spec.get("log") and low <= 0:
-            raise WarmstartError(f"--hparam_space {name}: a log range needs low > 0, got {low:g}")
-        if name in _INTEGERS and not (float(low).is_integer() and float(high).is_integer()):
-            raise WarmstartError(f"--hparam_space {name}: an integer range, got {low:g}..{high:g}")
 
 
 def sample(trial: Any, space: dict[str, Any]) -> dict[str, Any]:
@@ -122,7 +57,7 @@ def sample(trial: Any, space: dict[str, Any]) -> dict[str, Any]:
     for name, spec in space.items():
         if isinstance(spec, list):
             values[name] = trial.suggest_categorical(name, spec)
-        elif name in _INTEGERS:
+        elif name in INTEGER_HYPERPARAMETERS:
             values[name] = trial.suggest_int(name, int(spec["low"]), int(spec["high"]), log=bool(spec.get("log")))
         else:
             values[name] = trial.suggest_float(
@@ -164,65 +99,39 @@ def evaluations(log_history: Sequence[dict[str, Any]], metric_key: str) -> int:
     return sum(metric_key in entry for entry in log_history)
 
 
-def argv_as_mapping(argv: Sequence[str]) -> dict[str, Any]:
-    """A command line (after an optional config file) as the mapping a config file holds: ``--a 1 --b x y`` ->
-    ``{"a": "1", "b": ["x", "y"]}``."""
-    argv = list(argv)
-    values: dict[str, Any] = {}
-    if argv and argv[0].endswith(CONFIG_FILE_SUFFIXES) and not argv[0].startswith("-"):
-        values.update({str(k).replace("-", "_"): v for k, v in read_config_file(argv.pop(0)).items()})
-    key = None
-    for token in underscored(argv):
-        if token.startswith("--"):
-            key, _, inline = token[2:].partition("=")
-            values[key] = inline if inline else True
-        elif key is not None:
-            current = values[key]
-            values[key] = (
-                token if current is True else [*current, token] if isinstance(current, list) else [current, token]
-            )
-    return values
-
-
-def run_search(
-    search: SearchArguments,
-    argv: Sequence[str],
-    recipe: Callable[..., dict[str, Any]],
-    output_dir: Path,
-    *,
-    metric: str,
-    seed: int,
-) -> dict[str, Any]:
-    """Runs the search: ``search.n_trials`` runs of ``recipe`` (its ``main``) into ``output_dir/trials``, keeps
-    the best in ``output_dir`` and writes ``search_results.csv``, ``search_results.md`` and ``best_config.yaml``.
+def run_search(config: RunConfig, *, runner: Callable[..., dict[str, Any]] = run) -> dict[str, Any]:
+    """Runs the search ``config.search`` asks for: ``n_trials`` variants of ``config`` (the sampled values
+    changed), each run by ``runner`` into ``<output_dir>/trials``; keeps the best in ``--output_dir`` and writes
+    ``search_results.csv``, ``search_results.md`` and ``best_config.yaml``.
 
     A rerun goes on with the trials left. A trial an earlier run left unfinished (killed) is recorded as failed;
-    with ``--resume_from_checkpoint auto`` in ``argv`` it runs again with the same values, from the latest complete
-    checkpoint in its folder. Under a multi-process launch every process runs every trial and returns the results,
-    and the main process alone keeps the study and writes the files.
+    with ``--resume_from_checkpoint auto`` it runs again with the same values, from the latest complete checkpoint in
+    its folder. Under a multi-process launch every process runs every trial and returns the results, and the main
+    process alone keeps the study and writes the files.
 
     Args:
-        search: the search arguments.
-        argv: the recipe's command line, as given (the search flags are replaced per trial).
-        recipe: ``main(argv, callbacks=...)`` of the recipe.
-        output_dir: the search's directory.
-        metric: ``metric_for_best_model`` (``eval_`` prefix optional); a loss is minimised.
-        seed: seeds optuna's sampler.
+        config: the configuration the trials vary (its ``metric_for_best_model`` is maximised, a loss minimised;
+            its seed seeds optuna's sampler).
+        runner: runs one trial's configuration, ``runner(config, callbacks=...)`` (:func:`warmstart.run`).
 
     Returns:
         The best trial's results, with ``best_trial`` and ``best_params``.
 
     Raises:
         WarmstartError: optuna is not installed, ``--resume_from_checkpoint`` names one checkpoint, the output
-            directory holds a search with other settings, or no trial finished.
+            directory holds another model or a search with other settings, or no trial finished.
     """
+    output_dir = Path(config.training.output_dir)
+    refuse_foreign_model(output_dir, "search.db", "a search", config.model.overwrite_output_dir)
+    search, seed = config.search, config.training.seed
+    metric = config.training.metric_for_best_model or "accuracy"
     try:
         import optuna
     except ImportError:
         raise WarmstartError("--hparam_search optuna needs optuna: pip install 'warmstart[hpo]'") from None
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the progress lines below say what happens
     key = f"eval_{metric.removeprefix('eval_')}"
-    given = argv_as_mapping(argv)
+    given = config.given
     resume = given.get("resume_from_checkpoint") == "auto"
     if given.get("resume_from_checkpoint") not in (None, "auto"):
         # one checkpoint cannot start runs of other batch sizes and learning rates
@@ -260,7 +169,7 @@ def run_search(
         plan = broadcast_from_main(plan)
         if plan is None:
             break
-        _run_trial(optuna, study, trial, plan, recipe, base, key)
+        _run_trial(optuna, study, trial, plan, config, runner, key)
         if is_main_process():
             failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
             # the space keeps producing runs that cannot train: stop rather than loop (an interrupted trial is no sign)
@@ -372,8 +281,8 @@ def _run_trial(
     study: Any,
     trial: Any | None,
     plan: dict[str, Any],
-    recipe: Callable[..., dict[str, Any]],
-    base: dict[str, Any],
+    config: RunConfig,
+    runner: Callable[..., dict[str, Any]],
     key: str,
 ) -> None:
     """Runs one trial of the plan, in every process; the main process (holding ``trial``) tells optuna how it went.
@@ -385,8 +294,7 @@ def _run_trial(
     pruning = PruneOnEvaluation(trial, key)
     # a fresh trial starts from the start, whatever --resume_from_checkpoint the search was given; hparam_search none
     # last: a trial trains once, whatever spelling the search was asked with
-    args = {
-        **base,
+    changes = {
         **values,
         "output_dir": plan["output_dir"],
         "overwrite_output_dir": True,
@@ -395,7 +303,7 @@ def _run_trial(
     }
     failed = optuna.trial.TrialState.FAIL
     try:
-        results = recipe(mapping_to_argv(args), callbacks=[pruning])
+        results = runner(config.with_values(**changes), callbacks=[pruning])
     except WarmstartError as err:  # these values do not work here (e.g. more blocks than the model has)
         if trial is not None:
             print(f"[trial {number}] {_shown(values)}: failed: {err}")

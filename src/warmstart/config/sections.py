@@ -1,34 +1,17 @@
-"""Recipe arguments: dataclasses parsed by ``HfArgumentParser`` with ``TrainingArguments``, from the command line or
-one YAML / JSON file given first (``recipe.py config.yaml --learning_rate 1e-4``: the command line wins)."""
+"""The sections of a run's configuration a user sets: the model, the data (labelled or not), the regularization, the
+performance settings and the hyperparameter search, each a dataclass whose fields are the recipes' flags (the policy
+is :class:`warmstart.policy.FreezePolicy`, the training loop transformers' ``TrainingArguments``)."""
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
-import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-import yaml
-from transformers import HfArgumentParser, TrainingArguments
-
 from warmstart.data.sources import check_encoding
-from warmstart.distributed import launched_processes
 from warmstart.errors import WarmstartError
-from warmstart.freezing import FreezePolicy
-from warmstart.precision import (
-    PrecisionChoice,
-    check_precision,
-    choose_precision,
-    requested_precision,
-    training_on_cpu,
-)
-
-CONFIG_FILE_SUFFIXES = (".yaml", ".yml", ".json")
 
 
 @dataclass
@@ -232,102 +215,6 @@ class UnlabeledDataArguments:
 
 
 @dataclass
-class FreezeArguments:
-    freeze_strategy: Literal["full", "head_only", "top_k", "gradual", "lp_ft", "bitfit", "lora"] = field(
-        default="full",
-        metadata={
-            "help": "What trains: everything; the new head; the head + top k blocks; gradual unfreezing (ULMFiT); "
-            "linear probe then full fine-tuning; biases + head (BitFit); LoRA adapters + head."
-        },
-    )
-    probe_train_rest: bool = field(
-        default=False,
-        metadata={
-            "help": "head_only with the solved probe: then train the whole head (layers before the classifier too) "
-            "with the Trainer on the cached features, from the solved values."
-        },
-    )
-    freeze_batchnorm_stats: bool | None = field(
-        default=None,
-        metadata={
-            "help": "Keep every BatchNorm layer's running statistics as loaded, in training too (default: on for "
-            "lp_ft, whose probe was fitted on the features they give; off otherwise)."
-        },
-    )
-    unfreeze_top_k: int | None = field(
-        default=None, metadata={"help": "top_k: blocks that train; gradual: blocks to unfreeze at most (default all)."}
-    )
-    unfreeze_every: float | None = field(
-        default=None, metadata={"help": "gradual: unfreeze one more block group every this many epochs (or steps)."}
-    )
-    unfreeze_unit: Literal["epochs", "steps"] = field(
-        default="epochs", metadata={"help": "gradual: whether --unfreeze_every counts epochs or optimizer steps."}
-    )
-    probe_epochs: float | None = field(
-        default=None,
-        metadata={
-            "help": "lp_ft: epochs of head-only training with the Trainer before everything trains (without it, and "
-            "with the features cached, the probe is solved)."
-        },
-    )
-    probe_solver: Literal["lbfgs", "trainer"] | None = field(
-        default=None,
-        metadata={
-            "help": "head_only / lp_ft: lbfgs solves the linear head on the cached backbone features (logistic "
-            "regression, L2 strength by cross-validation on train; no learning rate or epochs needed); trainer trains "
-            "it with the Trainer (AdamW epochs). Default: lbfgs wherever the features are cached, else trainer."
-        },
-    )
-    finetune_lr_multiplier: float = field(
-        default=1.0, metadata={"help": "lp_ft: learning-rate factor for the fine-tuning phase (e.g. 0.1)."}
-    )
-    head_lr_multiplier: float = field(
-        default=1.0, metadata={"help": "Discriminative LR: the head trains at learning_rate times this."}
-    )
-    layer_lr_decay: float = field(
-        default=1.0,
-        metadata={"help": "Layer-wise LR decay d in (0, 1]: block i of n trains at lr * d**(n - i), the stem lowest."},
-    )
-    lora_r: int = field(default=8, metadata={"help": "lora: rank of the adapters."})
-    lora_alpha: float = field(default=16.0, metadata={"help": "lora: scaling alpha (the update is alpha / r)."})
-    lora_dropout: float = field(default=0.0, metadata={"help": "lora: dropout on the adapter input."})
-    lora_target_modules: list[str] | None = field(
-        default=None,
-        metadata={
-            "help": "lora: module names or name suffixes to adapt; one value with regex characters is a regex "
-            "(default: per architecture family)."
-        },
-    )
-    save_adapter: bool = field(
-        default=False, metadata={"help": "lora: also save the adapter alone, in output_dir/adapter."}
-    )
-
-    def __post_init__(self) -> None:
-        # an inf / nan multiplier passes every range check below and turns the weights to nan in the first step
-        _refuse_non_finite(self, ("head_lr_multiplier", "finetune_lr_multiplier", "layer_lr_decay", "lora_alpha"))
-        self.policy()  # fail at parse time, not after the model has loaded
-
-    def policy(self) -> FreezePolicy:
-        return FreezePolicy(
-            strategy=self.freeze_strategy,
-            top_k=self.unfreeze_top_k,
-            unfreeze_every=self.unfreeze_every,
-            unfreeze_unit=self.unfreeze_unit,
-            probe_epochs=self.probe_epochs,
-            finetune_lr_multiplier=self.finetune_lr_multiplier,
-            head_lr_multiplier=self.head_lr_multiplier,
-            layer_lr_decay=self.layer_lr_decay,
-            lora_r=self.lora_r,
-            lora_alpha=self.lora_alpha,
-            lora_dropout=self.lora_dropout,
-            lora_target_modules=self.lora_target_modules,
-            probe_solver=self.probe_solver,
-            probe_train_rest=self.probe_train_rest,
-            freeze_batchnorm_stats=self.freeze_batchnorm_stats,
-        )
-
-
-@dataclass
 class RegularizationArguments:
     label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing epsilon in [0, 1)."})
     mixup_alpha: float = field(default=0.0, metadata={"help": "Images: mixup alpha (0 = off), timm's Mixup."})
@@ -400,186 +287,69 @@ class PerformanceArguments:
             raise WarmstartError(f"--feature_cache_memory_mb must not be negative, got {self.feature_cache_memory_mb}")
 
 
-class CliParser(argparse.ArgumentParser):
-    """An ``argparse`` parser whose errors are one-line :class:`WarmstartError` s (argparse would print its usage
-    first and exit), for the scripts that parse a few flags of their own."""
-
-    def error(self, message: str) -> None:
-        raise WarmstartError(f"{message} (see --help)")
-
-
-class _Parser(HfArgumentParser):
-    error = CliParser.error  # the usage of 200+ options would bury the one line that matters
+SEARCHABLE = ("learning_rate", "per_device_train_batch_size", "unfreeze_top_k", "layer_lr_decay", "weight_decay")
+INTEGER_HYPERPARAMETERS = ("per_device_train_batch_size", "unfreeze_top_k")
+DEFAULT_SPACE = {
+    "learning_rate": {"low": 1e-5, "high": 1e-2, "log": True},
+    "weight_decay": {"low": 0.0, "high": 0.1},
+}
 
 
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """The mapping of argument names to values in a YAML / JSON config file.
+@dataclass
+class SearchArguments:
+    hparam_search: Literal["none", "optuna"] = field(
+        default="none", metadata={"help": "optuna: search hyperparameters over --n_trials runs, keep the best."}
+    )
+    n_trials: int = field(default=10, metadata={"help": "Runs of the search (at least 1)."})
+    hparam_space: str | None = field(
+        default=None,
+        metadata={
+            "help": "Ranges to search, as JSON / a mapping in the config file: a name of learning_rate, "
+            "per_device_train_batch_size, unfreeze_top_k, layer_lr_decay, weight_decay, to {low, high[, log]} or a "
+            'list of choices, e.g. {"learning_rate": {"low": 1e-5, "high": 1e-3, "log": true}, '
+            '"per_device_train_batch_size": [16, 32]} (default: learning rate 1e-5..1e-2 log, weight decay 0..0.1).'
+        },
+    )
 
-    Raises:
-        WarmstartError: the file cannot be read or parsed, or holds no mapping.
-    """
-    path = Path(path)
-    try:
-        text = path.read_text()
-        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (OSError, json.JSONDecodeError, yaml.YAMLError) as err:
-        raise WarmstartError(f"cannot read the config file {path}: {str(err).splitlines()[0]}") from None
-    if not isinstance(values, dict):
-        raise WarmstartError(f"the config file {path} must hold a mapping of argument names to values")
-    return values
+    def __post_init__(self) -> None:
+        if self.n_trials < 1:
+            raise WarmstartError(f"--n_trials must be at least 1, got {self.n_trials}")
+        check_space(self.space())
 
-
-def _config_to_argv(path: Path, known: set[str]) -> list[str]:
-    values = read_config_file(path)
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise WarmstartError(f"unknown key {unknown[0]!r} in {path}: check the spelling against --help")
-    return mapping_to_argv(values)
-
-
-def underscored(argv: Sequence[str]) -> list[str]:
-    """A command line with each flag's dashes made underscores (``--learning-rate`` -> ``--learning_rate``), the
-    spelling the parser also accepts, so that code reading flags sees one name."""
-    out = []
-    for token in argv:
-        if token.startswith("--"):
-            name, sep, value = token[2:].partition("=")
-            token = "--" + name.replace("-", "_") + sep + value
-        out.append(token)
-    return out
-
-
-def mapping_to_argv(values: dict[str, Any]) -> list[str]:
-    """Argument values by name as a command line (``{"learning_rate": 1e-4, "random_init": True}`` ->
-    ``--learning_rate 0.0001 --random_init true``); ``None`` values are left out."""
-    argv: list[str] = []
-    for key, value in values.items():
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            argv += [f"--{key}", str(value).lower()]
-        elif isinstance(value, (list, tuple)):
-            argv += [f"--{key}", *map(str, value)]
-        elif isinstance(value, dict):
-            argv += [f"--{key}", json.dumps(value)]
-        else:
-            argv += [f"--{key}", str(value)]
-    return argv
-
-
-def parse_args(
-    dataclass_types: Sequence[type],
-    argv: Sequence[str] | None = None,
-    *,
-    precision_choice: Callable[..., PrecisionChoice] = choose_precision,
-) -> tuple[Any, ...]:
-    """Parses the command line (optionally after a YAML / JSON config file) into the given dataclasses.
-
-    ``TrainingArguments``, if among them, is checked for precision the hardware cannot run (fp16 without a GPU,
-    bf16 on a CPU without native bf16) before it is built. With ``PerformanceArguments`` too, ``--precision`` is
-    resolved against ``--fp16`` / ``--bf16``, an accelerate config and the hardware's flags (:func:`choose_precision`):
-    the result sets ``TrainingArguments``' ``bf16`` / ``fp16`` (and ``use_cpu`` for CPU bf16), and is recorded as
-    ``resolved_precision`` and ``precision_evidence`` on the ``PerformanceArguments``. Where ``auto`` needs the model
-    timed (a CPU with native bf16, a GPU with it), ``resolved_precision`` is ``auto`` and training is set to fp32 until
-    :func:`~warmstart.precision.apply_device_settings` times the model and sets both.
-
-    Args:
-        dataclass_types: the argument dataclasses, e.g. ``(ModelArguments, DataArguments, FreezeArguments,
-            TrainingArguments)``.
-        argv: the arguments (default: ``sys.argv[1:]``); a first argument ending in .yaml / .yml / .json is a
-            config file whose values the rest of the command line overrides.
-        precision_choice: resolves the precision (:func:`choose_precision`, or a stand-in with given hardware).
-
-    Returns:
-        One instance per dataclass, in order.
-
-    Raises:
-        WarmstartError: an unknown or malformed argument, a bad value, or an impossible precision.
-    """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    # no abbreviations: --learning_rate must never be read as a prefix of another flag (or the reverse)
-    parser = _Parser(dataclass_types, allow_abbrev=False)
-    known = {f.name for dtype in dataclass_types for f in fields(dtype) if f.init}
-    if argv and argv[0].endswith(CONFIG_FILE_SUFFIXES) and not argv[0].startswith("-"):
-        argv = _config_to_argv(Path(argv.pop(0)), known) + argv
-    namespace, remaining = parser.parse_known_args(argv)
-    if remaining:
-        raise WarmstartError(f"unrecognized arguments: {' '.join(remaining)} (see --help)")
-    values = vars(namespace)
-    choice = None
-    if TrainingArguments in dataclass_types:
-        _check_training_values(values)
-        fp16, bf16, use_cpu = values.get("fp16", False), values.get("bf16", False), values.get("use_cpu", False)
-        if PerformanceArguments in dataclass_types:
-            choice = precision_choice(values["precision"], fp16=fp16, bf16=bf16, use_cpu=use_cpu)
-            values["fp16"], values["bf16"] = choice.precision == "fp16", choice.precision == "bf16"
-            precision, on_cpu = choice.precision, choice.on_cpu
-        else:
-            precision, on_cpu = requested_precision(fp16, bf16), training_on_cpu(use_cpu)
-            check_precision(precision, on_cpu=on_cpu)
-        if precision == "bf16" and on_cpu:
-            values["use_cpu"] = True  # TrainingArguments accepts CPU bf16 only when told it is on the CPU
-        if launched_processes() > 1 and not torch.cuda.is_available():
-            # several processes with no GPU: without use_cpu, TrainingArguments sets no process group up, and each
-            # process trains alone on all the data and writes the output as if it were the only one
-            values["use_cpu"] = True
-    outputs = []
-    for dtype in dataclass_types:
-        kwargs = {f.name: values.pop(f.name) for f in fields(dtype) if f.init and f.name in values}
+    def space(self) -> dict[str, Any]:
+        """The ranges to search: ``--hparam_space`` (JSON, or a mapping in the config file), or the default."""
+        if not self.hparam_space:
+            return dict(DEFAULT_SPACE)
         try:
-            outputs.append(dtype(**kwargs))
-        except WarmstartError:
-            raise
-        except (ValueError, TypeError) as err:
-            raise WarmstartError(" ".join(str(err).split())) from None
-        if choice is not None and dtype is PerformanceArguments:
-            outputs[-1].resolved_precision, outputs[-1].precision_evidence = choice.precision, choice.evidence
-    return tuple(outputs)
+            return json.loads(self.hparam_space)
+        except json.JSONDecodeError as err:
+            raise WarmstartError(f"--hparam_space is not JSON ({err.msg}): give a mapping of ranges") from None
 
 
-def _check_training_values(values: dict[str, Any]) -> None:
-    """Refuses training values that TrainingArguments lets through but that fail (or train nothing) only once the
-    Trainer runs, after the data and the model have loaded."""
-    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
-        value = values.get(name)
-        if value is not None and value < 1:
-            raise WarmstartError(f"--{name} must be at least 1, got {value}")
-    for name in ("learning_rate", "weight_decay", "num_train_epochs"):
-        value = values.get(name)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise WarmstartError(f"--{name} must be a finite number, got {value}")
-    if values.get("learning_rate") is not None and values["learning_rate"] < 0:
-        raise WarmstartError(f"--learning_rate must not be negative, got {values['learning_rate']}")
-    max_steps, epochs = values.get("max_steps"), values.get("num_train_epochs")
-    if max_steps is not None and max_steps <= 0 and epochs is not None and epochs <= 0:
-        raise WarmstartError(
-            f"--num_train_epochs {epochs:g} with no positive --max_steps trains nothing: give either a positive value"
-        )
-    checkpoint = values.get("resume_from_checkpoint")
-    if checkpoint and checkpoint != "auto" and not (Path(checkpoint) / "trainer_state.json").is_file():
-        raise WarmstartError(
-            f"--resume_from_checkpoint {checkpoint} is not a Trainer checkpoint (no trainer_state.json): give a "
-            "checkpoint-<step> directory of an earlier run"
-        )
+def check_space(space: Any) -> None:
+    """Refuses a search space with an unknown name, a range with min > max, a log range through zero, or an
+    empty list of choices.
 
-
-def _refuse_non_finite(section: Any, names: Sequence[str]) -> None:
-    for name in names:
-        value = getattr(section, name)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise WarmstartError(f"--{name} must be a finite number, got {value}")
-
-
-def to_plain(value: Any) -> Any:
-    """A dataclass's dict (or any value) as plain YAML-safe data; token values are replaced, never written."""
-    if hasattr(value, "to_dict"):
-        value = value.to_dict()
-    elif hasattr(value, "__dataclass_fields__"):
-        value = {f.name: getattr(value, f.name) for f in fields(value)}
-    if isinstance(value, dict):
-        return {str(k): ("<redacted>" if str(k).endswith("_token") and v else to_plain(v)) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set)):
-        return [to_plain(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
+    Raises:
+        WarmstartError: what is wrong, and with which name.
+    """
+    if not isinstance(space, dict) or not space:
+        raise WarmstartError("--hparam_space must map hyperparameter names to ranges or lists of choices")
+    for name, spec in space.items():
+        if name not in SEARCHABLE:
+            raise WarmstartError(f"--hparam_space: {name!r} cannot be searched; use {', '.join(SEARCHABLE)}")
+        if isinstance(spec, list):
+            if not spec:
+                raise WarmstartError(f"--hparam_space {name}: the list of choices is empty")
+            continue
+        if not isinstance(spec, dict) or not {"low", "high"} <= set(spec) or set(spec) - {"low", "high", "log"}:
+            raise WarmstartError(f"--hparam_space {name}: give {{low, high}} (and log: true), or a list of choices")
+        low, high = spec["low"], spec["high"]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
+            raise WarmstartError(f"--hparam_space {name}: low and high must be numbers, got {low!r} and {high!r}")
+        if low > high:
+            raise WarmstartError(f"--hparam_space {name}: min {low:g} is above max {high:g}")
+        if spec.get("log") and low <= 0:
+            raise WarmstartError(f"--hparam_space {name}: a log range needs low > 0, got {low:g}")
+        if name in INTEGER_HYPERPARAMETERS and not (float(low).is_integer() and float(high).is_integer()):
+            raise WarmstartError(f"--hparam_space {name}: an integer range, got {low:g}..{high:g}")

@@ -1,0 +1,202 @@
+"""What the classification tasks share once their data and model have loaded: the learning rate a strategy starts
+from, the run fitted to the machine, the feature cache and probe decided, the policy applied, and the loop run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import DatasetDict
+from torch import nn
+from transformers import TrainerCallback
+
+from warmstart.config import RunConfig
+from warmstart.errors import WarmstartError
+from warmstart.feature_cache import CacheSettings, default_cache_dir
+from warmstart.fine_tuning import prepare_fine_tuning
+from warmstart.policy import FreezePolicy, default_learning_rate
+from warmstart.precision import apply_device_settings
+from warmstart.regularization import prepare_regularization
+from warmstart.training import ProbeOptions, Run, start_run, train_classifier
+
+logger = logging.getLogger("warmstart")
+
+
+def learning_rate(config: RunConfig) -> tuple[float, str]:
+    """The run's learning rate and where it comes from: ``--learning_rate`` when given, else the default of the
+    strategy on the task's modality (the Trainer's 5e-5 suits full fine-tuning of BERT only)."""
+    if "learning_rate" in config.given:
+        return config.training.learning_rate, "--learning_rate"
+    strategy = config.policy.strategy
+    return default_learning_rate(strategy, config.modality), f"the default for {strategy} on {config.modality} data"
+
+
+def start_classification(config: RunConfig) -> Run:
+    """A classification run's first step: its learning rate resolved, and :func:`~warmstart.training.start_run`.
+
+    ``config`` is the run's own copy: its training arguments take the resolved rate."""
+    rate, source = learning_rate(config)
+    config.training.learning_rate = rate
+    run = start_run(config)
+    run.config["learning_rate"] = {"value": rate, "source": source}
+    logger.info("learning rate %g (%s)", rate, source)
+    return run
+
+
+def apply_devices(config: RunConfig, run: Run, model: nn.Module, input_size: Sequence[int] | None = None) -> None:
+    """Fits the run to the machine (precision, timed on the model where parsing left it pending; TF32, channels_last,
+    loader workers): see :func:`warmstart.precision.apply_device_settings` (``input_size``: the training images'
+    ``(C, H, W)``; text is timed at ``--max_seq_length`` tokens when given). Each decision is logged and recorded in
+    the run's config: ``device_settings``, and ``precision``, the mixed precision the Trainer will run."""
+    lines = apply_device_settings(
+        model,
+        config.training,
+        config.performance,
+        config.modality,
+        input_size=input_size,
+        sequence_length=getattr(config.data, "max_seq_length", None),
+    )
+    for line in lines:
+        logger.info("%s", line)
+    run.config["device_settings"] = lines
+    # ``performance`` keeps what parsing resolved (``auto`` where the model was to be timed), so that a rerun of the
+    # same command is recognised whichever way its timing goes; what the timing chose is the run's precision
+    run.config["precision"] = config.training.mixed_precision
+
+
+def feature_cache_refusal(config: RunConfig) -> str | None:
+    """Why a run's backbone features are not cached, or ``None``: they are.
+
+    The cache is on by default wherever it gives the same model: the whole backbone is frozen (``head_only``, and
+    the probe of ``lp_ft``) and, for images, no augmentation was asked for (features of augmented images differ
+    every epoch; the default flip is dropped from what the head sees instead). ``--cache_features false`` turns it
+    off."""
+    policy, data, reg = config.policy, config.data, config.regularization
+    if not config.performance.cache_features:
+        return "--cache_features false"
+    if not policy.spec.probes:
+        return f"--freeze_strategy {policy.strategy} trains more than the head"
+    if config.modality == "image":
+        asked = {
+            "--hflip": (data.hflip or 0) > 0,
+            "--random_crop_scale": data.random_crop_scale is not None,
+            "--auto_augment": bool(reg.auto_augment) and reg.auto_augment.lower() != "none",
+            "--random_erasing": reg.random_erasing > 0,
+            "--mixup_alpha / --cutmix_alpha": reg.mixes_labels,
+        }
+        if any(asked.values()):
+            return f"augmentation was asked for ({', '.join(k for k, v in asked.items() if v)})"
+    return None
+
+
+def feature_cache_settings(
+    config: RunConfig, run: Run, collate: Callable, store: dict[str, Any] | None = None
+) -> CacheSettings | None:
+    """Whether a run trains its head on cached backbone features, and how (``None``: it does not; see
+    :func:`feature_cache_refusal`). The decision is logged and recorded. ``store``: features shared with other runs
+    of the same base model on the same data (a strategy comparison), computed once."""
+    reason = feature_cache_refusal(config)
+    run.config["feature_cache"] = {"used": reason is None, "reason": reason or "the backbone is frozen"}
+    if reason is not None:
+        if config.policy.spec.probes:
+            logger.info("backbone features are not cached: %s; the frozen backbone runs every step", reason)
+        return None
+    training, performance = config.training, config.performance
+    autocast = torch.bfloat16 if training.bf16 else torch.float16 if training.fp16 else None
+    depends_on = [run.config.get("model"), run.config.get("data"), performance.resolved_precision]
+    return CacheSettings(
+        collate=collate,
+        memory_budget_mb=performance.feature_cache_memory_mb,
+        cache_dir=default_cache_dir(run.output_dir, training.process_index),
+        autocast_dtype=autocast,
+        store=store,
+        store_key=json.dumps(depends_on, sort_keys=True, default=str),
+    )
+
+
+def probe_policy(config: RunConfig, run: Run, feature_cache: CacheSettings | None) -> FreezePolicy:
+    """The run's policy, its probe solver decided: ``lbfgs`` (the head solved on the cached features) wherever the
+    features are cached and the Trainer's probe was not asked for (``--probe_solver trainer``, or lp_ft's
+    ``--probe_epochs``), else ``trainer``. Logged and recorded (``probe`` in the run's config).
+
+    Raises:
+        WarmstartError: ``--probe_solver lbfgs`` where the features are not cached, or an lp_ft probe left to the
+            Trainer without ``--probe_epochs``.
+    """
+    policy = config.policy
+    if not policy.spec.probes:
+        return policy
+    asked = policy.probe_solver
+    lp_ft = policy.spec.trains_backbone
+    if feature_cache is None:
+        reason = run.config.get("feature_cache", {}).get("reason", "the features are not cached")
+        if asked == "lbfgs":
+            raise WarmstartError(
+                f"--probe_solver lbfgs solves the head on cached backbone features, and they are not cached here "
+                f"({reason}): use --probe_solver trainer, or drop what turns the cache off"
+            )
+        solver, why = "trainer", asked and "--probe_solver trainer" or f"the features are not cached ({reason})"
+    elif asked is None and lp_ft and policy.probe_epochs is not None:
+        # epochs of probing asked for: the Trainer's probe, as every such command ran before the solver existed
+        solver, why = "trainer", f"--probe_epochs {policy.probe_epochs:g}"
+    else:
+        solver, why = asked or "lbfgs", f"--probe_solver {asked}" if asked else "the default where features are cached"
+    if solver == "trainer" and lp_ft and policy.probe_epochs is None:
+        raise WarmstartError(
+            f"--freeze_strategy lp_ft trains its probe with the Trainer here ({why}): give --probe_epochs N"
+        )
+    if solver == "lbfgs" and lp_ft:
+        why += "; the whole run then fine-tunes everything" + (
+            f" (--probe_epochs {policy.probe_epochs:g} is not used)" if policy.probe_epochs else ""
+        )
+    logger.info("probe: %s (%s)", solver, why)
+    run.config["probe"] = {"solver": solver, "reason": why, "asked": asked}
+    return dataclasses.replace(policy, probe_solver=solver)
+
+
+def train_loaded_classifier(
+    config: RunConfig,
+    run: Run,
+    *,
+    model: nn.Module,
+    splits: DatasetDict,
+    collate: Callable,
+    save_model: Callable[[nn.Module, Path], None],
+    card: dict[str, Any],
+    feature_cache: CacheSettings | None,
+    processing_class: Any = None,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> dict[str, Any]:
+    """The rest of a classification run once its model and splits are loaded: the probe decided, the policy applied
+    (:func:`~warmstart.fine_tuning.prepare_fine_tuning`), the regularization built, and
+    :func:`~warmstart.training.train_classifier` run."""
+    policy = probe_policy(config, run, feature_cache)
+    tuning = prepare_fine_tuning(model, policy, config.training)
+    reg_args = config.regularization
+    regularization = prepare_regularization(reg_args, config.modality, model.config, splits["train"], config.training)
+    return train_classifier(
+        run,
+        tuning=tuning,
+        policy=policy,
+        training_args=config.training,
+        splits=splits,
+        data_collator=regularization.collator(collate),
+        processing_class=processing_class,
+        compute_loss_func=regularization.loss_function,
+        callbacks=[*regularization.callbacks, *callbacks],
+        save_adapter=config.save_adapter,
+        feature_cache=feature_cache,
+        probe=ProbeOptions(regularization.class_weights, reg_args.label_smoothing),
+        save_model=save_model,
+        card={
+            "modality": config.modality,
+            "name": str(run.output_dir),
+            "base_model": config.model.model_name_or_path + (" (random init)" if config.model.random_init else ""),
+            **card,
+        },
+    )

@@ -1,0 +1,66 @@
+"""The ``text_classification`` task: a BERT-family encoder (or a warmstart text output) fine-tuned on labelled
+texts or text pairs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from transformers import TrainerCallback
+
+from warmstart.config import RunConfig
+from warmstart.data import TextCollator, load_labeled_splits, resolve_text_columns, tokenize_splits
+from warmstart.export import save_text_model
+from warmstart.models import load_text_model, max_sequence_length
+from warmstart.tasks.classification import (
+    apply_devices,
+    feature_cache_settings,
+    start_classification,
+    train_loaded_classifier,
+)
+
+
+def execute(
+    config: RunConfig, *, callbacks: Sequence[TrainerCallback] = (), feature_store: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Runs the task (see :func:`warmstart.run`)."""
+    run = start_classification(config)
+    data_args, training_args = config.data, config.training
+
+    splits, labels = load_labeled_splits(data_args, seed=training_args.seed)
+    text_columns = resolve_text_columns(splits, data_args.text_column_names, data_args.label_column_name)
+
+    model, tokenizer = load_text_model(
+        config.model.model_name_or_path,
+        labels,
+        random_init=config.model.random_init,
+        trust_remote_code=config.model.trust_remote_code,
+        reset_head=config.model.reset_head,
+    )
+    apply_devices(config, run, model)
+    max_length = max_sequence_length(model, tokenizer, data_args.max_seq_length)
+    with training_args.main_process_first(desc="tokenizing"):
+        splits = tokenize_splits(splits, tokenizer, text_columns, max_length)
+    # the token counts made at tokenization drive length-grouped batches; the collator drops them before the model
+    training_args.remove_unused_columns = False
+    if data_args.group_by_length and training_args.train_sampling_strategy == "random":
+        training_args.train_sampling_strategy = "group_by_length"
+    run.config.update(labels=labels, text_columns=text_columns, max_seq_length=max_length)
+
+    # pad each batch to its longest sequence, not every text to max_seq_length
+    collator = TextCollator(tokenizer, data_args.pad_to_multiple_of)
+    return train_loaded_classifier(
+        config,
+        run,
+        model=model,
+        splits=splits,
+        collate=collator,
+        processing_class=tokenizer,
+        feature_cache=feature_cache_settings(config, run, collator, feature_store),
+        callbacks=callbacks,
+        save_model=lambda merged, output_dir: save_text_model(merged, tokenizer, output_dir),
+        card={
+            "data": data_args.describe() + f"; text: {', '.join(text_columns)}; max length {max_length} tokens",
+            "labels": labels,
+        },
+    )

@@ -1,0 +1,368 @@
+"""The training loop of the classification tasks: the head solved or trained on cached backbone features where the
+backbone is frozen, the Trainer otherwise, then evaluation on validation (and test), the report, and the output."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import DatasetDict
+from torch import nn
+from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
+
+from warmstart.config import to_plain
+from warmstart.distributed import broadcast_from_main, is_main_process
+from warmstart.errors import WarmstartError
+from warmstart.feature_cache import (
+    CacheDeclined,
+    CachedFeatureCollator,
+    CachedRun,
+    CacheSettings,
+    ProbeThenFull,
+    WithCachedFeatures,
+    cache_features,
+    head_inputs,
+)
+from warmstart.fine_tuning import FineTuning, UnfreezeSchedule
+from warmstart.lora import merge_lora, save_lora_adapter
+from warmstart.metrics import compute_metrics
+from warmstart.models import newly_initialised
+from warmstart.policy import FreezePolicy
+from warmstart.probe import ProbeFit, ProbeUnsolvable, solve_head
+from warmstart.report import write_evaluation_report
+from warmstart.training.callbacks import LogBeforeEvaluationAndAtTheEnd, StopOnNonFiniteLoss, exact_loss_metrics
+from warmstart.training.output import finish_output, staged_output, write_output
+from warmstart.training.setup import Run, resume_point
+
+logger = logging.getLogger("warmstart")
+
+
+@dataclass
+class ProbeOptions:
+    """What the solved probe takes from the run's regularization: the loss it minimises is the training loss."""
+
+    class_weights: Sequence[float] | None = None
+    label_smoothing: float = 0.0
+
+
+def train_classifier(
+    run: Run,
+    *,
+    tuning: FineTuning,
+    policy: FreezePolicy,
+    training_args: TrainingArguments,
+    splits: DatasetDict,
+    data_collator: Callable | None,
+    save_model: Callable[[nn.Module, Path], None],
+    card: dict[str, Any],
+    processing_class: Any = None,
+    compute_loss_func: Callable | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
+    save_adapter: bool = False,
+    feature_cache: CacheSettings | None = None,
+    probe: ProbeOptions | None = None,
+) -> dict[str, Any]:
+    """Trains with the HF Trainer, evaluates on validation (and test), and saves in hub format with a model card.
+
+    Output layout (as the HF examples): ``all_results.json``, ``train_results.json``, ``eval_results.json``,
+    (``test_results.json``), ``trainer_state.json``, the model files, ``README.md`` and ``warmstart_config.yaml``.
+    A LoRA model is saved merged (it loads without peft), and with ``save_adapter`` its adapter alone too.
+
+    Args:
+        run: from :func:`start_run`.
+        tuning: from :func:`warmstart.fine_tuning.prepare_fine_tuning`: model, optimizer, schedule callbacks.
+        policy: the policy.
+        training_args: the Trainer's arguments.
+        splits: ``train``, ``validation`` and optionally ``test``.
+        data_collator: batches examples.
+        save_model: writes a (plain, merged) model's files into a directory.
+        card: model-card fields (see :func:`warmstart.export.write_model_card`) without metrics and policy.
+        processing_class: the tokenizer, for text.
+        compute_loss_func: a loss in place of the model's own (label smoothing, class weights, mixed labels).
+        callbacks: more Trainer callbacks (early stopping).
+        save_adapter: also save a LoRA adapter alone, in ``output_dir/adapter``.
+        feature_cache: train the head on the frozen backbone's features, computed once per split (see
+            :func:`feature_cache_settings`); the splits must then hold what the model takes after ``data_collator``.
+        probe: the loss options the solved probe minimises (``policy.probe_solver == "lbfgs"``, see
+            :func:`probe_policy`): the head is solved on the cached training features before the Trainer runs;
+            ``head_only`` then trains nothing more (unless ``probe_train_rest``), ``lp_ft`` fine-tunes everything.
+
+    Returns:
+        All metrics, as in ``all_results.json``.
+    """
+    report = tuning.report
+    logger.info("policy %s; %s", policy.describe(), report.summary())
+    if training_args.should_save:
+        run.output_dir.mkdir(parents=True, exist_ok=True)
+    _warn_of_per_process_batchnorm(tuning.model, policy, training_args)
+    kept = _avoid_single_sample_batches(tuning.model, policy, training_args, len(splits["train"]))
+    if kept is not None:
+        splits = {**splits, "train": splits["train"].select(kept)}
+        if feature_cache is not None and feature_cache.source_splits is not None:
+            source = feature_cache.source_splits
+            feature_cache.source_splits = {**source, "train": source["train"].select(kept)}
+    trained = tuning.model
+    cached = _cache_backbone_features(run, tuning.model, splits, feature_cache, training_args)
+    fit = None
+    if policy.probe_solver == "lbfgs":
+        fit = _solved_probe(run, tuning.model, cached, policy, probe or ProbeOptions(), training_args.seed)
+        if fit is None:  # head_only by default, on a head the solver cannot take: the Trainer trains it
+            policy = dataclasses.replace(policy, probe_solver="trainer")
+    solved_only = fit is not None and not policy.spec.trains_backbone and not policy.probe_train_rest
+    if fit is not None and policy.spec.trains_backbone:
+        pass  # the probe is solved: the full model fine-tunes on the inputs from the first step
+    elif cached is not None and policy.spec.trains_backbone:
+        # the probe trains the head on the features, then the schedule unfreezes the backbone and the full model
+        # trains on the inputs, in one Trainer run (one schedule, one optimizer, one set of checkpoints)
+        trained = ProbeThenFull(tuning.model, cached)
+        splits = {name: WithCachedFeatures(splits[name], table) for name, table in cached.splits.items()}
+        data_collator = CachedFeatureCollator(data_collator or default_data_collator)
+        training_args.remove_unused_columns = False  # the wrapper's signature does not name the model's inputs
+    elif cached is not None:
+        trained, splits, data_collator = cached.head, cached.splits, default_data_collator
+        # features have one size: nothing to group by length, and nothing for a collator to pad; a row is a slice
+        # of a tensor, with nothing for loader workers to decode; and the head has no activations worth
+        # checkpointing (the head model has no layers to checkpoint)
+        if training_args.train_sampling_strategy == "group_by_length":
+            training_args.train_sampling_strategy = "random"
+        training_args.dataloader_num_workers = 0
+        training_args.activation_checkpointing = False
+    training_args.logging_nan_inf_filter = False  # a NaN loss must show in the log, where the run stops on it
+    trainer = Trainer(
+        args=training_args,
+        train_dataset=splits["train"],
+        eval_dataset=splits["validation"],
+        data_collator=data_collator,
+        processing_class=processing_class,
+        compute_metrics=compute_metrics if training_args.world_size <= 1 else exact_loss_metrics(compute_loss_func),
+        compute_loss_func=compute_loss_func,
+        **{
+            **tuning.trainer_kwargs(),
+            "model": trained,
+            "callbacks": [*tuning.callbacks, *callbacks, StopOnNonFiniteLoss(), LogBeforeEvaluationAndAtTheEnd()],
+        },
+    )
+    run.config["param_groups"] = tuning.groups_as_dicts()
+    try:
+        if solved_only:  # nothing left to train: the solve was the training
+            results: dict[str, Any] = {
+                "train_runtime": fit.seconds,
+                "train_samples_per_second": round(fit.examples / max(fit.seconds, 1e-9), 3),
+                "train_loss": fit.train_loss,
+            }
+        else:
+            results = dict(trainer.train(resume_from_checkpoint=resume_point(training_args)).metrics)
+        if fit is not None:
+            results.update(probe_c=fit.c, probe_seconds=fit.seconds)
+        results.update(
+            train_samples=len(splits["train"]),
+            trainable_params=report.trainable_params,
+            total_params=report.total_params,
+        )
+        if cached is not None:  # before the Trainer's clock (train_runtime) started
+            results["feature_cache_seconds"] = round(cached.seconds, 3)
+        trainer.log_metrics("train", results)
+        files = {"train": dict(results)}  # written with the model, when it is saved
+
+        predicted = {}
+        for split in ("validation", "test"):
+            if split not in splits:
+                continue
+            prefix = "eval" if split == "validation" else "test"
+            # predict, not evaluate: the same metrics, and the predictions for the report's plots
+            output = trainer.predict(splits[split], metric_key_prefix=prefix)
+            metrics = dict(output.metrics)
+            metrics[f"{prefix}_samples"] = len(splits[split])
+            trainer.log_metrics(prefix, metrics)
+            files[prefix] = metrics
+            results.update(metrics)
+            predicted[split] = output
+    finally:
+        if cached is not None:  # also after a failure: spilled features can take gigabytes
+            cached.close()
+
+    if trainer.is_world_process_zero():
+        run.config["freeze_report"] = report.to_dict()
+        schedule = next((c for c in tuning.callbacks if isinstance(c, UnfreezeSchedule)), None)
+        if schedule is not None:
+            run.config["schedule"] = [
+                {"step": step, "stage": stage, "training": groups} for step, stage, groups in schedule.history
+            ]
+        # what warmstart changed in the training arguments (early stopping's strategies, DDP settings), beside
+        # what was asked for, which stays as given so that a rerun of the same command is recognised
+        effective = to_plain(training_args)
+        run.config["training_adjusted"] = {
+            k: v for k, v in effective.items() if k in run.config["training"] and run.config["training"][k] != v
+        }
+        files["all"] = {**results, "freeze_policy": policy.to_dict(), **report.to_dict()}
+        with staged_output(run.output_dir) as staging:
+            model = tuning.model
+            if policy.spec.wraps_model:
+                if save_adapter:
+                    save_lora_adapter(model, staging / "adapter")
+                model = merge_lora(model)
+            reports = [
+                write_evaluation_report(
+                    staging,
+                    card["labels"],
+                    output.label_ids,
+                    output.predictions,
+                    trainer.state.log_history,
+                    metric_for_best_model=training_args.metric_for_best_model,
+                    split=split,
+                )
+                for split, output in predicted.items()
+            ]
+            card = {
+                **card,
+                **({"probe": fit.markdown()} if fit is not None else {}),
+                "policy": policy.to_dict(),
+                "policy_description": policy.describe(),
+                "freeze_report": report.to_dict(),
+                "per_class": "\n\n".join(r.markdown for r in reports),
+                "images": [image for r in reports for image in r.images],
+            }
+            write_output(run, staging, model, save_model, card, results, files, trainer)
+        finish_output(run)
+    return results
+
+
+def _cache_backbone_features(
+    run: Run, model: nn.Module, splits: DatasetDict, settings: CacheSettings | None, training_args: TrainingArguments
+) -> CachedRun | None:
+    if settings is None:
+        return None
+    try:
+        cached = cache_features(
+            model,
+            settings.source_splits or splits,
+            settings,
+            batch_size=training_args.per_device_eval_batch_size,
+            device=training_args.device,
+            num_workers=training_args.dataloader_num_workers,
+        )
+    except CacheDeclined as declined:
+        logger.warning("backbone features are not cached: %s; the frozen backbone runs every step", declined)
+        run.config["feature_cache"] = {"used": False, "reason": str(declined)}
+        return None
+    record = run.config.setdefault("feature_cache", {"used": True})
+    record.update(seconds=round(cached.seconds, 2), splits=cached.stats)
+    on_disk = [name for name, table in cached.splits.items() if table.on_disk]
+    logger.info(
+        "backbone features cached once in %.1f s (%s); the head trains on them%s",
+        cached.seconds,
+        ", ".join(f"{name}: {len(table)}" for name, table in cached.splits.items()),
+        f" (memory-mapped: {', '.join(on_disk)})" if on_disk else "",
+    )
+    return cached
+
+
+def _solved_probe(
+    run: Run, model: nn.Module, cached: CachedRun | None, policy: FreezePolicy, probe: ProbeOptions, seed: int
+) -> ProbeFit | None:
+    """Solves the head on the cached training features (:func:`warmstart.probe.solve_head`) on the main process,
+    and gives every process the solved weights. Returns the fit, or ``None`` where ``head_only``'s default solver
+    cannot take the head (the Trainer then trains it, and the run says why).
+
+    Raises:
+        WarmstartError: the features could not be cached or the head solved, where the solve was asked for (or
+            ``lp_ft`` relies on it).
+    """
+    explicit = run.config.get("probe", {}).get("asked") is not None  # --probe_solver given
+    if cached is None:
+        problem = run.config.get("feature_cache", {}).get("reason", "the features are not cached")
+    elif is_main_process():
+        table = cached.splits["train"]
+        features = torch.as_tensor(np.asarray(table.features))
+        try:
+            fit = solve_head(
+                model,
+                cached.head,
+                lambda batch: head_inputs(cached.key, batch),
+                features,
+                table.labels,
+                new_weights=newly_initialised(model),
+                class_weights=probe.class_weights,
+                label_smoothing=probe.label_smoothing,
+                seed=seed,
+            )
+            names = {*fit.fitted, *fit.pass_through}
+            shared: Any = (fit, {n: p.detach().cpu() for n, p in model.named_parameters() if n in names})
+        except ProbeUnsolvable as err:
+            shared = str(err)
+        problem = None
+    shared = broadcast_from_main(shared if cached is not None and is_main_process() else None)
+    if cached is not None:
+        problem = shared if isinstance(shared, str) else None
+    if problem is not None:
+        if explicit or policy.spec.trains_backbone:
+            raise WarmstartError(
+                f"the probe cannot be solved: {problem}: use --probe_solver trainer"
+                + (" --probe_epochs N" if policy.spec.trains_backbone else "")
+            )
+        logger.warning("the probe is not solved (%s): the Trainer trains the head", problem)
+        run.config["probe"] = {"solver": "trainer", "reason": f"not solvable: {problem}"}
+        return None
+    fit, state = shared
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in state:
+                param.copy_(state[name].to(param.device))
+    logger.info("%s", fit.summary())
+    run.config["probe"].update(fit.to_dict())
+    return fit
+
+
+def _trains_batchnorm(model: nn.Module, policy: FreezePolicy) -> bool:
+    """Whether BatchNorm layers normalise with batch statistics in this run (now, or once a schedule unfreezes
+    them)."""
+    if policy.holds_batchnorm_stats:
+        return False
+    batchnorms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    return any(p.requires_grad for m in batchnorms for p in m.parameters()) or (
+        bool(batchnorms) and policy.spec.scheduled
+    )
+
+
+def _warn_of_per_process_batchnorm(model: nn.Module, policy: FreezePolicy, training_args: TrainingArguments) -> None:
+    """Says, under several processes, that BatchNorm normalises each process's share of a batch: the one thing that
+    keeps such a run from computing what one process computes on the same global batch (measured: a full fine-tune
+    of a ResNet on 24 images, 2 processes of 6 against 1 of 12, ended at train loss 0.42 against 0.17). PyTorch's
+    SyncBatchNorm, which would normalise over the global batch, runs on GPUs only."""
+    if training_args.world_size > 1 and _trains_batchnorm(model, policy):
+        logger.warning(
+            "BatchNorm trains here and each of the %d processes normalises its own %d examples per step: results "
+            "differ from one process with the same global batch (a frozen backbone, or a model without BatchNorm, "
+            "does not have this difference)",
+            training_args.world_size,
+            training_args.per_device_train_batch_size,
+        )
+
+
+def _avoid_single_sample_batches(
+    model: nn.Module, policy: FreezePolicy, training_args: TrainingArguments, train_size: int
+) -> list[int] | None:
+    """A trainable BatchNorm cannot normalise a batch of one sample at 1x1 resolution, and a last batch of one is
+    an accident of the data size: one training example (chosen with the seed) is left out rather than crash at the
+    end of an epoch. (``dataloader_drop_last`` would do it, but the Trainer applies it to evaluation too, where it
+    silently dropped whole validation batches.) Returns the training rows to keep, or ``None``: all."""
+    batch = training_args.per_device_train_batch_size * max(training_args.world_size, 1)
+    if train_size % batch != 1 or training_args.dataloader_drop_last or train_size == 1:
+        return None
+    if not _trains_batchnorm(model, policy):
+        return None
+    left_out = random.Random(training_args.seed).randrange(train_size)
+    logger.warning(
+        "the last training batch would hold one sample, which BatchNorm cannot train on: training example %d of %d "
+        "is left out",
+        left_out,
+        train_size,
+    )
+    return [i for i in range(train_size) if i != left_out]
