@@ -17,15 +17,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from warmstart import parse_config, run, run_cli
+import warmstart
+from warmstart import parse_config, run_cli
 
 TASK = "masked_lm"
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     """Parses the command line (or a config file), and runs."""
-    config = parse_config(argv, TASK)
-    return run(config)
+    config = parse_config(argv, TASK)  # --help and bad arguments end here, before training's libraries load
+    return warmstart.run(config)
 
 
 if __name__ == "__main__":

@@ -15,15 +15,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from warmstart import parse_config, run, run_cli, run_search
+import warmstart
+from warmstart import parse_config, run_cli
 
 TASK = "text_classification"
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     """Parses the command line (or a config file), and runs or searches."""
-    config = parse_config(argv, TASK)
-    return run_search(config) if config.searching else run(config)
+    config = parse_config(argv, TASK)  # --help and bad arguments end here, before training's libraries load
+    return warmstart.run_search(config) if config.searching else warmstart.run(config)
 
 
 if __name__ == "__main__":

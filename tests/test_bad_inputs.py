@@ -307,7 +307,8 @@ class Case:
 
 
 def _no_native_bf16(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(warmstart.precision, "cpu_flags", lambda cpuinfo=None: {"avx2", "fma", "sse4_2"})
+    for module in (warmstart.precision.hardware, warmstart.precision.choice, warmstart.precision.devices):
+        monkeypatch.setattr(module, "cpu_flags", lambda cpuinfo=None: {"avx2", "fma", "sse4_2"})
 
 
 def _accelerate_fp16(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -1536,7 +1537,8 @@ def test_data_failures_create_no_output_dir(env: Env, capfd):
 
 @pytest.mark.parametrize("flag", ["avx512_bf16", "amx_bf16"])
 def test_bf16_on_a_cpu_with_native_bf16_is_accepted(flag: str, env: Env, monkeypatch):
-    monkeypatch.setattr(warmstart.precision, "cpu_flags", lambda cpuinfo=None: {"avx2", flag})
+    for module in (warmstart.precision.hardware, warmstart.precision.choice, warmstart.precision.devices):
+        monkeypatch.setattr(module, "cpu_flags", lambda cpuinfo=None: {"avx2", flag})
     *_, training_args = parse_args(
         (ModelArguments, DataArguments, PolicyArguments, TrainingArguments), [*env.text("--bf16")]
     )
@@ -1545,7 +1547,8 @@ def test_bf16_on_a_cpu_with_native_bf16_is_accepted(flag: str, env: Env, monkeyp
 
 
 def test_bf16_on_a_cpu_without_native_bf16_fails_at_parse_time(env: Env, monkeypatch):
-    monkeypatch.setattr(warmstart.precision, "cpu_flags", lambda cpuinfo=None: {"avx2"})
+    for module in (warmstart.precision.hardware, warmstart.precision.choice, warmstart.precision.devices):
+        monkeypatch.setattr(module, "cpu_flags", lambda cpuinfo=None: {"avx2"})
     with pytest.raises(WarmstartError, match="without native bf16"):
         parse_args((ModelArguments, DataArguments, PolicyArguments, TrainingArguments), env.text("--bf16"))
 

@@ -18,7 +18,7 @@ HEAVY = ("torch", "transformers", "timm", "datasets", "peft", "sklearn", "matplo
 
 
 def _imported_after(code: str) -> list[str]:
-    probe = f"import sys, json; {code}; print(json.dumps([m for m in {list(HEAVY)!r} if m in sys.modules]))"
+    probe = f"import sys, json\n{code}\nprint(json.dumps([m for m in {list(HEAVY)!r} if m in sys.modules]))"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -148,3 +148,13 @@ print("FAILED", failed)
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert done.stdout.strip().endswith("FAILED []"), done.stdout[-2000:] + done.stderr[-4000:]
+
+
+def test_a_recipe_s_help_loads_only_what_parsing_needs():
+    recipe = PACKAGE.parents[1] / "recipes" / "text_classification.py"
+    code = (
+        f"import runpy, sys; sys.argv = [{str(recipe)!r}, '--help']\n"
+        "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\nexcept SystemExit:\n    pass\n"
+    )
+    # the Trainer's arguments need torch and transformers; the model, data and report libraries wait for a run
+    assert not {"timm", "sklearn", "matplotlib"} & set(_imported_after(code))

@@ -238,7 +238,8 @@ def test_torch_compile_passes_through(tmp_path):
 
 
 def test_the_run_config_records_the_choice_and_a_rerun_ignores_the_evidence(tmp_path, tiny_bert, monkeypatch):
-    monkeypatch.setattr(warmstart.precision, "cpu_flags", lambda cpuinfo=None: set(AVX2))
+    for module in (warmstart.precision.hardware, warmstart.precision.choice, warmstart.precision.devices):
+        monkeypatch.setattr(module, "cpu_flags", lambda cpuinfo=None: set(AVX2))
     argv = ["--model_name_or_path", str(tiny_bert), "--train_file", "train.csv", "--output_dir", str(tmp_path)]
     run = start_classification(parse_config([*argv, "--report_to", "none", "--use_cpu", "true"]).copy())
     performance = run.config["performance"]
@@ -632,8 +633,9 @@ def test_timing_training_steps_leaves_the_model_and_the_random_state_as_they_wer
 
 
 def test_a_recipe_records_the_timed_precision_and_a_rerun_is_still_recognised(tmp_path, tiny_bert, monkeypatch):
-    monkeypatch.setattr(warmstart.precision, "cpu_flags", lambda cpuinfo=None: set(AVX512_BF16))
-    monkeypatch.setattr(warmstart.precision, "time_training_steps", lambda *a, **k: {"fp32": 0.3, "bf16": 0.1})
+    for module in (warmstart.precision.hardware, warmstart.precision.choice, warmstart.precision.devices):
+        monkeypatch.setattr(module, "cpu_flags", lambda cpuinfo=None: set(AVX512_BF16))
+    monkeypatch.setattr(warmstart.precision.devices, "time_training_steps", lambda *a, **k: {"fp32": 0.3, "bf16": 0.1})
     argv = ["--model_name_or_path", str(tiny_bert), "--train_file", "train.csv", "--output_dir", str(tmp_path)]
     argv += ["--report_to", "none", "--use_cpu", "true", "--max_seq_length", "24"]
     args = parse_config(argv, "text_classification").copy()

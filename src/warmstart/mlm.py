@@ -21,11 +21,11 @@ from warmstart.config.objectives import MlmArguments
 from warmstart.data import LENGTH_COLUMN
 from warmstart.errors import WarmstartError
 from warmstart.models import (
-    _load_checked,
-    _loss_is_a_batch_mean,
-    _without_load_report,
+    load_checked,
     load_text_config,
     load_text_tokenizer,
+    loss_is_a_batch_mean,
+    without_load_report,
 )
 
 logger = logging.getLogger(__name__)
@@ -71,11 +71,11 @@ def load_mlm_model(
         )
     if random_init:
         model = AutoModelForMaskedLM.from_config(config, trust_remote_code=trust_remote_code)
-        _loss_is_a_batch_mean(model)
+        loss_is_a_batch_mean(model)
         return model, tokenizer, {}
     # a bare encoder has no head to tie: transformers calls that a corrupted checkpoint; the warning below says why
-    with _without_load_report("seem corrupted"):
-        model, info = _load_checked(
+    with without_load_report("seem corrupted"):
+        model, info = load_checked(
             AutoModelForMaskedLM.from_pretrained,
             model_name_or_path,
             config=config,
@@ -91,7 +91,7 @@ def load_mlm_model(
             len(new_head),
             ", ".join(sorted(new_head)[:2]),
         )
-    _loss_is_a_batch_mean(model)
+    loss_is_a_batch_mean(model)
     return model, tokenizer, _backbone_weights_left_out(model, model_name_or_path)
 
 

@@ -120,7 +120,7 @@ def parse_args(
     :func:`~warmstart.precision.apply_device_settings` times the model and sets both.
 
     Args:
-        dataclass_types: the argument dataclasses, e.g. ``(ModelArguments, DataArguments, FreezeArguments,
+        dataclass_types: the argument dataclasses, e.g. ``(ModelArguments, DataArguments, PolicyArguments,
             TrainingArguments)``.
         argv: the arguments (default: ``sys.argv[1:]``); a first argument ending in .yaml / .yml / .json is a
             config file whose values the rest of the command line overrides.

@@ -18,8 +18,8 @@ from warmstart.distributed import (
 )
 from warmstart.errors import WarmstartError
 from warmstart.models import (
-    _load_checked,
     is_image_model_config,
+    load_checked,
     load_text_tokenizer,
     load_timm_backbone,
     max_sequence_length,
@@ -255,7 +255,7 @@ def _text_predictor(model_dir: Path, config: dict[str, Any], device: torch.devic
         raise WarmstartError(f"cannot read the configuration in {model_dir} ({type(err).__name__})") from None
     if hf_config.num_labels < 1 or not hf_config.id2label:
         raise WarmstartError(f"{model_dir} holds a classifier with no classes (num_labels 0): it has no head to use")
-    model, info = _load_checked(
+    model, info = load_checked(
         AutoModelForSequenceClassification.from_pretrained, str(model_dir), output_loading_info=True
     )
     if info.get("missing_keys"):

@@ -1,14 +1,6 @@
-"""Precision and device settings that fit the hardware.
-
-CPUs differ, and these machines are of both kinds: without native bf16 (AVX2 only) a bf16 matmul ran 140x+ slower
-than fp32, so bf16 is refused there outright. With native bf16 a matmul says little about training: on an AMD EPYC
-with AVX512-BF16 a 512x512 matmul ran 2x faster in bf16 while an EfficientNet-Lite0 training step at 64 px ran 1.9x
-slower in it (depthwise convolutions). So ``--precision auto`` is resolved in two steps: while parsing, from the
-flags (fp32 on a CPU without native bf16 and on a GPU without it, an explicit request as asked, refusals); where bf16
-could pay (a CPU with AMX / AVX512-BF16, a GPU with native bf16) the choice is left pending, and
-:func:`apply_device_settings` makes it once the model exists, by timing a few training steps of the model at the
-training batch shape in fp32 and in bf16 autocast (:mod:`warmstart.step_timing`). It also adds what suits the device:
-TF32, ``channels_last`` for CNNs (timed the same way on a CPU), data loader workers.
+"""Device settings timed on the model, applied once it exists and before the ``Trainer`` is built: a precision
+choice left pending is made by timing training steps in fp32 and under bf16 autocast, and what suits the device is
+added: TF32 on an Ampere-or-newer GPU, ``channels_last`` for CNNs (timed the same way on a CPU), data loader workers.
 """
 
 from __future__ import annotations
@@ -17,17 +9,16 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from warmstart.distributed import broadcast_from_main, is_main_process
-from warmstart.errors import WarmstartError
+from warmstart.precision.choice import PENDING, PrecisionChoice
+from warmstart.precision.hardware import NATIVE_BF16_FLAGS, cpu_flags
 from warmstart.step_timing import DEFAULT_SEQUENCE_LENGTH, StepSetup, example_inputs, time_training_steps
 
-NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 # bf16 must win a timed training step by this much. The fastest of a few steps of one variant still varies between
 # timings on a shared machine (fp32 against itself, resnet18 at 64 px on 2 busy cores: 0.88x-1.22x), while the gains
 # worth having are larger (a resnet18 step on an EPYC with AVX512-BF16: 1.55x); and bf16 is not free (a run's numbers
@@ -35,8 +26,6 @@ NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 BF16_MIN_SPEEDUP = 1.25
 # A memory layout costs nothing in accuracy: below this gain in a timed training step a CNN stays contiguous.
 CHANNELS_LAST_MIN_SPEEDUP = 1.1
-# ``resolved_precision`` while ``--precision auto`` waits for the model to be timed (apply_device_settings).
-PENDING = "auto"
 # A timed CPU step takes at most this many samples: a batch this size already keeps a CPU's cores busy, so bf16's
 # ratio holds for larger ones, and a step of 256 images at 224 px would make the timing cost a minute.
 MAX_TIMED_CPU_BATCH = 32
@@ -44,182 +33,6 @@ MAX_TIMED_CPU_BATCH = 32
 CONV_ATTENTION_MODULES = ("SplitAttn", "ChannelAttn", "SpatialAttn", "LightChannelAttn", "LightSpatialAttn")
 # Image decoding and augmentation rarely need more per GPU; more workers only hold memory.
 MAX_LOADER_WORKERS = 8
-
-
-# ------------------------------------------------------------------------------------------------------- CPU facts
-
-
-def cpu_flags(cpuinfo: str | None = None) -> set[str]:
-    """The CPU feature flags from ``/proc/cpuinfo`` (or the given text); empty where they cannot be read."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return set()
-    for line in cpuinfo.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
-def cpu_has_native_bf16(flags: set[str] | None = None) -> bool:
-    """Whether the CPU computes bf16 natively (AMX or AVX512-BF16)."""
-    flags = cpu_flags() if flags is None else flags
-    return any(flag in flags for flag in NATIVE_BF16_FLAGS)
-
-
-def gpu_has_native_bf16() -> bool:
-    """Whether the current CUDA device computes bf16 natively (Ampere or newer), not by emulation."""
-    if not torch.cuda.is_available():
-        return False
-    try:
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    except TypeError:  # torch before 2.3 has no emulation to exclude
-        return torch.cuda.is_bf16_supported()
-
-
-def training_on_cpu(use_cpu: bool) -> bool:
-    """Whether the Trainer will run on the CPU: ``--use_cpu``, an accelerate config's ``use_cpu: true``
-    (``ACCELERATE_USE_CPU``), or no CUDA device."""
-    from_launcher = os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true", "yes")
-    return use_cpu or from_launcher or not torch.cuda.is_available()
-
-
-# ------------------------------------------------------------------------------------------------------- precision
-
-
-def requested_precision(fp16: bool, bf16: bool) -> str:
-    """``fp16`` / ``bf16`` / ``no``, from the flags or, failing them, an ``accelerate launch`` config."""
-    if fp16:
-        return "fp16"
-    if bf16:
-        return "bf16"
-    return os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
-
-
-def _request_source(precision: str, fp16: bool, bf16: bool) -> str:
-    """How a mixed precision was asked for, as the user wrote it."""
-    if fp16 or bf16:
-        return f"--{precision}"
-    return f"the accelerate config's mixed_precision: {precision}"
-
-
-def check_precision(precision: str, *, on_cpu: bool, flags: set[str] | None = None, source: str | None = None) -> None:
-    """Refuses a precision the hardware cannot run well.
-
-    Args:
-        precision: ``no``, ``fp16`` or ``bf16``.
-        on_cpu: training runs on the CPU (no CUDA device, or ``--use_cpu``).
-        flags: CPU flags; read from the machine when ``None``.
-        source: how the precision was asked for (``--bf16``, ``--precision bf16``), named in the message.
-
-    Raises:
-        WarmstartError: fp16 without a GPU, or bf16 on a CPU without native bf16.
-    """
-    if precision == "fp16" and on_cpu:
-        drop = source or "--fp16 (or the accelerate config's mixed_precision: fp16)"
-        raise WarmstartError(f"fp16 mixed precision needs a CUDA GPU and none is in use: drop {drop}, or run on a GPU")
-    if precision == "bf16" and on_cpu and not cpu_has_native_bf16(flags):
-        drop = source or "--bf16 (or the accelerate config's mixed_precision: bf16)"
-        raise WarmstartError(
-            "bf16 was asked for on a CPU without native bf16 (no amx_bf16 / avx512_bf16 flag), where it runs 100x+ "
-            f"slower than fp32: drop {drop}"
-        )
-
-
-@dataclass(frozen=True)
-class PrecisionChoice:
-    """The precision a run trains in, and why.
-
-    Attributes:
-        precision: ``fp32``, ``bf16`` or ``fp16`` (or an accelerate config's other mixed precision, passed on);
-            ``auto`` (:data:`PENDING`) while bf16 waits to be timed against fp32 on the model.
-        evidence: one line: what was asked, the CPU's native bf16 flags, the measured step times, the reason.
-        on_cpu: the run trains on the CPU.
-    """
-
-    precision: str
-    evidence: str
-    on_cpu: bool
-
-    @property
-    def pending(self) -> bool:
-        return self.precision == PENDING
-
-
-def choose_precision(
-    asked: str,
-    *,
-    fp16: bool = False,
-    bf16: bool = False,
-    use_cpu: bool = False,
-    on_cpu: bool | None = None,
-    flags: set[str] | None = None,
-    gpu_bf16: bool | None = None,
-) -> PrecisionChoice:
-    """Resolves ``--precision`` against ``--fp16`` / ``--bf16``, an accelerate config and the hardware, as far as
-    the hardware's flags decide it.
-
-    An explicit precision is taken as asked, but fp16 without a GPU and bf16 on a CPU without native bf16 are
-    refused. ``auto`` with no other request: fp32 on a CPU without native bf16 and on a GPU without it (nothing is
-    measured); on a CPU with AMX / AVX512-BF16 or a GPU with native bf16, pending (``auto``): bf16 may or may not be
-    faster for this model, which :func:`apply_device_settings` times once the model exists.
-
-    Args:
-        asked: ``--precision``: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
-        fp16: ``--fp16`` was given.
-        bf16: ``--bf16`` was given.
-        use_cpu: ``--use_cpu`` was given.
-        on_cpu: training runs on the CPU; from ``use_cpu``, the launcher and the machine when ``None``.
-        flags: CPU feature flags; read from ``/proc/cpuinfo`` when ``None``.
-        gpu_bf16: the GPU supports bf16 natively; asked of torch when ``None``.
-
-    Returns:
-        The choice, with its evidence; ``pending`` where it waits for the model.
-
-    Raises:
-        WarmstartError: ``--precision`` contradicts ``--fp16`` / ``--bf16`` / the accelerate config, or the
-            precision asked for cannot run well here.
-    """
-    on_cpu = training_on_cpu(use_cpu) if on_cpu is None else on_cpu
-    requested = requested_precision(fp16, bf16)
-    source = _request_source(requested, fp16, bf16) if requested != "no" else None
-    if asked != "auto" and requested != "no" and requested != asked:
-        raise WarmstartError(
-            f"--precision {asked} contradicts {source}: give one of them (--precision alone is enough)"
-        )
-    device = "CPU" if on_cpu else "GPU"
-    if asked != "auto" or requested != "no":
-        precision = asked if asked != "auto" else requested
-        source = f"--precision {asked}" if asked != "auto" else source
-        if precision in ("fp16", "bf16"):
-            check_precision(precision, on_cpu=on_cpu, flags=flags, source=source)
-        if precision == "no":
-            precision = "fp32"
-        return PrecisionChoice(precision, f"asked: {source} on the {device}{_flags_note(on_cpu, flags)}", on_cpu)
-
-    if not on_cpu:
-        if not (gpu_has_native_bf16() if gpu_bf16 is None else gpu_bf16):
-            return PrecisionChoice("fp32", "auto on the GPU: no native bf16, so fp32 (not measured)", False)
-        return PrecisionChoice(PENDING, "auto on the GPU (native bf16): to be timed on the model", False)
-
-    flags = cpu_flags() if flags is None else flags
-    if not cpu_has_native_bf16(flags):
-        return PrecisionChoice(
-            "fp32", f"auto on the CPU{_flags_note(True, flags)}: no native bf16, so fp32 (not measured)", on_cpu
-        )
-    return PrecisionChoice(PENDING, f"auto on the CPU{_flags_note(True, flags)}: to be timed on the model", on_cpu)
-
-
-def _flags_note(on_cpu: bool, flags: set[str] | None) -> str:
-    if not on_cpu:
-        return ""
-    flags = cpu_flags() if flags is None else flags
-    native = [flag for flag in NATIVE_BF16_FLAGS if flag in flags]
-    return f" (native bf16 flags: {', '.join(native) or 'none'})"
-
-
-# --------------------------------------------------------------------------------------------------------- devices
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,45 @@
+"""Loading backbones as classifiers sized to a label set: timm models (inside transformers' TimmWrapper, so the
+Trainer, pipelines and the Hub see a normal transformers model) and BERT-family sequence classifiers.
+
+Sources, everything offline: a local hub-format directory (a warmstart output, timm's ``save_for_hf``, or a
+TimmWrapper ``save_pretrained``), a hub id already in the Hugging Face cache, or a timm architecture name.
+
+- :mod:`~warmstart.models.configs`: a model directory's ``config.json``, checked loading, and the head decisions
+  both loaders share;
+- :mod:`~warmstart.models.image`: timm backbones and their transformers wrapper;
+- :mod:`~warmstart.models.text`: transformers text models and their tokenizers.
+"""
+
+from warmstart.models.configs import (
+    is_image_model_config,
+    keeps_head,
+    load_checked,
+    newly_initialised,
+    read_model_config,
+)
+from warmstart.models.image import load_image_model, load_timm_backbone, wrap_timm_model
+from warmstart.models.text import (
+    load_text_config,
+    load_text_model,
+    load_text_tokenizer,
+    loss_is_a_batch_mean,
+    max_sequence_length,
+    without_load_report,
+)
+
+__all__ = [
+    "is_image_model_config",
+    "keeps_head",
+    "load_checked",
+    "load_image_model",
+    "load_text_config",
+    "load_text_model",
+    "load_text_tokenizer",
+    "load_timm_backbone",
+    "loss_is_a_batch_mean",
+    "max_sequence_length",
+    "newly_initialised",
+    "read_model_config",
+    "wrap_timm_model",
+    "without_load_report",
+]
