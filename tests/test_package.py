@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import importlib.metadata
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -158,3 +159,16 @@ def test_a_recipe_s_help_loads_only_what_parsing_needs():
     )
     # the Trainer's arguments need torch and transformers; the model, data and report libraries wait for a run
     assert not {"timm", "sklearn", "matplotlib"} & set(_imported_after(code))
+
+
+def test_training_arguments_are_changed_in_one_place():
+    """After parsing, a run changes its TrainingArguments through warmstart.training_changes alone (logged, with a
+    reason); an assignment anywhere else would be a decision no one can find."""
+    assignment = re.compile(r"\b(training_args|training|config\.training)\.\w+ = ")
+    found = [
+        f"{path.relative_to(PACKAGE)}:{number}"
+        for path in PACKAGE.rglob("*.py")
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if assignment.search(line)
+    ]
+    assert found == []

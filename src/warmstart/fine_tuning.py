@@ -35,6 +35,7 @@ from warmstart.freezing import (
     trainable_parameter_names,
 )
 from warmstart.policy import FreezePolicy
+from warmstart.training_changes import change_training
 
 logger = logging.getLogger("warmstart")
 
@@ -270,7 +271,7 @@ def prepare_fine_tuning(model: nn.Module, policy: FreezePolicy, training_args: T
         # ever train; the schedule then switches the not-yet ones off at the first step, which DDP allows only
         # when told that some parameters may get no gradient.
         held = set_trainable(model, ever, hold_batchnorm=policy.holds_batchnorm_stats)
-        training_args.ddp_find_unused_parameters = True
+        change_training(training_args, "a schedule trains more parameters later", ddp_find_unused_parameters=True)
         callbacks.append(UnfreezeSchedule(model, policy, layout, names_at))
         report = freeze_report(model, policy, layout, held)  # over the run: everything that trains at some stage
     return FineTuning(model=model, optimizer=optimizer, callbacks=callbacks, report=report, groups=_summaries(groups))

@@ -18,6 +18,7 @@ from warmstart.distributed import broadcast_from_main, is_main_process
 from warmstart.precision.choice import PENDING, PrecisionChoice
 from warmstart.precision.hardware import NATIVE_BF16_FLAGS, cpu_flags
 from warmstart.step_timing import DEFAULT_SEQUENCE_LENGTH, StepSetup, example_inputs, time_training_steps
+from warmstart.training_changes import change_training
 
 # bf16 must win a timed training step by this much. The fastest of a few steps of one variant still varies between
 # timings on a shared machine (fp32 against itself, resnet18 at 64 px on 2 busy cores: 0.88x-1.22x), while the gains
@@ -273,10 +274,10 @@ def _set_precision(choice: PrecisionChoice, training_args: Any, performance_args
     """Puts a measured choice where the Trainer reads it: its Accelerator takes ``mixed_precision``, which
     ``TrainingArguments`` derived from ``bf16`` when it was built, so both are set."""
     bf16 = choice.precision == "bf16"
-    training_args.bf16 = bf16
-    training_args.mixed_precision = "bf16" if bf16 else "no"
+    changes: dict[str, Any] = {"bf16": bf16, "mixed_precision": "bf16" if bf16 else "no"}
     if bf16 and choice.on_cpu:
-        training_args.use_cpu = True  # as parsing sets it for CPU bf16, so that the arguments rebuild as they are
+        changes["use_cpu"] = True  # as parsing sets it for CPU bf16, so that the arguments rebuild as they are
+    change_training(training_args, f"the timed precision: {choice.precision}", **changes)
     performance_args.resolved_precision, performance_args.precision_evidence = choice.precision, choice.evidence
 
 
@@ -302,7 +303,7 @@ def _apply_tf32(training_args: Any, facts: DeviceFacts) -> str:
     if not facts.tf32:
         return "TF32 matmuls: off (the GPU has no TF32)"
     _enable_cuda_tf32()
-    training_args.tf32 = True
+    change_training(training_args, "an Ampere or newer GPU", tf32=True)
     return "TF32 matmuls: on (Ampere or newer GPU)"
 
 
@@ -374,5 +375,5 @@ def _apply_loader_workers(training_args: Any, modality: str, facts: DeviceFacts)
     workers = max(0, min(share - 1, MAX_LOADER_WORKERS))
     if not workers:
         return f"data loader: no workers ({facts.cpus} CPUs for {facts.local_processes} processes)"
-    training_args.dataloader_num_workers = workers
+    change_training(training_args, "the CPUs this process has", dataloader_num_workers=workers)
     return f"data loader: {workers} workers ({facts.cpus} CPUs for {facts.local_processes} processes)"

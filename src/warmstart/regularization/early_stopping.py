@@ -6,11 +6,13 @@ interval, the best model restored at the end, a metric the evaluation produces a
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from transformers import EarlyStoppingCallback, TrainingArguments
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
 from warmstart.errors import WarmstartError
+from warmstart.training_changes import change_training
 
 logger = logging.getLogger(__name__)
 
@@ -55,19 +57,19 @@ def early_stopping_settings(
     if evaluation == IntervalStrategy.NO:
         logger.info("early stopping: evaluating (and saving a checkpoint) every epoch")
         evaluation = IntervalStrategy.EPOCH
-    training_args.eval_strategy = evaluation
-    training_args.do_eval = True
-    if evaluation == IntervalStrategy.STEPS and not training_args.eval_steps:
-        training_args.eval_steps = training_args.logging_steps  # as TrainingArguments does
+    changes: dict[str, Any] = {"eval_strategy": evaluation, "do_eval": True}
+    eval_steps = training_args.eval_steps
+    if evaluation == IntervalStrategy.STEPS and not eval_steps:
+        eval_steps = changes["eval_steps"] = training_args.logging_steps  # as TrainingArguments does
     if save != SaveStrategy.BEST:
         if save.value != evaluation.value:
             logger.info("early stopping: --save_strategy %s follows --eval_strategy %s", save.value, evaluation.value)
-        training_args.save_strategy = SaveStrategy(evaluation.value)
+        changes["save_strategy"] = SaveStrategy(evaluation.value)
         if evaluation == IntervalStrategy.STEPS:
-            training_args.save_steps = training_args.eval_steps
+            changes["save_steps"] = eval_steps
     else:
-        training_args.save_strategy = save
-    training_args.load_best_model_at_end = True
+        changes["save_strategy"] = save
+    changes["load_best_model_at_end"] = True
 
     metric = training_args.metric_for_best_model or default_metric
     name = metric.removeprefix("eval_")
@@ -76,12 +78,13 @@ def early_stopping_settings(
             f"--metric_for_best_model {metric!r} is not a metric of the evaluation: use one of "
             f"{', '.join(EVAL_METRICS)}"
         )
-    training_args.metric_for_best_model = metric
+    changes["metric_for_best_model"] = metric
     if training_args.greater_is_better is None:
-        training_args.greater_is_better = EVAL_METRICS[name]
+        changes["greater_is_better"] = EVAL_METRICS[name]
     elif bool(training_args.greater_is_better) != EVAL_METRICS[name]:
         raise WarmstartError(
             f"--greater_is_better {str(training_args.greater_is_better).lower()} with --metric_for_best_model "
             f"{metric} would keep the worst model: drop --greater_is_better (it follows the metric)"
         )
+    change_training(training_args, "early stopping", **changes)
     return EarlyStoppingCallback(early_stopping_patience=patience, early_stopping_threshold=threshold)

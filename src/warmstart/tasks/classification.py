@@ -23,6 +23,7 @@ from warmstart.policy import FreezePolicy, default_learning_rate
 from warmstart.precision import apply_device_settings
 from warmstart.regularization import prepare_regularization
 from warmstart.training import ProbeOptions, Run, start_run, train_classifier
+from warmstart.training_changes import change_training
 
 logger = logging.getLogger("warmstart")
 
@@ -41,7 +42,7 @@ def start_classification(config: RunConfig) -> Run:
 
     ``config`` is the run's own copy: its training arguments take the resolved rate."""
     rate, source = learning_rate(config)
-    config.training.learning_rate = rate
+    change_training(config.training, source, learning_rate=rate)
     run = start_run(config)
     run.config["learning_rate"] = {"value": rate, "source": source}
     logger.info("learning rate %g (%s)", rate, source)

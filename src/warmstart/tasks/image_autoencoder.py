@@ -23,6 +23,7 @@ from warmstart.data import (
 from warmstart.models import load_timm_backbone
 from warmstart.tasks.classification import apply_devices
 from warmstart.training import start_run, train_self_supervised
+from warmstart.training_changes import change_training
 
 
 def execute(
@@ -31,7 +32,7 @@ def execute(
     """Runs the task (see :func:`warmstart.run`; ``feature_store`` has no use here)."""
     run = start_run(config)
     data_args, objective, training_args = config.data, config.objective, config.training
-    training_args.remove_unused_columns = False  # the image column is decoded by our transform
+    change_training(training_args, "the image column is decoded by our transform", remove_unused_columns=False)
 
     timm_model = load_timm_backbone(
         config.model.model_name_or_path,

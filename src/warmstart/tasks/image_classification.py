@@ -25,6 +25,7 @@ from warmstart.tasks.classification import (
     start_classification,
     train_loaded_classifier,
 )
+from warmstart.training_changes import change_training
 
 
 def execute(
@@ -34,7 +35,7 @@ def execute(
     run = start_classification(config)
     data_args, reg_args, training_args = config.data, config.regularization, config.training
     # the image column is decoded by our transform, so the Trainer must not drop it as "unused"
-    training_args.remove_unused_columns = False
+    change_training(training_args, "the image column is decoded by our transform", remove_unused_columns=False)
 
     splits, labels = load_labeled_splits(data_args, seed=training_args.seed, modality="image")
     image_column = resolve_image_column(splits, data_args.image_column_name)

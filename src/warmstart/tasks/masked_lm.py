@@ -14,6 +14,7 @@ from warmstart.mlm import MlmCollator, load_mlm_model, perplexity, save_mlm_mode
 from warmstart.models import max_sequence_length
 from warmstart.tasks.classification import apply_devices
 from warmstart.training import start_run, train_self_supervised
+from warmstart.training_changes import change_training
 
 
 def execute(
@@ -36,9 +37,10 @@ def execute(
             splits, tokenizer, text_column, max_length, packing=mlm.packing, mlm=mlm, seed=training_args.seed
         )
     # the collator reads the special-tokens mask (never masked) and drops the length bookkeeping
-    training_args.remove_unused_columns = False
+    change_training(training_args, "the collator reads the special-tokens mask", remove_unused_columns=False)
     if not mlm.packing and training_args.train_sampling_strategy == "random":
-        training_args.train_sampling_strategy = "group_by_length"  # texts of similar length: little padding
+        # texts of similar length: little padding
+        change_training(training_args, "unpacked texts", train_sampling_strategy="group_by_length")
     run.config.update(text_column=text_column, max_seq_length=max_length, objective_description=mlm.describe())
 
     return train_self_supervised(

@@ -18,6 +18,7 @@ from warmstart.tasks.classification import (
     start_classification,
     train_loaded_classifier,
 )
+from warmstart.training_changes import change_training
 
 
 def execute(
@@ -42,9 +43,9 @@ def execute(
     with training_args.main_process_first(desc="tokenizing"):
         splits = tokenize_splits(splits, tokenizer, text_columns, max_length)
     # the token counts made at tokenization drive length-grouped batches; the collator drops them before the model
-    training_args.remove_unused_columns = False
+    change_training(training_args, "the collator drops the token counts", remove_unused_columns=False)
     if data_args.group_by_length and training_args.train_sampling_strategy == "random":
-        training_args.train_sampling_strategy = "group_by_length"
+        change_training(training_args, "--group_by_length", train_sampling_strategy="group_by_length")
     run.config.update(labels=labels, text_columns=text_columns, max_seq_length=max_length)
 
     # pad each batch to its longest sequence, not every text to max_seq_length

@@ -40,6 +40,7 @@ from warmstart.report import write_evaluation_report
 from warmstart.training.callbacks import LogBeforeEvaluationAndAtTheEnd, StopOnNonFiniteLoss, exact_loss_metrics
 from warmstart.training.output import finish_output, staged_output, write_output
 from warmstart.training.setup import Run, resume_point
+from warmstart.training_changes import change_training
 
 logger = logging.getLogger("warmstart")
 
@@ -124,17 +125,23 @@ def train_classifier(
         trained = ProbeThenFull(tuning.model, cached)
         splits = {name: WithCachedFeatures(splits[name], table) for name, table in cached.splits.items()}
         data_collator = CachedFeatureCollator(data_collator or default_data_collator)
-        training_args.remove_unused_columns = False  # the wrapper's signature does not name the model's inputs
+        # the wrapper's signature does not name the model's inputs
+        change_training(training_args, "the LP-FT wrapper", remove_unused_columns=False)
     elif cached is not None:
         trained, splits, data_collator = cached.head, cached.splits, default_data_collator
         # features have one size: nothing to group by length, and nothing for a collator to pad; a row is a slice
         # of a tensor, with nothing for loader workers to decode; and the head has no activations worth
         # checkpointing (the head model has no layers to checkpoint)
-        if training_args.train_sampling_strategy == "group_by_length":
-            training_args.train_sampling_strategy = "random"
-        training_args.dataloader_num_workers = 0
-        training_args.activation_checkpointing = False
-    training_args.logging_nan_inf_filter = False  # a NaN loss must show in the log, where the run stops on it
+        sampling = "random" if training_args.train_sampling_strategy == "group_by_length" else None
+        change_training(
+            training_args,
+            "the head trains on cached features",
+            train_sampling_strategy=sampling or training_args.train_sampling_strategy,
+            dataloader_num_workers=0,
+            activation_checkpointing=False,
+        )
+    # a NaN loss must show in the log, where the run stops on it
+    change_training(training_args, "non-finite losses are shown", logging_nan_inf_filter=False)
     trainer = Trainer(
         args=training_args,
         train_dataset=splits["train"],

@@ -14,6 +14,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from warmstart.training.callbacks import LogBeforeEvaluationAndAtTheEnd, StopOnNonFiniteLoss
 from warmstart.training.output import finish_output, staged_output, write_output
 from warmstart.training.setup import Run, resume_point
+from warmstart.training_changes import change_training
 
 
 def train_self_supervised(
@@ -53,8 +54,12 @@ def train_self_supervised(
     """
     if training_args.should_save:
         run.output_dir.mkdir(parents=True, exist_ok=True)
-    training_args.prediction_loss_only = True  # nothing to score but the loss: keep outputs out of memory
-    training_args.logging_nan_inf_filter = False
+    change_training(
+        training_args,
+        "nothing to score but the loss: outputs stay out of memory; a NaN loss shows in the log",
+        prediction_loss_only=True,
+        logging_nan_inf_filter=False,
+    )
     trainer = Trainer(
         model=model,
         args=training_args,

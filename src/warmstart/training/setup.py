@@ -18,6 +18,7 @@ from warmstart.config import RunConfig, to_plain
 from warmstart.export import check_output_dir
 from warmstart.lineage import start_lineage
 from warmstart.run_folder import checkpoints
+from warmstart.training_changes import change_training
 
 logger = logging.getLogger("warmstart")
 
@@ -65,8 +66,7 @@ def start_run(config: RunConfig, *, overwrite_output_dir: bool | None = None) ->
         hub_token=training_args.hub_token,
         hub_private_repo=training_args.hub_private_repo,
     )
-    training_args.push_to_hub = False
-    training_args.hub_token = None
+    change_training(training_args, "warmstart pushes once, at the end", push_to_hub=False, hub_token=None)
     run.config["environment"] = run_environment()
     run.config["training"] = to_plain(training_args)
     run.config["training"]["push_to_hub"] = run.push_to_hub
