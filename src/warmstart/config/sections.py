@@ -41,6 +41,10 @@ class ModelArguments:
         if not self.model_name_or_path:
             raise WarmstartError("--model_name_or_path is required: a model directory, hub id or timm name")
 
+    def describe(self) -> str:
+        """The base model as given, for the model card (``resnet18 (random init)`` for an architecture alone)."""
+        return self.model_name_or_path + (" (random init)" if self.random_init else "")
+
 
 @dataclass
 class DataArguments:

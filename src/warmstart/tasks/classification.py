@@ -197,7 +197,7 @@ def train_loaded_classifier(
         card={
             "modality": config.modality,
             "name": str(run.output_dir),
-            "base_model": config.model.model_name_or_path + (" (random init)" if config.model.random_init else ""),
+            "base_model": config.model.describe(),
             **card,
         },
     )

@@ -79,7 +79,7 @@ def execute(
         card={
             "modality": "image",
             "name": str(run.output_dir),
-            "base_model": config.model.model_name_or_path + (" (random init)" if config.model.random_init else ""),
+            "base_model": config.model.describe(),
             "data": data_args.describe() + f"; image column `{image_column}`, labels unused",
             "objective": objective.describe(model.mask_patch_size)
             + ". Saved here: the encoder alone (no decoder, no classifier).",

@@ -56,7 +56,7 @@ def execute(
         card={
             "modality": "text",
             "name": str(run.output_dir),
-            "base_model": config.model.model_name_or_path + (" (random init)" if config.model.random_init else ""),
+            "base_model": config.model.describe(),
             "data": data_args.describe() + f"; text column `{text_column}`; blocks of {max_length} tokens",
             "objective": mlm.describe() + ". Perplexity is exp of the validation loss, on masks drawn once (seeded).",
             "pipeline_tag": "fill-mask",
