@@ -152,7 +152,7 @@ print("FAILED", failed)
 
 
 def test_a_recipe_s_help_loads_only_what_parsing_needs():
-    recipe = PACKAGE.parents[1] / "recipes" / "text_classification.py"
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "text_classification.py"
     code = (
         f"import runpy, sys; sys.argv = [{str(recipe)!r}, '--help']\n"
         "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\nexcept SystemExit:\n    pass\n"
