@@ -162,7 +162,7 @@ def test_a_recipe_s_help_loads_only_what_parsing_needs():
 
 
 def test_training_arguments_are_changed_in_one_place():
-    """After parsing, a run changes its TrainingArguments through warmstart.training_changes alone (logged, with a
+    """After parsing, a run changes its TrainingArguments through warmstart.plan alone (logged, with a
     reason); an assignment anywhere else would be a decision no one can find."""
     assignment = re.compile(r"\b(training_args|training|config\.training)\.\w+ = ")
     found = [
@@ -172,3 +172,7 @@ def test_training_arguments_are_changed_in_one_place():
         if assignment.search(line)
     ]
     assert found == []
+    # and the one setattr of them is the plan's, applied when the Trainer is built
+    applied = re.compile(r"setattr\((training_args|self\.asked),")
+    setters = [path.name for path in PACKAGE.rglob("*.py") if applied.search(path.read_text())]
+    assert sorted(setters) == ["plan.py"]

@@ -640,10 +640,11 @@ def test_a_recipe_records_the_timed_precision_and_a_rerun_is_still_recognised(tm
     argv += ["--report_to", "none", "--use_cpu", "true", "--max_seq_length", "24"]
     args = parse_config(argv, "text_classification").copy()
     run = start_classification(args)
-    assert run.config["precision"] == "no" and args.performance.resolved_precision == PENDING
+    assert run.plan.decisions["precision"] == "no" and args.performance.resolved_precision == PENDING
     apply_devices(args, run, tiny_bert_classifier())
-    config = run.config
-    assert config["precision"] == "bf16" and args.training.bf16
+    config = {**run.config, **run.plan.record()}
+    assert config["precision"] == "bf16" and args.training.bf16  # planned: the Trainer is built with it
+    assert config["plan"]["bf16"] == {"value": True, "reason": "the timed precision: bf16"}
     assert config["device_settings"][0].startswith(
         "precision: bf16 (auto on the CPU (native bf16 flags: avx512_bf16): training step of 8x24 tokens: fp32 300 ms"
     )

@@ -183,7 +183,7 @@ def hub_upload_operations(output_dir: str | Path, ignore_patterns: Sequence[str]
     for name in filter_repo_objects(names, ignore_patterns=[*DEFAULT_IGNORE_PATTERNS, *ignore_patterns]):
         content: str | bytes = str(root / name)
         if name == CONFIG_NAME:
-            published = public_config(yaml.safe_load((root / name).read_text()))
+            published = public_config(read_run_config(root / name))
             content = yaml.safe_dump(published, sort_keys=False, allow_unicode=True).encode()
         operations.append(CommitOperationAdd(path_in_repo=name, path_or_fileobj=content))
     return operations

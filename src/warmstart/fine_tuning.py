@@ -35,7 +35,7 @@ from warmstart.freezing import (
     trainable_parameter_names,
 )
 from warmstart.policy import FreezePolicy
-from warmstart.training_changes import change_training
+from warmstart.plan import change_training
 
 logger = logging.getLogger("warmstart")
 

@@ -12,7 +12,7 @@ from transformers import EarlyStoppingCallback, TrainingArguments
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
 from warmstart.errors import WarmstartError
-from warmstart.training_changes import change_training
+from warmstart.plan import change_training
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from warmstart.policy import FreezePolicy, default_learning_rate
 from warmstart.precision import apply_device_settings
 from warmstart.regularization import prepare_regularization
 from warmstart.training import ProbeOptions, Run, start_run, train_classifier
-from warmstart.training_changes import change_training
+from warmstart.plan import change_training
 
 logger = logging.getLogger("warmstart")
 
@@ -44,7 +44,7 @@ def start_classification(config: RunConfig) -> Run:
     rate, source = learning_rate(config)
     change_training(config.training, source, learning_rate=rate)
     run = start_run(config)
-    run.config["learning_rate"] = {"value": rate, "source": source}
+    run.plan.decide("learning_rate", {"value": rate, "source": source})
     logger.info("learning rate %g (%s)", rate, source)
     return run
 
@@ -64,10 +64,10 @@ def apply_devices(config: RunConfig, run: Run, model: nn.Module, input_size: Seq
     )
     for line in lines:
         logger.info("%s", line)
-    run.config["device_settings"] = lines
+    run.plan.decide("device_settings", lines)
     # ``performance`` keeps what parsing resolved (``auto`` where the model was to be timed), so that a rerun of the
     # same command is recognised whichever way its timing goes; what the timing chose is the run's precision
-    run.config["precision"] = config.training.mixed_precision
+    run.plan.decide("precision", config.training.mixed_precision)
 
 
 def feature_cache_refusal(config: RunConfig) -> str | None:
@@ -102,7 +102,7 @@ def feature_cache_settings(
     :func:`feature_cache_refusal`). The decision is logged and recorded. ``store``: features shared with other runs
     of the same base model on the same data (a strategy comparison), computed once."""
     reason = feature_cache_refusal(config)
-    run.config["feature_cache"] = {"used": reason is None, "reason": reason or "the backbone is frozen"}
+    run.plan.decide("feature_cache", {"used": reason is None, "reason": reason or "the backbone is frozen"})
     if reason is not None:
         if config.policy.spec.probes:
             logger.info("backbone features are not cached: %s; the frozen backbone runs every step", reason)
@@ -135,7 +135,7 @@ def probe_policy(config: RunConfig, run: Run, feature_cache: CacheSettings | Non
     asked = policy.probe_solver
     lp_ft = policy.spec.trains_backbone
     if feature_cache is None:
-        reason = run.config.get("feature_cache", {}).get("reason", "the features are not cached")
+        reason = run.plan.decisions.get("feature_cache", {}).get("reason", "the features are not cached")
         if asked == "lbfgs":
             raise WarmstartError(
                 f"--probe_solver lbfgs solves the head on cached backbone features, and they are not cached here "
@@ -156,7 +156,7 @@ def probe_policy(config: RunConfig, run: Run, feature_cache: CacheSettings | Non
             f" (--probe_epochs {policy.probe_epochs:g} is not used)" if policy.probe_epochs else ""
         )
     logger.info("probe: %s (%s)", solver, why)
-    run.config["probe"] = {"solver": solver, "reason": why, "asked": asked}
+    run.plan.decide("probe", {"solver": solver, "reason": why, "asked": asked})
     return dataclasses.replace(policy, probe_solver=solver)
 
 

@@ -23,7 +23,7 @@ from warmstart.data import (
 from warmstart.models import load_timm_backbone
 from warmstart.tasks.classification import apply_devices
 from warmstart.training import start_run, train_self_supervised
-from warmstart.training_changes import change_training
+from warmstart.plan import change_training
 
 
 def execute(

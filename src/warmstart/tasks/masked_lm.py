@@ -14,7 +14,7 @@ from warmstart.mlm import MlmCollator, load_mlm_model, perplexity, save_mlm_mode
 from warmstart.models import max_sequence_length
 from warmstart.tasks.classification import apply_devices
 from warmstart.training import start_run, train_self_supervised
-from warmstart.training_changes import change_training
+from warmstart.plan import change_training
 
 
 def execute(

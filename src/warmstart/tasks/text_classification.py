@@ -18,7 +18,7 @@ from warmstart.tasks.classification import (
     start_classification,
     train_loaded_classifier,
 )
-from warmstart.training_changes import change_training
+from warmstart.plan import change_training
 
 
 def execute(

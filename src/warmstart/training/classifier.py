@@ -17,7 +17,6 @@ from datasets import DatasetDict
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
 
-from warmstart.config import to_plain
 from warmstart.distributed import broadcast_from_main, is_main_process
 from warmstart.errors import WarmstartError
 from warmstart.feature_cache import (
@@ -40,7 +39,7 @@ from warmstart.report import write_evaluation_report
 from warmstart.training.callbacks import LogBeforeEvaluationAndAtTheEnd, StopOnNonFiniteLoss, exact_loss_metrics
 from warmstart.training.output import finish_output, staged_output, write_output
 from warmstart.training.setup import Run, resume_point
-from warmstart.training_changes import change_training
+from warmstart.plan import change_training
 
 logger = logging.getLogger("warmstart")
 
@@ -142,6 +141,7 @@ def train_classifier(
         )
     # a NaN loss must show in the log, where the run stops on it
     change_training(training_args, "non-finite losses are shown", logging_nan_inf_filter=False)
+    training_args = run.plan.resolve()  # every decision is made: the Trainer's arguments, built once
     trainer = Trainer(
         args=training_args,
         train_dataset=splits["train"],
@@ -156,7 +156,7 @@ def train_classifier(
             "callbacks": [*tuning.callbacks, *callbacks, StopOnNonFiniteLoss(), LogBeforeEvaluationAndAtTheEnd()],
         },
     )
-    run.config["param_groups"] = tuning.groups_as_dicts()
+    run.plan.decide("param_groups", tuning.groups_as_dicts())
     try:
         if solved_only:  # nothing left to train: the solve was the training
             results: dict[str, Any] = {
@@ -202,12 +202,6 @@ def train_classifier(
             run.config["schedule"] = [
                 {"step": step, "stage": stage, "training": groups} for step, stage, groups in schedule.history
             ]
-        # what warmstart changed in the training arguments (early stopping's strategies, DDP settings), beside
-        # what was asked for, which stays as given so that a rerun of the same command is recognised
-        effective = to_plain(training_args)
-        run.config["training_adjusted"] = {
-            k: v for k, v in effective.items() if k in run.config["training"] and run.config["training"][k] != v
-        }
         files["all"] = {**results, "freeze_policy": policy.to_dict(), **report.to_dict()}
         with staged_output(run.output_dir) as staging:
             model = tuning.model
@@ -257,9 +251,9 @@ def _cache_backbone_features(
         )
     except CacheDeclined as declined:
         logger.warning("backbone features are not cached: %s; the frozen backbone runs every step", declined)
-        run.config["feature_cache"] = {"used": False, "reason": str(declined)}
+        run.plan.decide("feature_cache", {"used": False, "reason": str(declined)})
         return None
-    record = run.config.setdefault("feature_cache", {"used": True})
+    record = run.plan.decisions.setdefault("feature_cache", {"used": True})
     record.update(seconds=round(cached.seconds, 2), splits=cached.stats)
     on_disk = [name for name, table in cached.splits.items() if table.on_disk]
     logger.info(
@@ -282,9 +276,9 @@ def _solved_probe(
         WarmstartError: the features could not be cached or the head solved, where the solve was asked for (or
             ``lp_ft`` relies on it).
     """
-    explicit = run.config.get("probe", {}).get("asked") is not None  # --probe_solver given
+    explicit = run.plan.decisions.get("probe", {}).get("asked") is not None  # --probe_solver given
     if cached is None:
-        problem = run.config.get("feature_cache", {}).get("reason", "the features are not cached")
+        problem = run.plan.decisions.get("feature_cache", {}).get("reason", "the features are not cached")
     elif is_main_process():
         table = cached.splits["train"]
         features = torch.as_tensor(np.asarray(table.features))
@@ -315,7 +309,7 @@ def _solved_probe(
                 + (" --probe_epochs N" if policy.spec.trains_backbone else "")
             )
         logger.warning("the probe is not solved (%s): the Trainer trains the head", problem)
-        run.config["probe"] = {"solver": "trainer", "reason": f"not solvable: {problem}"}
+        run.plan.decide("probe", {"solver": "trainer", "reason": f"not solvable: {problem}"})
         return None
     fit, state = shared
     with torch.no_grad():
@@ -323,7 +317,7 @@ def _solved_probe(
             if name in state:
                 param.copy_(state[name].to(param.device))
     logger.info("%s", fit.summary())
-    run.config["probe"].update(fit.to_dict())
+    run.plan.decisions["probe"].update(fit.to_dict())
     return fit
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from torch import nn
 from transformers import Trainer
 
+from warmstart.config import to_plain
 from warmstart.export import hub_upload_operations, write_model_card, write_resolved_config
 from warmstart.lineage import finish_lineage
 from warmstart.training.setup import Run
@@ -66,6 +67,11 @@ def write_output(
 ) -> None:
     """Everything a run leaves, into ``staging``: the model files, the results (``<split>_results.json``,
     ``all_results.json``) and ``trainer_state.json``, the resolved config with the run's lineage, and the card."""
+    # the plan's decisions, and what it changed in the training arguments beside what was asked for (which stays as
+    # given, so that a rerun of the same command is recognised)
+    run.config.update(run.plan.record())
+    asked, resolved = run.config["training"], to_plain(trainer.args)
+    run.config["training_adjusted"] = {k: v for k, v in resolved.items() if k in asked and asked[k] != v}
     lineage = finish_lineage(run.config, results)
     save_model(model, staging)
     for name, values in files.items():

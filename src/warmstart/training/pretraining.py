@@ -14,7 +14,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from warmstart.training.callbacks import LogBeforeEvaluationAndAtTheEnd, StopOnNonFiniteLoss
 from warmstart.training.output import finish_output, staged_output, write_output
 from warmstart.training.setup import Run, resume_point
-from warmstart.training_changes import change_training
+from warmstart.plan import change_training
 
 
 def train_self_supervised(
@@ -60,6 +60,7 @@ def train_self_supervised(
         prediction_loss_only=True,
         logging_nan_inf_filter=False,
     )
+    training_args = run.plan.resolve()  # every decision is made: the Trainer's arguments, built once
     trainer = Trainer(
         model=model,
         args=training_args,

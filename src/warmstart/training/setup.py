@@ -18,17 +18,19 @@ from warmstart.config import RunConfig, to_plain
 from warmstart.export import check_output_dir
 from warmstart.lineage import start_lineage
 from warmstart.run_folder import checkpoints
-from warmstart.training_changes import change_training
+from warmstart.plan import RunPlan, change_training
 
 logger = logging.getLogger("warmstart")
 
 
 @dataclass
 class Run:
-    """One recipe run: its arguments as plain data, and what the Trainer must not see."""
+    """One run: its record (``config``, what ``warmstart_config.yaml`` will hold), its plan (the decisions it makes
+    before its Trainer is built), and what the Trainer must not see."""
 
     output_dir: Path
     config: dict[str, Any]
+    plan: RunPlan
     push_to_hub: bool = False
     hub_model_id: str | None = None
     hub_token: str | None = field(default=None, repr=False)
@@ -61,6 +63,7 @@ def start_run(config: RunConfig, *, overwrite_output_dir: bool | None = None) ->
     run = Run(
         output_dir=Path(training_args.output_dir),
         config={"warmstart_version": warmstart.__version__, "task": config.spec.description, **config.sections()},
+        plan=RunPlan(training_args),
         push_to_hub=training_args.push_to_hub,
         hub_model_id=training_args.hub_model_id,
         hub_token=training_args.hub_token,
@@ -70,7 +73,10 @@ def start_run(config: RunConfig, *, overwrite_output_dir: bool | None = None) ->
     run.config["environment"] = run_environment()
     run.config["training"] = to_plain(training_args)
     run.config["training"]["push_to_hub"] = run.push_to_hub
-    run.config["precision"] = training_args.mixed_precision
+    # from here the run plans its changes, applied when its Trainer is built; its own config reads the arguments
+    # through the plan
+    config.training = run.plan.training
+    run.plan.decide("precision", training_args.mixed_precision)
     run.config["data_description"] = config.data.describe()
     run.config["lineage"] = start_lineage(config.model.model_name_or_path, config.model.random_init)
     if training_args.should_save:
