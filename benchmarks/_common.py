@@ -261,14 +261,22 @@ def as_flags(**values: Any) -> list[str]:
     return flags
 
 
-def recipe_side(name: str, recipe: str, args: Sequence[str]) -> Side:
+def recipe_side(name: str, recipe: str, args: Sequence[str], checkout: Path | None = None) -> Side:
     """A side that runs a warmstart recipe as a user would, writing into the run's folder; its figures are the
-    recipe's ``all_results.json`` plus the precision it recorded and any line it logged about the feature cache."""
+    recipe's ``all_results.json`` plus the precision it recorded and any line it logged about the feature cache.
+
+    ``checkout``: run the recipe and library of that source tree (its ``recipes/`` and ``src/``), not the installed
+    warmstart (see ``against_revision.py``)."""
 
     def argv(folder: Path) -> list[str]:
+        if checkout is None:
+            start, recipes = [sys.executable], RECIPES
+        else:  # its src/ first on the path, before the installed package
+            path = os.pathsep.join([str(checkout / "src"), str(BENCHMARKS)])
+            start, recipes = ["env", f"PYTHONPATH={path}", sys.executable], checkout / "recipes"
         return [
-            sys.executable,
-            str(RECIPES / recipe),
+            *start,
+            str(recipes / recipe),
             *args,
             *as_flags(
                 output_dir=folder / "output",
