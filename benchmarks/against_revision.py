@@ -68,9 +68,10 @@ def main() -> None:
         cli.pairs = 1
 
     commit = _git("rev-parse", "--short", cli.revision)
-    with tempfile.TemporaryDirectory(prefix="warmstart-revision-") as tree, tempfile.TemporaryDirectory(
-        prefix="warmstart-bench-data-"
-    ) as data_dir:
+    with (
+        tempfile.TemporaryDirectory(prefix="warmstart-revision-") as tree,
+        tempfile.TemporaryDirectory(prefix="warmstart-bench-data-") as data_dir,
+    ):
         other = Path(tree) / "checkout"
         _git("worktree", "add", "--detach", str(other), cli.revision)
         try:
@@ -79,7 +80,9 @@ def main() -> None:
         finally:
             _git("worktree", "remove", "--force", str(other))
 
-    here = _git("rev-parse", "--short", "HEAD") + (" (with uncommitted changes)" if _git("status", "--porcelain") else "")
+    here = _git("rev-parse", "--short", "HEAD") + (
+        " (with uncommitted changes)" if _git("status", "--porcelain") else ""
+    )
     print_header(
         f"against_revision: this checkout ({here}) vs {cli.revision} ({commit})",
         [

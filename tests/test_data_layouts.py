@@ -314,11 +314,21 @@ LAYOUTS = [
         lambda t: _text(t, _csv(t / "t.csv", [(x, f"{i % 3}.0") for i, (x, _) in enumerate(_text_rows())])),
         ["0", "1", "2"],
     ),
-    Layout(
-        "text-fractional-labels",
+    Layout(  # fractional numbers are scores: a regression on the one target, the label column
+        "text-fractional-labels-are-a-regression",
         "text_classification",
         lambda t: _text(t, _csv(t / "t.csv", [(x, f"{i % 3}.5") for i, (x, _) in enumerate(_text_rows())])),
-        error=("holds fractional numbers", "0.5"),
+        ["label"],
+    ),
+    Layout(
+        "text-fractional-labels-as-classes",
+        "text_classification",
+        lambda t: [
+            *_text(t, _csv(t / "t.csv", [(x, f"{i % 3}.5") for i, (x, _) in enumerate(_text_rows())])),
+            "--problem_type",
+            "single_label_classification",
+        ],
+        error=("holds fractional numbers", "0.5", "--problem_type regression"),
     ),
 ]
 

@@ -16,7 +16,9 @@ def test_a_plan_is_read_through_its_view_and_applied_once(tmp_path):
     asked = _args(tmp_path)
     plan = RunPlan(asked)
     view = plan.training
-    assert change_training(view, "the CPUs this process has", dataloader_num_workers=3) == {"dataloader_num_workers": 3}
+    assert change_training(view, "the CPUs this process has", dataloader_num_workers=3) == {
+        "dataloader_num_workers": 3
+    }
     assert change_training(view, "no change", seed=asked.seed) == {}  # the value it holds: nothing planned
     # decided, not yet applied: the view reads the plan, the arguments stay as asked until the Trainer is built
     assert view.dataloader_num_workers == 3 and asked.dataloader_num_workers == 0

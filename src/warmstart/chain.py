@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 _REFERENCE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # the metric a link's summary shows: a classifier's accuracy, else the loss the pretraining minimised
-_SUMMARY_METRICS = ("eval_accuracy", "eval_perplexity", "eval_loss")
+_SUMMARY_METRICS = ("eval_accuracy", "eval_f1_micro", "eval_rmse", "eval_perplexity", "eval_loss")
 
 
 @dataclass

@@ -224,7 +224,7 @@ def save_image_model(model: PreTrainedModel, output_dir: str | Path, data_config
         data_config,
         architectures=["TimmWrapperForImageClassification"],
         model_config={"label_names": labels},
-        extra={"problem_type": "single_label_classification"},
+        extra={"problem_type": model.config.problem_type or "single_label_classification"},
     )
 
 
@@ -342,7 +342,19 @@ def write_model_card(output_dir: str | Path, card: dict[str, Any]) -> Path:
     if classifier:
         labels = card["labels"]
         shown = ", ".join(f"`{label}`" for label in labels[:50]) + (" ..." if len(labels) > 50 else "")
-        data += f"\n\n{len(labels)} classes: {shown}"
+        problem = card.get("problem_type") or "single_label_classification"
+        kind = {"multi_label_classification": "labels (multi-label)", "regression": "regression targets"}
+        data += f"\n\n{len(labels)} {kind.get(problem, 'classes')}: {shown}"
+        if card.get("thresholds"):
+            data += (
+                "\n\nA label is predicted where its probability (the sigmoid of its logit) reaches its threshold, "
+                "tuned on validation (`warmstart_config.yaml`, `targets`): "
+                + ", ".join(f"`{k}` {v:.3f}" for k, v in list(card["thresholds"].items())[:50])
+            )
+        if problem == "regression":
+            data += (
+                "\n\nThe model outputs values in the targets' own units (the training scale is folded into its head)."
+            )
     sections.append(f"## Data\n{data}")
     if classifier:
         report = card["freeze_report"]
@@ -361,7 +373,8 @@ def write_model_card(output_dir: str | Path, card: dict[str, Any]) -> Path:
         sections.append(f"## Objective\n{card['objective']}")
     sections.append(f"## Results\n{_metrics_table(card['metrics'])}")
     if card.get("per_class"):
-        sections.append(f"### Per class\n{card['per_class']}")
+        heading = {"multi_label_classification": "Per label", "regression": "Per target"}
+        sections.append(f"### {heading.get(card.get('problem_type'), 'Per class')}\n{card['per_class']}")
     for caption, file_name in card.get("images") or ():
         sections.append(f"![{caption}]({file_name})")
     sections.append("## Training\n" + "\n".join(f"- {k}: `{v}`" for k, v in card["training"].items()))

@@ -34,8 +34,8 @@ from warmstart.freezing import (
     set_trainable,
     trainable_parameter_names,
 )
-from warmstart.policy import FreezePolicy
 from warmstart.plan import change_training
+from warmstart.policy import FreezePolicy
 
 logger = logging.getLogger("warmstart")
 

@@ -24,7 +24,17 @@ from warmstart.run_folder import CONFIG_NAME, read_run_config
 logger = logging.getLogger(__name__)
 
 # The metrics an entry keeps: what a reader of the chain compares, not the Trainer's timings.
-_LINEAGE_METRICS = ("eval_accuracy", "eval_f1_macro", "eval_loss", "eval_perplexity", "test_accuracy", "train_loss")
+_LINEAGE_METRICS = (
+    "eval_accuracy",
+    "eval_f1_macro",
+    "eval_f1_micro",
+    "eval_rmse",
+    "eval_r2",
+    "eval_loss",
+    "eval_perplexity",
+    "test_accuracy",
+    "train_loss",
+)
 
 
 def model_display_name(model_name_or_path: str, random_init: bool = False) -> str:

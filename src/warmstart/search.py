@@ -41,6 +41,8 @@ from warmstart.distributed import (
 )
 from warmstart.errors import WarmstartError
 from warmstart.export import copy_run_output, markdown_table, refuse_foreign_model
+from warmstart.problems import GREATER_IS_BETTER as GREATER
+from warmstart.problems import SINGLE_LABEL, greater_is_better, problem_named
 from warmstart.run_folder import checkpoint_step, checkpoints, is_complete_checkpoint
 from warmstart.tasks import run
 
@@ -124,7 +126,8 @@ def run_search(config: RunConfig, *, runner: Callable[..., dict[str, Any]] = run
     output_dir = Path(config.training.output_dir)
     refuse_foreign_model(output_dir, "search.db", "a search", config.model.overwrite_output_dir)
     search, seed = config.search, config.training.seed
-    metric = config.training.metric_for_best_model or "accuracy"
+    # default: the headline metric of the label shape asked for (the search needs it before any data is read)
+    metric = config.training.metric_for_best_model or problem_named(config.data.problem_type or SINGLE_LABEL).headline
     try:
         import optuna
     except ImportError:
@@ -191,7 +194,7 @@ def _open_study(optuna: Any, output_dir: Path, settings: str, key: str, seed: in
         study_name="warmstart",
         storage=storage,
         load_if_exists=True,
-        direction="minimize" if "loss" in key else "maximize",
+        direction="maximize" if greater_is_better(key) else "minimize",
         pruner=optuna.pruners.MedianPruner(n_startup_trials=2),
     )
     # a rerun's sampler seeded as the first run's would draw the first run's values again, for trials already run
@@ -316,7 +319,11 @@ def _run_trial(
     if not pruning.pruned and key not in results:
         if trial is not None:
             study.tell(trial, state=failed)
-        raise WarmstartError(f"--metric_for_best_model: the run reports no {key}")
+        reported = ", ".join(k.removeprefix("eval_") for k in results if k.startswith("eval_") and k[5:] in GREATER)
+        raise WarmstartError(
+            f"the search is judged by {key}, which the run does not report: give --metric_for_best_model, one of "
+            f"{reported} (or --problem_type, whose headline metric is the default)"
+        )
     if trial is None:
         return
     if pruning.pruned:

@@ -11,7 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from warmstart.comparison.planning import ComparisonArguments, default_strategies, plan_comparison
-from warmstart.comparison.results import KNOWN_METRICS, comparison_table, keep_best, write_comparison
+from warmstart.comparison.results import (
+    KNOWN_METRICS,
+    comparison_table,
+    headline_metric,
+    keep_best,
+    write_comparison,
+)
 from warmstart.comparison.running import run_comparison
 from warmstart.config import (
     CliParser,
@@ -92,7 +98,7 @@ def parse_comparison(argv: Sequence[str]) -> tuple[ComparisonArguments, RunConfi
     if not given.get("model_name_or_path") or not given.get("output_dir"):
         raise WarmstartError("--model_name_or_path and --output_dir are required")
     metric = str(given.get("metric_for_best_model") or "accuracy").removeprefix("eval_")
-    if metric not in KNOWN_METRICS:
+    if metric not in KNOWN_METRICS:  # which of them the runs report depends on their label shape, checked by each run
         raise WarmstartError(
             f"--metric_for_best_model {metric}: no run reports it (runs report {', '.join(KNOWN_METRICS)})"
         )
@@ -111,7 +117,8 @@ def parse_comparison(argv: Sequence[str]) -> tuple[ComparisonArguments, RunConfi
 def compare_strategies(comparison: ComparisonArguments, config: RunConfig) -> list[dict[str, Any]]:
     """Runs a comparison: every strategy (at each of its learning rates) a variant of ``config``, into
     ``<output_dir>/runs``; writes the comparison's table and plot, and keeps the best run's model in
-    ``--output_dir`` (by ``--metric_for_best_model``, default accuracy).
+    ``--output_dir`` (by ``--metric_for_best_model``, default the label shape's headline metric: accuracy, f1_micro
+    or rmse).
 
     Returns:
         One row per run.
@@ -123,7 +130,7 @@ def compare_strategies(comparison: ComparisonArguments, config: RunConfig) -> li
     runs = plan_comparison(strategies, comparison.learning_rates, config)
     output_dir = Path(config.training.output_dir)
     refuse_foreign_model(output_dir, "comparison.csv", "a comparison", config.model.overwrite_output_dir)
-    metric = (config.training.metric_for_best_model or "accuracy").removeprefix("eval_")
+    asked = config.training.metric_for_best_model
     resume = config.training.resume_from_checkpoint == "auto"
     ensure_process_group()  # several processes (torchrun): they agree on what to run before the first run
     store: dict = {}
@@ -132,6 +139,8 @@ def compare_strategies(comparison: ComparisonArguments, config: RunConfig) -> li
     finally:
         close_feature_store(store)
     if is_main_process():
+        # default: the headline metric of the runs' label shape (accuracy, f1_micro or rmse)
+        metric = (asked or headline_metric(rows)).removeprefix("eval_")
         best = write_comparison(rows, output_dir, metric)
         keep_best(best, rows, output_dir, metric)
         print(

@@ -14,14 +14,25 @@ from typing import Any
 from warmstart.comparison.running import ROW_FILE
 from warmstart.errors import WarmstartError
 from warmstart.export import copy_run_output, markdown_table
+from warmstart.problems import GREATER_IS_BETTER, PROBLEM_TYPES, greater_is_better
 
-# what the metrics of a classification run are called (eval_<name>); loss is lower-is-better
-KNOWN_METRICS = ("accuracy", "f1_macro", "roc_auc", "loss")
+# what the metrics of a classification run of any label shape are called (eval_<name>)
+KNOWN_METRICS = tuple(GREATER_IS_BETTER)
+
+
+def headline_metric(rows: Sequence[dict[str, Any]]) -> str:
+    """The metric the runs' label shape is judged by (:data:`~warmstart.problems.PROBLEM_TYPES`' headline): the
+    first shape whose headline the runs report; ``accuracy`` when none does."""
+    for problem in PROBLEM_TYPES.values():
+        if any(isinstance(row.get(f"eval_{problem.headline}"), (int, float)) for row in rows):
+            return problem.headline
+    return "accuracy"
 
 
 def best_row(rows: Sequence[dict[str, Any]], metric: str) -> dict[str, Any]:
-    """The best run by ``eval_<metric>`` (lowest for a loss, highest otherwise); a tie goes to the lower
-    validation loss, then to fewer trainable parameters.
+    """The best run by ``eval_<metric>`` (lowest for a loss or an error, highest otherwise:
+    :func:`~warmstart.problems.greater_is_better`); a tie goes to the lower validation loss, then to fewer
+    trainable parameters.
 
     Raises:
         WarmstartError: no run reports the metric.
@@ -34,7 +45,7 @@ def best_row(rows: Sequence[dict[str, Any]], metric: str) -> dict[str, Any]:
             f"--metric_for_best_model {metric}: no run reports {key} (they report {', '.join(reported)}): "
             "choose one of those"
         )
-    sign = 1 if "loss" in key else -1
+    sign = -1 if greater_is_better(key) else 1
 
     def rank(row: dict[str, Any]) -> tuple[float, float, float]:
         loss = row.get("eval_loss")

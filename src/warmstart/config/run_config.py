@@ -14,6 +14,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
+from warmstart.config.evaluation import EvaluationArguments
 from warmstart.config.parsing import (
     argv_as_mapping,
     check_training_values,
@@ -31,6 +32,7 @@ from warmstart.config.tasks import Task, task_named
 from warmstart.errors import WarmstartError
 from warmstart.policy import FreezePolicy, policy_flags
 from warmstart.precision import choose_precision
+from warmstart.problems import MULTI_LABEL, problem_named
 from warmstart.regularization import check_regularization
 
 # what the run records as the policy's section (its flags), as warmstart_config.yaml has always named it
@@ -79,6 +81,7 @@ class RunConfig:
         save_adapter: keep a LoRA run's adapter alone too (classification).
         regularization: label smoothing, augmentation, class weights, early stopping (classification).
         search: the hyperparameter search, if any (classification).
+        evaluation: multi-label thresholds and ``evaluate`` metrics (classification).
         objective: the pretraining objective's settings (pretraining).
         given: the arguments set explicitly, by flag name, as given (a config file's values, then the command
             line's): what a rerun or a variant repeats.
@@ -93,6 +96,7 @@ class RunConfig:
     save_adapter: bool = False
     regularization: RegularizationArguments | None = None
     search: SearchArguments | None = None
+    evaluation: EvaluationArguments | None = None
     objective: Any = None
     given: dict[str, Any] = field(default_factory=dict)
 
@@ -118,7 +122,7 @@ class RunConfig:
             flags = policy_flags()
             out[POLICY_SECTION] = {flags[k]: v for k, v in to_plain(self.policy).items()}
             out[POLICY_SECTION]["save_adapter"] = self.save_adapter
-        for name in ("regularization", "objective", "performance", "search"):
+        for name in ("regularization", "objective", "performance", "search", "evaluation"):
             value = getattr(self, name)
             if value is not None:
                 out[name] = to_plain(value)
@@ -156,7 +160,8 @@ class RunConfig:
     def _flag_index(self) -> dict[str, tuple[str, str]]:
         """Each flag this configuration takes: its section and the field it sets there."""
         index: dict[str, tuple[str, str]] = {}
-        for section in ("model", "data", "regularization", "performance", "search", "objective", "training"):
+        sections = ("model", "data", "regularization", "performance", "search", "evaluation", "objective", "training")
+        for section in sections:
             value = getattr(self, section)
             if value is not None:
                 index.update({f.name: (section, f.name) for f in fields(value) if f.init})
@@ -241,7 +246,12 @@ def check_config(config: RunConfig) -> None:
                 "--reset_head is for the fine-tuning recipes: pretraining trains no classification head"
             )
         return
-    check_regularization(config.regularization, config.modality, "single_label_classification", config.training)
+    asked = config.data.problem_type  # else inferred from the data, and checked again once it is loaded
+    check_regularization(config.regularization, config.modality, asked, config.training)
+    if asked and config.training.metric_for_best_model:
+        problem_named(asked).check_metric(config.training.metric_for_best_model)
+    if config.evaluation.threshold is not None and asked and asked != MULTI_LABEL:
+        raise WarmstartError(f"--threshold sets multi-label decision thresholds, but the run is {asked}: drop it")
     policy, training = config.policy, config.training
     epochs, probe = training.num_train_epochs, policy.probe_epochs
     solved = policy.probe_solver == "lbfgs"  # the solved probe takes no epochs: --probe_epochs is unused

@@ -61,6 +61,24 @@ class DataArguments:
     )
     image_column_name: str | None = field(default=None, metadata={"help": "Image column (default: guessed)."})
     label_column_name: str = field(default="label", metadata={"help": "Label column."})
+    label_column_names: str | None = field(
+        default=None,
+        metadata={
+            "help": "Several label columns, comma-separated: 0/1 flags (one per label, multi-label) or numbers "
+            "(several regression targets)."
+        },
+    )
+    label_separator: str | None = field(
+        default=None,
+        metadata={"help": "Multi-label: the separator of the labels in a text cell, e.g. '|' (default: JSON lists)."},
+    )
+    problem_type: Literal["single_label_classification", "multi_label_classification", "regression"] | None = field(
+        default=None,
+        metadata={
+            "help": "The label shape (default: inferred from the label column: lists -> multi-label, fractional "
+            "numbers -> regression, else single-label)."
+        },
+    )
     encoding: str | None = field(
         default=None,
         metadata={"help": "Tables: the text encoding, e.g. cp1252 (default: UTF-8, or what a byte-order mark says)."},
@@ -110,6 +128,10 @@ class DataArguments:
             raise WarmstartError("--validation_file / --test_file need --train_file")
         if (self.validation_dir or self.test_dir) and not self.train_dir:
             raise WarmstartError("--validation_dir / --test_dir need --train_dir")
+        if self.label_separator == "":
+            raise WarmstartError("--label_separator is empty: give the character between labels, e.g. '|'")
+        if self.label_column_names is not None and not [c for c in self.label_column_names.split(",") if c.strip()]:
+            raise WarmstartError("--label_column_names names no column: give them comma-separated, e.g. spam,urgent")
 
     def describe(self) -> str:
         """Where the data came from, for the model card (file names only: local paths stay private)."""
@@ -228,7 +250,14 @@ class RegularizationArguments:
     )
     random_erasing: float = field(default=0.0, metadata={"help": "Images: random-erasing probability (timm)."})
     class_weights: Literal["none", "auto"] = field(
-        default="none", metadata={"help": "auto: weight the loss by inverse class frequency of the train labels."}
+        default="none",
+        metadata={
+            "help": "auto: weight the loss by inverse class frequency of the train labels (multi-label: each label's "
+            "positives by negatives / positives)."
+        },
+    )
+    regression_loss: Literal["mse", "huber"] = field(
+        default="mse", metadata={"help": "Regression: squared error, or huber (robust to outliers)."}
     )
     early_stopping_patience: int | None = field(
         default=None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from warmstart.config.evaluation import EvaluationArguments
 from warmstart.config.objectives import AutoencoderArguments, MlmArguments
 from warmstart.config.sections import (
     DataArguments,
@@ -51,6 +52,7 @@ class Task:
                 "regularization": RegularizationArguments,
                 "performance": PerformanceArguments,
                 "search": SearchArguments,
+                "evaluation": EvaluationArguments,
             }
         return {
             "model": ModelArguments,

@@ -6,7 +6,8 @@
   every PIL mode);
 - :mod:`~warmstart.data.splits`: the splits a recipe names, a seeded validation split when there is none, the limits;
 - :mod:`~warmstart.data.columns`: column checks and names for messages;
-- :mod:`~warmstart.data.labels`: label encoding;
+- :mod:`~warmstart.data.labels`: single-label encoding;
+- :mod:`~warmstart.data.targets`: the label shape (single-label, multi-label, regression) and its encoding;
 - :mod:`~warmstart.data.text`: text columns, tokenization, the padding collator;
 - :mod:`~warmstart.data.vision`: image columns, transforms and the collator.
 """
@@ -23,6 +24,7 @@ from warmstart.data.splits import (
     make_validation_split,
     table_dirs,
 )
+from warmstart.data.targets import encode_targets, infer_problem_type, label_columns, target_scale
 from warmstart.data.text import LENGTH_COLUMN, TextCollator, check_text_cells, resolve_text_columns, tokenize_splits
 from warmstart.data.vision import (
     TRAIN_MARKER,
@@ -43,8 +45,11 @@ __all__ = [
     "check_not_empty",
     "check_text_cells",
     "encode_labels",
+    "encode_targets",
     "image_collate",
     "image_transforms",
+    "infer_problem_type",
+    "label_columns",
     "limit_samples",
     "load_image",
     "load_labeled_splits",
@@ -54,5 +59,6 @@ __all__ = [
     "resolve_image_column",
     "resolve_text_columns",
     "table_dirs",
+    "target_scale",
     "tokenize_splits",
 ]

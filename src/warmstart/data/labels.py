@@ -68,7 +68,7 @@ def encode_labels(splits: DatasetDict, label_column: str) -> list[str]:
                 f"{len(missing)} data row(s) of the {split} split have no {label_column!r} value (rows "
                 f"{row_numbers(missing)}, counting from 1): fill or drop them"
             )
-    seen = sorted(set(keys["train"]), key=_label_order(set(keys["train"])))
+    seen = sorted(set(keys["train"]), key=label_order(set(keys["train"])))
     to_id = {key: i for i, key in enumerate(seen)}
     for split, split_keys in keys.items():
         unseen = next((key for key in split_keys if key not in to_id), None)
@@ -115,15 +115,16 @@ def _label_keys(values: Sequence[Any], column: str, note: bool = True) -> list[s
         elif isinstance(value, float):
             if not value.is_integer():
                 raise WarmstartError(
-                    f"column {column!r} holds fractional numbers (e.g. {value}): warmstart trains classifiers, whose "
-                    "labels are class names or whole numbers: set --label_column_name to a column of classes"
+                    f"column {column!r} holds fractional numbers (e.g. {value}): classes are names or whole numbers: "
+                    "use --problem_type regression to predict the numbers, or set --label_column_name to a column "
+                    "of classes"
                 )
             whole_floats = True
             keys.append(str(int(value)))
         elif isinstance(value, (list, tuple, dict)):
             raise WarmstartError(
                 f"column {column!r} holds {type(value).__name__}s (e.g. {str(value)[:60]}), not one class per "
-                "example: give one label per row"
+                "example: use --problem_type multi_label_classification, or give one label per row"
             )
         else:
             text = str(value).strip()
@@ -136,8 +137,9 @@ def _label_keys(values: Sequence[Any], column: str, note: bool = True) -> list[s
 _INTEGER = re.compile(r"[+-]?\d+")
 
 
-def _label_order(keys: set[str]) -> Callable[[str], Any]:
-    """Numeric order when every class name is an integer (``2`` before ``10``), else the names' string order."""
+def label_order(keys: set[str]) -> Callable[[str], Any]:
+    """The order of class (or label) names: numeric when every name is an integer (``2`` before ``10``), else the
+    names' string order."""
     if all(_INTEGER.fullmatch(key) for key in keys):
         return int
     return str

@@ -11,7 +11,6 @@ import datasets
 from datasets import ClassLabel, DatasetDict
 
 from warmstart.data.columns import LABEL_COLUMN
-from warmstart.data.labels import encode_labels
 from warmstart.data.sources import (
     CORPUS_BUILDERS,
     LOAD_ERRORS,
@@ -20,9 +19,11 @@ from warmstart.data.sources import (
     read_tables,
     root_cause,
 )
+from warmstart.data.targets import encode_targets, target_scale
 from warmstart.data.text import check_text_cells, has_text, resolve_corpus_text_column, resolve_text_columns
 from warmstart.data.vision import resolve_image_column
 from warmstart.errors import WarmstartError
+from warmstart.problems import REGRESSION, LabelSpace
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def load_raw_splits(
     return splits
 
 
-def load_labeled_splits(data_args: Any, seed: int, modality: str = "text") -> tuple[DatasetDict, list[str]]:
+def load_labeled_splits(data_args: Any, seed: int, modality: str = "text") -> tuple[DatasetDict, LabelSpace]:
     """Loads the splits a recipe's :class:`~warmstart.arguments.DataArguments` name, encodes their labels, makes a
     validation split when there is none and applies the sample limits.
 
@@ -78,7 +79,9 @@ def load_labeled_splits(data_args: Any, seed: int, modality: str = "text") -> tu
     columns checked for empty cells (:func:`check_text_cells`).
 
     Returns:
-        The splits (``train``, ``validation``, maybe ``test``; labels in ``labels``) and the class names.
+        The splits (``train``, ``validation``, maybe ``test``; labels in ``labels``) and their
+        :class:`~warmstart.problems.LabelSpace` (the label shape and the head's output names; a regression's target
+        scale from the final train split).
     """
     splits = load_raw_splits(
         dataset_name=data_args.dataset_name,
@@ -90,13 +93,15 @@ def load_labeled_splits(data_args: Any, seed: int, modality: str = "text") -> tu
     check_not_empty(splits)
     if modality == "image":
         resolve_image_column(splits, data_args.image_column_name, base_dirs=table_dirs(data_args))
-    labels = encode_labels(splits, data_args.label_column_name)
+    labels = encode_targets(splits, data_args)
     if modality == "text":
         columns = resolve_text_columns(splits, data_args.text_column_names, data_args.label_column_name)
         check_text_cells(splits, columns)
     splits = make_validation_split(splits, data_args.train_val_split, seed)
     splits = limit_samples(splits, data_args.max_train_samples, data_args.max_eval_samples, seed)
     check_not_empty(splits)
+    if labels.problem_type == REGRESSION:
+        labels.target_mean, labels.target_std = target_scale(splits["train"], labels.names)
     return splits, labels
 
 

@@ -95,7 +95,9 @@ def image_collate(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     """Stacks transformed images and their labels (when they have them) into a batch."""
     batch = {"pixel_values": torch.stack([e["pixel_values"] for e in examples])}
     if LABEL_COLUMN in examples[0]:
-        batch[LABEL_COLUMN] = torch.tensor([e[LABEL_COLUMN] for e in examples], dtype=torch.long)
+        labels = torch.as_tensor([e[LABEL_COLUMN] for e in examples])
+        # class ids as int64; multi-hot vectors and regression targets as float32
+        batch[LABEL_COLUMN] = labels.long() if not labels.is_floating_point() else labels.float()
     return batch
 
 

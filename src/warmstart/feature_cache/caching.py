@@ -169,7 +169,7 @@ def cache_features(
             # the stores are made outside inference mode: the head trains on them, and autograd refuses tensors made
             # inside it
             shard: torch.Tensor | np.ndarray | None = None
-            labels = torch.empty(len(mine), dtype=torch.long)
+            labels = _label_store(dataset, len(mine))
             done = 0
             for batch in loader:
                 batch = _to_device(batch, device)
@@ -185,7 +185,7 @@ def cache_features(
                 # one process writes rows in dataset order; several write their shard in order, gathered below
                 rows = mine[done : done + len(features)] if alone else slice(done, done + len(features))
                 shard[rows] = features.cpu().numpy() if isinstance(shard, np.ndarray) else features.cpu()
-                labels[rows] = batch["labels"].cpu().long()
+                labels[rows] = batch["labels"].cpu().to(labels.dtype)
                 done += len(features)
             if not checked and name == next(iter(splits)):  # no example here: the others still agree on the cut
                 _agree_on_the_cut(None, device)
@@ -230,3 +230,11 @@ def _agreed_shape(shape: tuple[int, ...] | None, device: torch.device) -> tuple[
     shapes: list[Any] = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(shapes, shape)
     return next((s for s in shapes if s is not None), None)
+
+
+def _label_store(dataset: Any, rows: int) -> torch.Tensor:
+    """An empty tensor for ``rows`` labels of the dataset's kind: class ids (int64), or float32 targets of the first
+    example's shape (a multi-label vector, regression targets)."""
+    first = torch.as_tensor(dataset[0]["labels"]) if len(dataset) else torch.tensor(0)
+    dtype = torch.float32 if first.is_floating_point() else torch.long
+    return torch.empty((rows, *first.shape), dtype=dtype)

@@ -66,7 +66,7 @@ def whole_table(
             store[where.numpy()] = rows.numpy()
         else:
             store[where] = rows
-    all_labels = torch.empty(len(order), dtype=torch.long)
+    all_labels = torch.empty((len(order), *labels.shape[1:]), dtype=labels.dtype)
     for start, stop, rows in gathered_blocks(labels, len(order), device):
         all_labels[index[start:stop]] = rows
     if isinstance(shard, torch.Tensor):

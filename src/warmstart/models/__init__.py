@@ -7,7 +7,8 @@ TimmWrapper ``save_pretrained``), a hub id already in the Hugging Face cache, or
 - :mod:`~warmstart.models.configs`: a model directory's ``config.json``, checked loading, and the head decisions
   both loaders share;
 - :mod:`~warmstart.models.image`: timm backbones and their transformers wrapper;
-- :mod:`~warmstart.models.text`: transformers text models and their tokenizers.
+- :mod:`~warmstart.models.text`: transformers text models and their tokenizers;
+- :mod:`~warmstart.models.heads`: a regression head's target scale, folded into its output layer.
 """
 
 from warmstart.models.configs import (
@@ -17,6 +18,7 @@ from warmstart.models.configs import (
     newly_initialised,
     read_model_config,
 )
+from warmstart.models.heads import fold_target_scale, output_layer
 from warmstart.models.image import load_image_model, load_timm_backbone, wrap_timm_model
 from warmstart.models.text import (
     load_text_config,
@@ -28,6 +30,7 @@ from warmstart.models.text import (
 )
 
 __all__ = [
+    "fold_target_scale",
     "is_image_model_config",
     "keeps_head",
     "load_checked",
@@ -39,6 +42,7 @@ __all__ = [
     "loss_is_a_batch_mean",
     "max_sequence_length",
     "newly_initialised",
+    "output_layer",
     "read_model_config",
     "wrap_timm_model",
     "without_load_report",

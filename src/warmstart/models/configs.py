@@ -15,6 +15,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from warmstart.errors import WarmstartError
+from warmstart.problems import SINGLE_LABEL
 
 logger = logging.getLogger(__name__)
 
@@ -59,16 +60,31 @@ def load_checked(load, path: str, **kwargs: Any):
         raise WarmstartError(f"cannot load the model in {path}: {first_line[:200]}") from None
 
 
-def keeps_head(old_labels: Sequence[str] | None, labels: Sequence[str], *, reset_head: bool = False) -> bool:
+def keeps_head(
+    old_labels: Sequence[str] | None,
+    labels: Sequence[str],
+    *,
+    reset_head: bool = False,
+    old_problem: str | None = None,
+    problem: str | None = None,
+) -> bool:
     """Whether a checkpoint's classifier is kept for ``labels`` (logged either way): only for the same label names,
-    in the same order, and without ``reset_head``."""
+    in the same order, of the same label shape (``problem_type``; ``None``: single-label), and without
+    ``reset_head``."""
     old = list(old_labels or [])
     if not old:
         return False  # no classifier, or one for nameless ImageNet-style classes: a new head, nothing to say
-    if old == list(labels) and not reset_head:
+    old_problem, problem = old_problem or SINGLE_LABEL, problem or SINGLE_LABEL
+    same = old == list(labels) and old_problem == problem
+    if same and not reset_head:
         logger.info("the base model's head for the same %d labels is kept (--reset_head starts a new one)", len(old))
         return True
-    reason = "--reset_head" if old == list(labels) else f"its {len(old)} labels differ from the data's {len(labels)}"
+    if same:
+        reason = "--reset_head"
+    elif old_problem != problem:
+        reason = f"it was trained for {old_problem}, the data is {problem}"
+    else:
+        reason = f"its {len(old)} labels differ from the data's {len(labels)}"
     logger.info("the base model's head is replaced by a new one for %d labels (%s)", len(labels), reason)
     return False
 

@@ -16,6 +16,7 @@ from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
 
 from warmstart.errors import WarmstartError
 from warmstart.models.configs import is_image_model_config, keeps_head, load_checked, read_model_config
+from warmstart.problems import SINGLE_LABEL
 
 
 def _label_names_of(timm_model: nn.Module) -> list[str] | None:
@@ -48,12 +49,14 @@ def _create_timm(model_name_or_path: str, *, pretrained: bool, purpose: str = "f
         pretrained_cfg["num_classes"] = local.get("num_classes", pretrained_cfg.get("num_classes"))
         if local.get("label_names"):
             pretrained_cfg["label_names"] = local["label_names"]
-        return load_checked(
+        timm_model = load_checked(
             lambda _: timm.create_model(
                 architecture, pretrained=pretrained, pretrained_cfg=pretrained_cfg, **{**model_args, **kwargs}
             ),
             model_name_or_path,
         )
+        timm_model.warmstart_problem_type = local.get("problem_type")  # what its head was trained for
+        return timm_model
     name = model_name_or_path.removeprefix("hf-hub:")
     is_hub_id = "/" in name
     if not is_hub_id and not timm.is_model(name):
@@ -87,6 +90,7 @@ def _timm_from_wrapper_dir(path: str, *, pretrained: bool) -> nn.Module:
     wrapper = load_checked(TimmWrapperForImageClassification.from_pretrained, path)
     timm_model = wrapper.timm_model
     timm_model.pretrained_cfg = dict(timm_model.pretrained_cfg, label_names=list(config.id2label.values()))
+    timm_model.warmstart_problem_type = config.problem_type
     return timm_model
 
 
@@ -113,6 +117,7 @@ def load_image_model(
     random_init: bool = False,
     image_size: int | None = None,
     reset_head: bool = False,
+    problem_type: str = SINGLE_LABEL,
 ) -> TimmWrapperForImageClassification:
     """Loads a timm backbone as a transformers image classifier with a head for ``labels``.
 
@@ -126,6 +131,7 @@ def load_image_model(
         random_init: build the architecture only, with no pretrained weights.
         image_size: input resolution; models with a fixed input size (ViTs) are rebuilt for it.
         reset_head: start a new head even for the same labels.
+        problem_type: the label shape (see :func:`wrap_timm_model`).
 
     Returns:
         A ``TimmWrapperForImageClassification`` whose ``config`` carries ``id2label`` / ``label2id``.
@@ -134,20 +140,27 @@ def load_image_model(
         WarmstartError: the model cannot be found or loaded.
     """
     timm_model = load_timm_backbone(model_name_or_path, random_init=random_init, image_size=image_size)
-    return wrap_timm_model(timm_model, labels, reset_head=reset_head)
+    return wrap_timm_model(timm_model, labels, reset_head=reset_head, problem_type=problem_type)
 
 
 def wrap_timm_model(
-    timm_model: nn.Module, labels: list[str], *, reset_head: bool = False
+    timm_model: nn.Module, labels: list[str], *, reset_head: bool = False, problem_type: str = SINGLE_LABEL
 ) -> TimmWrapperForImageClassification:
     """Puts a timm model inside a transformers ``TimmWrapperForImageClassification`` for ``labels``.
 
-    The classifier is kept when the model's label names (``pretrained_cfg["label_names"]``) equal ``labels`` (and
-    not ``reset_head``), and replaced by a new one sized to ``labels`` otherwise.
+    The classifier is kept when the model's label names (``pretrained_cfg["label_names"]``) and label shape
+    (``pretrained_cfg["problem_type"]``) equal the data's (and not ``reset_head``), and replaced by a new one sized
+    to ``labels`` otherwise (the model's ``warmstart_head_kept`` says which). ``problem_type`` is saved in the config,
+    where ``pipeline()`` reads whether to apply softmax, sigmoid or nothing.
     """
-    keep = keeps_head(_label_names_of(timm_model), labels, reset_head=reset_head)
+    # what a warmstart output was trained for (its config.json's problem_type; timm's pretrained_cfg has no such key)
+    old_problem = getattr(timm_model, "warmstart_problem_type", None)
+    keep = keeps_head(
+        _label_names_of(timm_model), labels, reset_head=reset_head, old_problem=old_problem, problem=problem_type
+    )
     if not keep or timm_model.num_classes != len(labels):
         timm_model.reset_classifier(len(labels))
+    kept = keep and timm_model.num_classes == len(labels)
     timm_model.pretrained_cfg = dict(timm_model.pretrained_cfg, num_classes=len(labels), label_names=list(labels))
 
     model_args = {k: v for k, v in get_model_args(timm_model).items() if k != "num_classes"}
@@ -158,9 +171,10 @@ def wrap_timm_model(
         label2id={label: i for i, label in enumerate(labels)},
         model_args=model_args or None,
     )
-    config.problem_type = "single_label_classification"
+    config.problem_type = problem_type
     # The wrapper would build a second, random copy of the network; build it on the meta device and put ours in.
     with torch.device("meta"):
         model = TimmWrapperForImageClassification(config)
     model.timm_model = timm_model
+    model.warmstart_head_kept = kept
     return model

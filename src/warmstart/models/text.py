@@ -23,6 +23,7 @@ from transformers import (
 
 from warmstart.errors import WarmstartError
 from warmstart.models.configs import is_image_model_config, keeps_head, load_checked, read_model_config
+from warmstart.problems import SINGLE_LABEL
 
 logger = logging.getLogger(__name__)
 
@@ -87,11 +88,14 @@ def load_text_model(
     random_init: bool = False,
     trust_remote_code: bool = False,
     reset_head: bool = False,
+    problem_type: str = SINGLE_LABEL,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Loads a BERT-family model with a sequence classification head for ``labels``, and its tokenizer.
 
-    The checkpoint's classifier is kept only when its label names equal ``labels`` and ``reset_head`` is off; a
-    masked-LM or bare encoder checkpoint (a pretraining run) gets a new head.
+    The checkpoint's classifier is kept only when its label names and ``problem_type`` equal the data's and
+    ``reset_head`` is off (the model's ``warmstart_head_kept`` says which); a masked-LM or bare encoder checkpoint (a
+    pretraining run) gets a new head. ``problem_type`` (one output per class, label or regression target) is saved
+    in the config, where ``pipeline()`` reads whether to apply softmax, sigmoid or nothing.
 
     Raises:
         WarmstartError: the model or its tokenizer cannot be found or loaded, or it is an image model.
@@ -99,11 +103,17 @@ def load_text_model(
     config = load_text_config(model_name_or_path, trust_remote_code=trust_remote_code)
     old_labels = [config.id2label[i] for i in sorted(config.id2label)] if config.id2label else []
     had_classifier = any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
-    keep_head = keeps_head(old_labels if had_classifier else None, labels, reset_head=reset_head)
+    keep_head = keeps_head(
+        old_labels if had_classifier else None,
+        labels,
+        reset_head=reset_head,
+        old_problem=config.problem_type,
+        problem=problem_type,
+    )
     config.num_labels = len(labels)
     config.id2label = dict(enumerate(labels))
     config.label2id = {label: i for i, label in enumerate(labels)}
-    config.problem_type = "single_label_classification"
+    config.problem_type = problem_type
     tokenizer = load_text_tokenizer(model_name_or_path, trust_remote_code=trust_remote_code)
     if random_init:
         model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=trust_remote_code)
@@ -128,6 +138,7 @@ def load_text_model(
         fresh |= {name for name, p in model.named_parameters() if id(p) not in in_base}
     loss_is_a_batch_mean(model)
     model.warmstart_new_weights = frozenset(fresh)
+    model.warmstart_head_kept = keep_head and not mismatched
     return model, tokenizer
 
 

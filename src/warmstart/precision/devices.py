@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 from warmstart.distributed import broadcast_from_main, is_main_process
+from warmstart.plan import change_training
 from warmstart.precision.choice import PENDING, PrecisionChoice
 from warmstart.precision.hardware import NATIVE_BF16_FLAGS, cpu_flags
 from warmstart.step_timing import DEFAULT_SEQUENCE_LENGTH, StepSetup, example_inputs, time_training_steps
-from warmstart.plan import change_training
 
 # bf16 must win a timed training step by this much. The fastest of a few steps of one variant still varies between
 # timings on a shared machine (fp32 against itself, resnet18 at 64 px on 2 busy cores: 0.88x-1.22x), while the gains

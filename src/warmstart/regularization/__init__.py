@@ -28,7 +28,14 @@ from warmstart.regularization.assembly import (
     prepare_regularization,
 )
 from warmstart.regularization.early_stopping import EVAL_METRICS, early_stopping_settings
-from warmstart.regularization.losses import IGNORE_INDEX, class_weights_from_labels, make_loss_function
+from warmstart.regularization.losses import (
+    IGNORE_INDEX,
+    class_weights_from_labels,
+    make_loss_function,
+    make_multi_label_loss,
+    make_regression_loss,
+    positive_weights_from_labels,
+)
 from warmstart.regularization.mixup import MixupCollator
 
 __all__ = [
@@ -43,6 +50,9 @@ __all__ = [
     "class_weights_from_labels",
     "early_stopping_settings",
     "make_loss_function",
+    "make_multi_label_loss",
+    "make_regression_loss",
+    "positive_weights_from_labels",
     "needs_loss_function",
     "prepare_regularization",
 ]

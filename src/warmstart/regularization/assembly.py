@@ -15,13 +15,19 @@ from transformers import TrainingArguments
 
 from warmstart.data import LABEL_COLUMN
 from warmstart.errors import WarmstartError
+from warmstart.problems import MULTI_LABEL, REGRESSION, SINGLE_LABEL, LabelSpace, problem_named
 from warmstart.regularization.early_stopping import early_stopping_settings
-from warmstart.regularization.losses import class_weights_from_labels, make_loss_function
+from warmstart.regularization.losses import (
+    class_weights_from_labels,
+    make_loss_function,
+    make_multi_label_loss,
+    make_regression_loss,
+    positive_weights_from_labels,
+)
 from warmstart.regularization.mixup import MixupCollator
 
 logger = logging.getLogger(__name__)
 
-SINGLE_LABEL = "single_label_classification"
 IMAGE_ONLY_OPTIONS = ("mixup_alpha", "cutmix_alpha", "auto_augment", "random_erasing")
 
 
@@ -61,16 +67,23 @@ def check_regularization(
                 f"{', '.join(asked)} {'applies' if len(asked) == 1 else 'apply'} to images only: drop "
                 f"{'it' if len(asked) == 1 else 'them'} for text classification"
             )
-    if problem_type not in (None, SINGLE_LABEL):
-        head = "a regression head" if problem_type == "regression" else f"a {problem_type} head"
-        if reg_args.class_weights == "auto":
+    if problem_type is not None:
+        problem = problem_named(problem_type)
+        head = f"a {problem.description} head"
+        if reg_args.class_weights == "auto" and problem.class_weights is None:
+            raise WarmstartError(f"--class_weights auto weights classes, but the model has {head}: drop it")
+        if reg_args.label_smoothing > 0 and not problem.smooths:
+            raise WarmstartError(f"--label_smoothing smooths class targets, but the model has {head}: drop it")
+        if reg_args.mixes_labels and not problem.mixes:
             raise WarmstartError(
-                f"--class_weights auto weights classes, but the model has {head}: use it for classification only"
+                f"--mixup_alpha / --cutmix_alpha mix class targets, but the model has {head}: drop them"
             )
-        if reg_args.label_smoothing > 0:
-            raise WarmstartError(f"--label_smoothing smooths class targets, but the model has {head}")
-        if reg_args.mixes_labels:
-            raise WarmstartError(f"--mixup_alpha / --cutmix_alpha mix class targets, but the model has {head}")
+    if problem_type != REGRESSION and reg_args.regression_loss != "mse":
+        raise WarmstartError(
+            f"--regression_loss {reg_args.regression_loss} is the loss of a regression head, and the run is "
+            f"{'not known to be one' if problem_type is None else problem_type}: give --problem_type regression, or "
+            "drop it"
+        )
     if training_args is not None:
         if training_args.label_smoothing_factor > 0 and needs_loss_function(reg_args):
             raise WarmstartError(
@@ -111,14 +124,22 @@ class Regularization:
 
 
 def prepare_regularization(
-    reg_args: Any, modality: str, model_config: Any, train_split: Any, training_args: TrainingArguments
+    reg_args: Any,
+    modality: str,
+    model_config: Any,
+    train_split: Any,
+    training_args: TrainingArguments,
+    labels: LabelSpace | None = None,
 ) -> Regularization:
     """Checks a recipe's regularization options and builds what the Trainer needs for them.
 
     Runs :func:`check_regularization`; with ``--class_weights auto`` computes :func:`class_weights_from_labels`
-    from the ``labels`` column of ``train_split`` (read without its transform: no image is decoded); builds
-    :func:`make_loss_function` when :func:`needs_loss_function`; with ``--early_stopping_patience`` changes
-    ``training_args`` by :func:`early_stopping_settings` and returns its callback.
+    (multi-label: :func:`positive_weights_from_labels`) from the ``labels`` column of ``train_split`` (read without
+    its transform: no image is decoded); builds the loss of the label shape (:func:`make_loss_function` when
+    :func:`needs_loss_function`, the model's own loss otherwise; :func:`make_multi_label_loss` and
+    :func:`make_regression_loss` always: the model's own ignores ``pos_weight`` and standardisation); with
+    ``--early_stopping_patience`` changes ``training_args`` by :func:`early_stopping_settings` and returns its
+    callback.
 
     Args:
         reg_args: a :class:`warmstart.arguments.RegularizationArguments`.
@@ -126,6 +147,8 @@ def prepare_regularization(
         model_config: the model's config (``num_labels``, ``problem_type``, ``id2label``).
         train_split: the train ``datasets.Dataset``, labels in ``labels``.
         training_args: the Trainer's arguments; changed in place for early stopping.
+        labels: the run's label space (``None``: single-label, the classes of ``model_config``); a regression's
+            needs its target scale.
 
     Returns:
         A :class:`Regularization`.
@@ -134,8 +157,9 @@ def prepare_regularization(
         WarmstartError: an option that does not apply (see :func:`check_regularization`), a class without
             training examples under ``--class_weights auto``, or impossible early-stopping settings.
     """
-    problem_type = getattr(model_config, "problem_type", None)
-    check_regularization(reg_args, modality, problem_type, training_args)
+    problem_type = labels.problem_type if labels is not None else getattr(model_config, "problem_type", None)
+    problem = problem_named(problem_type or SINGLE_LABEL)
+    check_regularization(reg_args, modality, problem.name, training_args)
     num_classes = int(model_config.num_labels)
     regularization = Regularization(num_classes=num_classes)
     weights = None
@@ -143,14 +167,34 @@ def prepare_regularization(
         id2label = getattr(model_config, "id2label", None) or {}
         names = [str(id2label.get(i, id2label.get(str(i), i))) for i in range(num_classes)]
         plain = train_split.with_format(None) if hasattr(train_split, "with_format") else train_split
-        weights = class_weights_from_labels(list(plain[LABEL_COLUMN]), num_classes, names=names)
+        if problem.name == MULTI_LABEL:
+            weights = positive_weights_from_labels(plain[LABEL_COLUMN], names=names)
+        else:
+            weights = class_weights_from_labels(list(plain[LABEL_COLUMN]), num_classes, names=names)
         regularization.class_weights = [round(float(w), 6) for w in weights]
-        logger.info("class weights %s", dict(zip(names, regularization.class_weights)))
-    if needs_loss_function(reg_args):
+        logger.info(
+            "%s weights %s",
+            "label" if problem.name == MULTI_LABEL else "class",
+            dict(zip(names, regularization.class_weights)),
+        )
+    if problem.name == MULTI_LABEL:
+        regularization.loss_function = make_multi_label_loss(num_classes, reg_args.label_smoothing, weights)
+    elif problem.name == REGRESSION:
+        if labels is None or labels.scale is None:
+            raise ValueError("a regression's loss needs its targets' scale: give the run's LabelSpace")
+        regularization.loss_function = make_regression_loss(*labels.scale, reg_args.regression_loss)
+    elif needs_loss_function(reg_args):
         regularization.loss_function = make_loss_function(num_classes, reg_args.label_smoothing, weights)
     if modality == "image" and reg_args.mixes_labels:
         regularization.mixup_alpha = reg_args.mixup_alpha
         regularization.cutmix_alpha = reg_args.cutmix_alpha
     if reg_args.early_stopping_patience is not None:
-        regularization.callbacks.append(early_stopping_settings(training_args, reg_args.early_stopping_patience))
+        regularization.callbacks.append(
+            early_stopping_settings(
+                training_args,
+                reg_args.early_stopping_patience,
+                default_metric=problem.headline,
+                reported=(*problem.metrics, "loss"),
+            )
+        )
     return regularization

@@ -6,6 +6,7 @@ interval, the best model restored at the end, a metric the evaluation produces a
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from typing import Any
 
 from transformers import EarlyStoppingCallback, TrainingArguments
@@ -13,15 +14,21 @@ from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
 from warmstart.errors import WarmstartError
 from warmstart.plan import change_training
+from warmstart.problems import GREATER_IS_BETTER
 
 logger = logging.getLogger(__name__)
 
-# warmstart's compute_metrics (metrics.classification_metrics) and the Trainer's loss: the direction of each
-EVAL_METRICS = {"loss": False, "accuracy": True, "f1_macro": True, "roc_auc": True}
+# what a single-label run's evaluation reports (warmstart.metrics.classification_metrics, and the Trainer's loss)
+EVAL_METRICS = {name: GREATER_IS_BETTER[name] for name in ("loss", "accuracy", "f1_macro", "roc_auc")}
 
 
 def early_stopping_settings(
-    training_args: TrainingArguments, patience: int, *, default_metric: str = "accuracy", threshold: float = 0.0
+    training_args: TrainingArguments,
+    patience: int,
+    *,
+    default_metric: str = "accuracy",
+    threshold: float = 0.0,
+    reported: Collection[str] = tuple(EVAL_METRICS),
 ) -> EarlyStoppingCallback:
     """Makes ``training_args`` consistent with early stopping and returns the callback for the Trainer.
 
@@ -37,6 +44,7 @@ def early_stopping_settings(
         default_metric: the metric when ``metric_for_best_model`` is unset (``accuracy``, from warmstart's
             ``compute_metrics``).
         threshold: the least improvement that counts (``EarlyStoppingCallback``'s ``early_stopping_threshold``).
+        reported: the metrics the run's evaluation reports (its label shape's, and ``loss``).
 
     Returns:
         ``transformers.EarlyStoppingCallback(patience, threshold)``.
@@ -73,15 +81,14 @@ def early_stopping_settings(
 
     metric = training_args.metric_for_best_model or default_metric
     name = metric.removeprefix("eval_")
-    if name not in EVAL_METRICS:
+    if name not in reported:
         raise WarmstartError(
-            f"--metric_for_best_model {metric!r} is not a metric of the evaluation: use one of "
-            f"{', '.join(EVAL_METRICS)}"
+            f"--metric_for_best_model {metric!r} is not a metric of the evaluation: use one of {', '.join(reported)}"
         )
     changes["metric_for_best_model"] = metric
     if training_args.greater_is_better is None:
-        changes["greater_is_better"] = EVAL_METRICS[name]
-    elif bool(training_args.greater_is_better) != EVAL_METRICS[name]:
+        changes["greater_is_better"] = GREATER_IS_BETTER[name]
+    elif bool(training_args.greater_is_better) != GREATER_IS_BETTER[name]:
         raise WarmstartError(
             f"--greater_is_better {str(training_args.greater_is_better).lower()} with --metric_for_best_model "
             f"{metric} would keep the worst model: drop --greater_is_better (it follows the metric)"

@@ -1,6 +1,8 @@
-"""The classification loss the Trainer takes as its ``compute_loss_func``: cross-entropy on hard or soft (mixup /
-cutmix) labels, with label smoothing and per-class weights, normalised so that gradient accumulation gives the
-gradient of one big batch; and the inverse-frequency class weights of ``--class_weights auto``.
+"""The losses the Trainer takes as its ``compute_loss_func``, one per label shape, each normalised so that gradient
+accumulation gives the gradient of one big batch: cross-entropy on hard or soft (mixup / cutmix) labels, with label
+smoothing and per-class weights (and the inverse-frequency class weights of ``--class_weights auto``); binary
+cross-entropy per label for multi-label heads (with ``pos_weight``); squared or Huber error on standardised targets
+for regression.
 """
 
 from __future__ import annotations
@@ -160,5 +162,128 @@ def make_loss_function(
         else:
             samples = torch.as_tensor(num_items_in_batch, dtype=total.dtype, device=total.device) / entries_per_sample
         return total / samples.clamp(min=1.0)
+
+    return loss_function
+
+
+def positive_weights_from_labels(targets: Any, *, names: Sequence[str] | None = None) -> torch.Tensor:
+    """Multi-label ``pos_weight`` from the training targets: each label's negatives over its positives, as
+    ``BCEWithLogitsLoss(pos_weight=)`` expects (a label on a tenth of the examples weighs its positives 9).
+
+    A label on every example has nothing to balance: weight 1.
+
+    Args:
+        targets: ``(n, num_labels)`` 0/1 training targets.
+        names: label names, for the error message.
+
+    Returns:
+        A float32 tensor of ``num_labels`` weights.
+
+    Raises:
+        WarmstartError: a label without a positive training example (its weight would be infinite).
+    """
+    truth = torch.as_tensor(targets, dtype=torch.float64).reshape(len(targets), -1) >= 0.5
+    if truth.shape[0] == 0:
+        raise WarmstartError("class weights need training labels: the train split is empty")
+    positives = truth.sum(dim=0).double()
+    missing = (positives == 0).nonzero().flatten().tolist()
+    if missing:
+        shown = ", ".join(repr(names[i]) if names else str(i) for i in missing[:5])
+        raise WarmstartError(
+            f"--class_weights auto: label {shown} has no positive training example, so its weight is undefined: add "
+            "training examples for it, or train with --class_weights none"
+        )
+    negatives = truth.shape[0] - positives
+    return torch.where(negatives > 0, negatives / positives, torch.ones_like(positives)).float()
+
+
+def _entries_mean(total: torch.Tensor, entries: int, num_items_in_batch: Any) -> torch.Tensor:
+    """``total`` (a sum over every label entry of a micro-batch) over the entries of the whole accumulated batch, as
+    the Trainer counts them in ``num_items_in_batch`` (the label tensor's entries that are not -100); over this
+    batch's entries without it (a direct call)."""
+    if num_items_in_batch is None:
+        return total / max(entries, 1)
+    count = torch.as_tensor(num_items_in_batch, dtype=total.dtype, device=total.device)
+    return total / count.clamp(min=1.0)
+
+
+def make_multi_label_loss(
+    num_labels: int, label_smoothing: float = 0.0, pos_weight: torch.Tensor | None = None
+) -> Callable[..., torch.Tensor]:
+    """The multi-label loss for the Trainer's ``compute_loss_func``: binary cross-entropy of each label's logit
+    (``BCEWithLogitsLoss``), the mean over every label of every example, as the model's own
+    ``problem_type="multi_label_classification"`` loss, normalised across gradient accumulation like
+    :func:`make_loss_function`.
+
+    Targets are ``(B, num_labels)`` 0/1 (or soft: mixup mixes them, as timm does); label smoothing moves each toward
+    1/2: ``(1 - eps) * y + eps / 2``. ``pos_weight``: each label's positives weighted
+    (:func:`positive_weights_from_labels`).
+
+    Raises:
+        WarmstartError: a bad epsilon, or weights of the wrong size or sign.
+    """
+    if not 0.0 <= label_smoothing < 1.0:
+        raise WarmstartError(f"--label_smoothing must be in [0, 1), got {label_smoothing}")
+    weights = None
+    if pos_weight is not None:
+        weights = torch.as_tensor(pos_weight).detach().to(torch.float32).flatten().clone()
+        if weights.numel() != num_labels:
+            raise WarmstartError(f"{weights.numel()} label weights for a head of {num_labels} labels")
+        if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
+            raise WarmstartError("label weights must be finite and not negative")
+    eps = float(label_smoothing)
+
+    def loss_function(outputs: Any, labels: torch.Tensor | None, num_items_in_batch: Any = None) -> torch.Tensor:
+        if labels is None:
+            raise WarmstartError("the batch has no labels: the multi-label loss needs a 'labels' entry")
+        logits = _logits_of(outputs).float()
+        if logits.ndim != 2 or logits.shape[-1] != num_labels or labels.shape != logits.shape:
+            raise ValueError(
+                f"expected logits and labels of shape [batch, {num_labels}], got {tuple(logits.shape)}"
+                f" and {tuple(labels.shape)}"
+            )
+        target = labels.to(logits.dtype)
+        if eps:
+            target = target * (1.0 - eps) + eps / 2
+        per_entry = torch.nn.functional.binary_cross_entropy_with_logits(
+            logits, target, pos_weight=None if weights is None else weights.to(logits.device), reduction="none"
+        )
+        return _entries_mean(per_entry.sum(), per_entry.numel(), num_items_in_batch)
+
+    return loss_function
+
+
+def make_regression_loss(
+    mean: Sequence[float], std: Sequence[float], kind: str = "mse", huber_delta: float = 1.0
+) -> Callable[..., torch.Tensor]:
+    """The regression loss for the Trainer's ``compute_loss_func``: the model outputs standardised targets, and the
+    loss compares them with ``(labels - mean) / std`` (labels in the targets' units), so that every target weighs
+    alike whatever its units and a new head starts at the right scale. ``kind``: ``mse`` (squared error) or
+    ``huber`` (squared within ``huber_delta`` standard deviations, linear beyond: robust to outliers). The mean over
+    every target of every example, normalised across gradient accumulation like :func:`make_loss_function`.
+
+    Raises:
+        WarmstartError: an unknown kind, a scale of the wrong size or a standard deviation that is not positive.
+    """
+    if kind not in ("mse", "huber"):
+        raise WarmstartError(f"--regression_loss {kind!r}: use mse or huber")
+    centre = torch.as_tensor(mean, dtype=torch.float32).flatten()
+    spread = torch.as_tensor(std, dtype=torch.float32).flatten()
+    if centre.shape != spread.shape or not bool((spread > 0).all()):
+        raise WarmstartError("the regression targets' scale needs one positive standard deviation per target")
+    outputs_per_example = centre.numel()
+
+    def loss_function(outputs: Any, labels: torch.Tensor | None, num_items_in_batch: Any = None) -> torch.Tensor:
+        if labels is None:
+            raise WarmstartError("the batch has no labels: the regression loss needs a 'labels' entry")
+        predicted = _logits_of(outputs).float().reshape(-1, outputs_per_example)
+        target = (labels.float().reshape(-1, outputs_per_example) - centre.to(labels.device)) / spread.to(
+            labels.device
+        )
+        if kind == "mse":
+            per_entry = (predicted - target) ** 2
+        else:
+            per_entry = torch.nn.functional.huber_loss(predicted, target, reduction="none", delta=huber_delta)
+        return _entries_mean(per_entry.sum(), per_entry.numel(), num_items_in_batch)
 
     return loss_function

@@ -22,12 +22,13 @@ class MixupCollator:
     are the base collator's, with hard labels, so evaluation loss and metrics are plain. The marker is removed
     before the base collator sees the examples.
 
-    A training batch gets soft float labels ``[B, C]`` (each row sums to 1) and mixed ``pixel_values``; the loss
-    must then come from :func:`make_loss_function` given as the Trainer's ``compute_loss_func`` (a model's own loss
-    expects class ids). Mixing is timm's ``mode="batch"``: one lambda per batch, each image mixed with the batch
-    reversed. timm needs an even batch: in an odd batch (the last of an epoch) the first ``B - 1`` examples are
-    mixed and the last keeps its image, with its label as a one-hot soft target, so that every training batch is
-    soft (the loss's gradient-accumulation count relies on it). A batch of one is not mixed.
+    A training batch gets soft float labels ``[B, C]`` (each row sums to 1; multi-label targets ``[B, C]`` are mixed
+    as timm mixes one-hot ones, into soft per-label targets) and mixed ``pixel_values``; the loss must then come from
+    :func:`make_loss_function` (:func:`make_multi_label_loss`) given as the Trainer's ``compute_loss_func`` (a
+    model's own loss expects class ids). Mixing is timm's ``mode="batch"``: one lambda per batch, each image mixed
+    with the batch reversed. timm needs an even batch: in an odd batch (the last of an epoch) the first ``B - 1``
+    examples are mixed and the last keeps its image, with its label as a one-hot soft target, so that every training
+    batch is soft (the loss's gradient-accumulation count relies on it). A batch of one is not mixed.
 
     No label smoothing here: :func:`make_loss_function` smooths every target (mixed or not) itself.
 
@@ -72,7 +73,7 @@ class MixupCollator:
             switch_prob=switch_prob,
             mode="batch",
             label_smoothing=0.0,  # timm's default is 0.1: smoothing belongs to the loss
-            num_classes=num_classes,
+            num_classes=max(num_classes, 2),  # multi-label batches give it ids 0 and 1 (see __call__)
         )
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -82,13 +83,27 @@ class MixupCollator:
         if not training:
             return batch
         pixels, labels = batch["pixel_values"], batch[LABEL_COLUMN]
-        if labels.ndim != 1:
-            raise ValueError(f"MixupCollator mixes class ids, got labels of shape {tuple(labels.shape)}")
-        soft = torch.nn.functional.one_hot(labels.long(), self.num_classes).float()
+        if labels.ndim == 2 and labels.shape[1] == self.num_classes:  # multi-label targets: mixed as they are
+            soft = labels.float()
+        elif labels.ndim == 1:
+            soft = torch.nn.functional.one_hot(labels.long(), self.num_classes).float()
+        else:
+            raise ValueError(f"MixupCollator mixes class ids or multi-hot targets, got labels {tuple(labels.shape)}")
         mixed = len(labels) - len(labels) % 2
-        if mixed >= 2:
+        if mixed >= 2 and labels.ndim == 1:
             head_pixels, head_labels = self.mixup(pixels[:mixed].clone(), labels[:mixed])
             pixels = torch.cat([head_pixels, pixels[mixed:]]) if mixed < len(labels) else head_pixels
             soft = torch.cat([head_labels.float(), soft[mixed:]])
+        elif mixed >= 2:
+            # timm mixes class ids only: it is given ids from which its lambda reads back (the first image's class 0,
+            # its partner's, the last's, 1), and the multi-hot targets are mixed with that lambda, as timm mixes
+            # one-hot ones: each with the batch reversed
+            ids = torch.zeros(mixed, dtype=torch.long)
+            ids[-1] = 1
+            head_pixels, mixed_ids = self.mixup(pixels[:mixed].clone(), ids)
+            lam = float(mixed_ids[0, 0])
+            head = soft[:mixed]
+            pixels = torch.cat([head_pixels, pixels[mixed:]]) if mixed < len(labels) else head_pixels
+            soft = torch.cat([lam * head + (1 - lam) * head.flip(0), soft[mixed:]])
         batch["pixel_values"], batch[LABEL_COLUMN] = pixels, soft
         return batch

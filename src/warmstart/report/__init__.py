@@ -1,6 +1,8 @@
 """Evaluation reports with plots: a confusion matrix, per-class precision / recall / F1, training curves, a ROC curve
-for binary tasks (:mod:`warmstart.report.evaluation`), and the strategy-comparison plot
-(:mod:`warmstart.report.comparison_plot`, its labels placed by :mod:`warmstart.report.labels`).
+for binary tasks (:mod:`warmstart.report.evaluation`), per-label tables and precision-recall curves for
+multi-label heads and predicted-against-true plots for regression (:mod:`warmstart.report.targets`), and the
+strategy-comparison plot (:mod:`warmstart.report.comparison_plot`, its labels placed by
+:mod:`warmstart.report.labels`).
 
 The figures are drawn on :class:`matplotlib.figure.Figure` objects rendered by the Agg canvas directly: pyplot is
 never imported, so no window opens, no backend is selected globally and no figure is left registered anywhere.
@@ -17,6 +19,7 @@ from warmstart.report.evaluation import (
     MARKDOWN_CLASS_ROWS,
     EvaluationReport,
     confusion_counts,
+    plot_training_curves,
     write_evaluation_report,
 )
 from warmstart.report.figures import (
@@ -27,6 +30,7 @@ from warmstart.report.figures import (
     ROC_CURVE_SIZE,
     TRAINING_CURVES_SIZE,
 )
+from warmstart.report.targets import write_multi_label_report, write_regression_report
 
 __all__ = [
     "ANNOTATED_CLASSES",
@@ -40,6 +44,9 @@ __all__ = [
     "ComparisonPlot",
     "EvaluationReport",
     "confusion_counts",
+    "plot_training_curves",
     "write_comparison_plot",
     "write_evaluation_report",
+    "write_multi_label_report",
+    "write_regression_report",
 ]

@@ -167,7 +167,7 @@ def write_evaluation_report(
     (output_dir / f"classification_report{suffix}.json").write_text(json.dumps(per_class, indent=2))
 
     name = "training_curves.png"
-    _plot_training_curves(log_history, metric_for_best_model, greater_is_better, output_dir / name)
+    plot_training_curves(log_history, metric_for_best_model, greater_is_better, output_dir / name)
     images.append(("Training curves", name))
 
     auc = roc_auc(label_ids, probabilities) if len(labels) == 2 else None
@@ -268,9 +268,11 @@ def _series(log_history: Sequence[dict[str, Any]], key: str) -> tuple[np.ndarray
     return steps, np.array([points[s] for s in steps], dtype=np.float64)
 
 
-def _plot_training_curves(
+def plot_training_curves(
     log_history: Sequence[dict[str, Any]], metric: str | None, greater_is_better: bool | None, path: Path
 ) -> None:
+    """Draws ``training_curves.png``: train and eval loss, and ``metric`` per evaluation with the best marked
+    (``greater_is_better``: its direction; by default higher, unless its name ends in ``loss``)."""
     metric = metric or "accuracy"
     key = metric if metric.startswith("eval_") else f"eval_{metric}"
     if greater_is_better is None:

@@ -19,11 +19,13 @@ from warmstart.config import RunConfig
 from warmstart.errors import WarmstartError
 from warmstart.feature_cache import CacheSettings, default_cache_dir
 from warmstart.fine_tuning import prepare_fine_tuning
+from warmstart.models import fold_target_scale
+from warmstart.plan import change_training
 from warmstart.policy import FreezePolicy, default_learning_rate
 from warmstart.precision import apply_device_settings
-from warmstart.regularization import prepare_regularization
+from warmstart.problems import REGRESSION, SINGLE_LABEL, LabelSpace, greater_is_better
+from warmstart.regularization import check_regularization, prepare_regularization
 from warmstart.training import ProbeOptions, Run, start_run, train_classifier
-from warmstart.plan import change_training
 
 logger = logging.getLogger("warmstart")
 
@@ -47,6 +49,32 @@ def start_classification(config: RunConfig) -> Run:
     run.plan.decide("learning_rate", {"value": rate, "source": source})
     logger.info("learning rate %g (%s)", rate, source)
     return run
+
+
+def resolve_labels(config: RunConfig, run: Run, labels: LabelSpace) -> None:
+    """What the run's label shape decides before anything trains, once its data has told it (``--problem_type``
+    may have left it to the data): the metric it is judged by checked against what the shape reports, and its
+    direction planned (the Trainer's own guess, "higher is better unless it ends in loss", is wrong for rmse, mse
+    and mae); ``--threshold`` refused where there are no thresholds. Recorded as ``targets``.
+
+    Raises:
+        WarmstartError: a metric the shape does not report, ``--threshold`` on a shape without thresholds, or
+            regularization the shape cannot use.
+    """
+    problem = labels.problem
+    check_regularization(config.regularization, config.modality, problem.name, config.training)
+    metric = config.training.metric_for_best_model
+    if metric:
+        name = problem.check_metric(metric)
+        if "greater_is_better" not in config.given:
+            change_training(
+                config.training, f"--metric_for_best_model {metric}", greater_is_better=greater_is_better(name)
+            )
+    if config.evaluation.threshold is not None and not problem.thresholds:
+        raise WarmstartError(
+            f"--threshold sets multi-label decision thresholds, and this run is {problem.description}: drop it"
+        )
+    run.plan.decide("targets", labels.to_dict())
 
 
 def apply_devices(config: RunConfig, run: Run, model: nn.Module, input_size: Sequence[int] | None = None) -> None:
@@ -120,21 +148,32 @@ def feature_cache_settings(
     )
 
 
-def probe_policy(config: RunConfig, run: Run, feature_cache: CacheSettings | None) -> FreezePolicy:
+def probe_policy(
+    config: RunConfig, run: Run, feature_cache: CacheSettings | None, problem_type: str = SINGLE_LABEL
+) -> FreezePolicy:
     """The run's policy, its probe solver decided: ``lbfgs`` (the head solved on the cached features) wherever the
     features are cached and the Trainer's probe was not asked for (``--probe_solver trainer``, or lp_ft's
     ``--probe_epochs``), else ``trainer``. Logged and recorded (``probe`` in the run's config).
 
+    The solver fits single-label heads; another label shape's probe is trained by the Trainer.
+
     Raises:
-        WarmstartError: ``--probe_solver lbfgs`` where the features are not cached, or an lp_ft probe left to the
-            Trainer without ``--probe_epochs``.
+        WarmstartError: ``--probe_solver lbfgs`` where the features are not cached or the labels are not
+            single-label, or an lp_ft probe left to the Trainer without ``--probe_epochs``.
     """
     policy = config.policy
     if not policy.spec.probes:
         return policy
     asked = policy.probe_solver
     lp_ft = policy.spec.trains_backbone
-    if feature_cache is None:
+    if problem_type != SINGLE_LABEL:
+        if asked == "lbfgs":
+            raise WarmstartError(
+                f"--probe_solver lbfgs solves single-label heads (softmax regression); this run is {problem_type}: "
+                "use --probe_solver trainer"
+            )
+        solver, why = "trainer", f"the solver fits single-label heads; a {problem_type} head trains with the Trainer"
+    elif feature_cache is None:
         reason = run.plan.decisions.get("feature_cache", {}).get("reason", "the features are not cached")
         if asked == "lbfgs":
             raise WarmstartError(
@@ -167,6 +206,7 @@ def train_loaded_classifier(
     model: nn.Module,
     splits: DatasetDict,
     collate: Callable,
+    labels: LabelSpace,
     save_model: Callable[[nn.Module, Path], None],
     card: dict[str, Any],
     feature_cache: CacheSettings | None,
@@ -176,10 +216,15 @@ def train_loaded_classifier(
     """The rest of a classification run once its model and splits are loaded: the probe decided, the policy applied
     (:func:`~warmstart.fine_tuning.prepare_fine_tuning`), the regularization built, and
     :func:`~warmstart.training.train_classifier` run."""
-    policy = probe_policy(config, run, feature_cache)
+    policy = probe_policy(config, run, feature_cache, labels.problem_type)
+    if labels.problem_type == REGRESSION and getattr(model, "warmstart_head_kept", False):
+        # a saved regression head outputs the targets' units; it trains on standardised ones
+        fold_target_scale(model, *labels.scale, inverse=True)
     tuning = prepare_fine_tuning(model, policy, config.training)
     reg_args = config.regularization
-    regularization = prepare_regularization(reg_args, config.modality, model.config, splits["train"], config.training)
+    regularization = prepare_regularization(
+        reg_args, config.modality, model.config, splits["train"], config.training, labels
+    )
     return train_classifier(
         run,
         tuning=tuning,
@@ -193,11 +238,15 @@ def train_loaded_classifier(
         save_adapter=config.save_adapter,
         feature_cache=feature_cache,
         probe=ProbeOptions(regularization.class_weights, reg_args.label_smoothing),
+        labels=labels,
+        threshold=config.evaluation.threshold,
+        extra_metrics=config.evaluation.extra_metrics or (),
         save_model=save_model,
         card={
             "modality": config.modality,
             "name": str(run.output_dir),
             "base_model": config.model.describe(),
+            "problem_type": labels.problem_type,
             **card,
         },
     )

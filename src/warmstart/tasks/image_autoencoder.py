@@ -21,9 +21,9 @@ from warmstart.data import (
     load_unlabeled_splits,
 )
 from warmstart.models import load_timm_backbone
+from warmstart.plan import change_training
 from warmstart.tasks.classification import apply_devices
 from warmstart.training import start_run, train_self_supervised
-from warmstart.plan import change_training
 
 
 def execute(

@@ -19,13 +19,14 @@ from warmstart.data import (
 )
 from warmstart.export import save_image_model
 from warmstart.models import load_image_model
+from warmstart.plan import change_training
 from warmstart.tasks.classification import (
     apply_devices,
     feature_cache_settings,
+    resolve_labels,
     start_classification,
     train_loaded_classifier,
 )
-from warmstart.plan import change_training
 
 
 def execute(
@@ -38,15 +39,17 @@ def execute(
     change_training(training_args, "the image column is decoded by our transform", remove_unused_columns=False)
 
     splits, labels = load_labeled_splits(data_args, seed=training_args.seed, modality="image")
+    resolve_labels(config, run, labels)
     image_column = resolve_image_column(splits, data_args.image_column_name)
     check_images(splits, image_column)
 
     model = load_image_model(
         config.model.model_name_or_path,
-        labels,
+        labels.names,
         random_init=config.model.random_init,
         image_size=data_args.image_size,
         reset_head=config.model.reset_head,
+        problem_type=labels.problem_type,
     )
     data_config, train_transform, eval_transform = image_transforms(
         model,
@@ -64,15 +67,16 @@ def execute(
     splits = attach_image_transforms(
         splits, image_column, train_transform, eval_transform, mark_train=reg_args.mixes_labels
     )
-    run.config.update(labels=labels, image_data_config=dict(data_config))
+    run.config.update(labels=labels.names, image_data_config=dict(data_config))
     return train_loaded_classifier(
         config,
         run,
         model=model,
         splits=splits,
         collate=image_collate,
+        labels=labels,
         feature_cache=feature_cache,
         callbacks=callbacks,
         save_model=lambda merged, output_dir: save_image_model(merged, output_dir, data_config),
-        card={"data": data_args.describe(), "labels": labels},
+        card={"data": data_args.describe(), "labels": labels.names},
     )

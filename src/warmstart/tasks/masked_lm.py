@@ -12,9 +12,9 @@ from warmstart.config import RunConfig
 from warmstart.data import load_unlabeled_splits
 from warmstart.mlm import MlmCollator, load_mlm_model, perplexity, save_mlm_model, tokenize_corpus
 from warmstart.models import max_sequence_length
+from warmstart.plan import change_training
 from warmstart.tasks.classification import apply_devices
 from warmstart.training import start_run, train_self_supervised
-from warmstart.plan import change_training
 
 
 def execute(

@@ -12,13 +12,14 @@ from warmstart.config import RunConfig
 from warmstart.data import TextCollator, load_labeled_splits, resolve_text_columns, tokenize_splits
 from warmstart.export import save_text_model
 from warmstart.models import load_text_model, max_sequence_length
+from warmstart.plan import change_training
 from warmstart.tasks.classification import (
     apply_devices,
     feature_cache_settings,
+    resolve_labels,
     start_classification,
     train_loaded_classifier,
 )
-from warmstart.plan import change_training
 
 
 def execute(
@@ -29,14 +30,16 @@ def execute(
     data_args, training_args = config.data, config.training
 
     splits, labels = load_labeled_splits(data_args, seed=training_args.seed)
+    resolve_labels(config, run, labels)
     text_columns = resolve_text_columns(splits, data_args.text_column_names, data_args.label_column_name)
 
     model, tokenizer = load_text_model(
         config.model.model_name_or_path,
-        labels,
+        labels.names,
         random_init=config.model.random_init,
         trust_remote_code=config.model.trust_remote_code,
         reset_head=config.model.reset_head,
+        problem_type=labels.problem_type,
     )
     apply_devices(config, run, model)
     max_length = max_sequence_length(model, tokenizer, data_args.max_seq_length)
@@ -46,7 +49,7 @@ def execute(
     change_training(training_args, "the collator drops the token counts", remove_unused_columns=False)
     if data_args.group_by_length and training_args.train_sampling_strategy == "random":
         change_training(training_args, "--group_by_length", train_sampling_strategy="group_by_length")
-    run.config.update(labels=labels, text_columns=text_columns, max_seq_length=max_length)
+    run.config.update(labels=labels.names, text_columns=text_columns, max_seq_length=max_length)
 
     # pad each batch to its longest sequence, not every text to max_seq_length
     collator = TextCollator(tokenizer, data_args.pad_to_multiple_of)
@@ -56,12 +59,13 @@ def execute(
         model=model,
         splits=splits,
         collate=collator,
+        labels=labels,
         processing_class=tokenizer,
         feature_cache=feature_cache_settings(config, run, collator, feature_store),
         callbacks=callbacks,
         save_model=lambda merged, output_dir: save_text_model(merged, tokenizer, output_dir),
         card={
             "data": data_args.describe() + f"; text: {', '.join(text_columns)}; max length {max_length} tokens",
-            "labels": labels,
+            "labels": labels.names,
         },
     )

@@ -46,8 +46,11 @@ class LogBeforeEvaluationAndAtTheEnd(TrainerCallback):
             control.should_log = True
 
 
-def exact_loss_metrics(loss_function: Callable | None) -> Callable[[EvalPrediction], dict[str, float]]:
-    """:func:`~warmstart.metrics.compute_metrics` plus the loss over the evaluated examples, for a multi-process run.
+def exact_loss_metrics(
+    loss_function: Callable | None, metrics_function: Callable[[EvalPrediction], dict[str, float]] = compute_metrics
+) -> Callable[[EvalPrediction], dict[str, float]]:
+    """``metrics_function`` (:func:`~warmstart.metrics.compute_metrics`, or another label shape's) plus the loss
+    over the evaluated examples, for a multi-process run.
 
     Several processes evaluate a split in batches made even by repeating examples; the Trainer drops the repeats
     from the predictions but averages batch losses that include them, so ``eval_loss`` differed from a single
@@ -57,7 +60,7 @@ def exact_loss_metrics(loss_function: Callable | None) -> Callable[[EvalPredicti
     """
 
     def metrics(prediction: EvalPrediction) -> dict[str, float]:
-        values = compute_metrics(prediction)
+        values = metrics_function(prediction)
         logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
         logits, labels = torch.as_tensor(np.asarray(logits)).float(), torch.as_tensor(np.asarray(prediction.label_ids))
         if loss_function is not None:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from datasets import DatasetDict
 from torch import nn
-from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
+from transformers import EvalPrediction, Trainer, TrainerCallback, TrainingArguments, default_data_collator
 
 from warmstart.distributed import broadcast_from_main, is_main_process
 from warmstart.errors import WarmstartError
@@ -31,15 +31,16 @@ from warmstart.feature_cache import (
 )
 from warmstart.fine_tuning import FineTuning, UnfreezeSchedule
 from warmstart.lora import merge_lora, save_lora_adapter
-from warmstart.metrics import compute_metrics
-from warmstart.models import newly_initialised
+from warmstart.metrics import load_extra_metrics, metrics_function, tune_thresholds, with_extra_metrics
+from warmstart.models import fold_target_scale, newly_initialised
+from warmstart.plan import change_training
 from warmstart.policy import FreezePolicy
 from warmstart.probe import ProbeFit, ProbeUnsolvable, solve_head
-from warmstart.report import write_evaluation_report
+from warmstart.problems import MULTI_LABEL, REGRESSION, SINGLE_LABEL, LabelSpace, greater_is_better
+from warmstart.report import write_evaluation_report, write_multi_label_report, write_regression_report
 from warmstart.training.callbacks import LogBeforeEvaluationAndAtTheEnd, StopOnNonFiniteLoss, exact_loss_metrics
 from warmstart.training.output import finish_output, staged_output, write_output
 from warmstart.training.setup import Run, resume_point
-from warmstart.plan import change_training
 
 logger = logging.getLogger("warmstart")
 
@@ -68,6 +69,9 @@ def train_classifier(
     save_adapter: bool = False,
     feature_cache: CacheSettings | None = None,
     probe: ProbeOptions | None = None,
+    labels: LabelSpace | None = None,
+    threshold: float | None = None,
+    extra_metrics: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Trains with the HF Trainer, evaluates on validation (and test), and saves in hub format with a model card.
 
@@ -93,11 +97,26 @@ def train_classifier(
         probe: the loss options the solved probe minimises (``policy.probe_solver == "lbfgs"``, see
             :func:`probe_policy`): the head is solved on the cached training features before the Trainer runs;
             ``head_only`` then trains nothing more (unless ``probe_train_rest``), ``lp_ft`` fine-tunes everything.
+        labels: the label space (``None``: single-label, the classes of ``card["labels"]``): what the metrics and
+            the report are, and, for multi-label, the decision thresholds, tuned on validation after training
+            (unless ``threshold`` fixes them), used for the validation and test metrics and recorded; for
+            regression, the target scale, folded into the saved head so that it outputs the targets' units.
+        threshold: one multi-label threshold for every label (``None``: tuned).
+        extra_metrics: ``evaluate`` metrics to add (names or script paths), loaded before anything trains.
 
     Returns:
         All metrics, as in ``all_results.json``.
     """
     report = tuning.report
+    labels = labels or LabelSpace(SINGLE_LABEL, list(card.get("labels") or []))
+    problem = labels.problem
+    extra = load_extra_metrics(extra_metrics)  # before anything trains: a metric that cannot load stops the run now
+
+    def scoring(thresholds: Sequence[float] | None = None) -> Callable:
+        scored = metrics_function(problem.name, thresholds=thresholds, scale=labels.scale)
+        scored = with_extra_metrics(scored, extra, problem.name, thresholds=thresholds, scale=labels.scale)
+        return scored if training_args.world_size <= 1 else exact_loss_metrics(compute_loss_func, scored)
+
     logger.info("policy %s; %s", policy.describe(), report.summary())
     if training_args.should_save:
         run.output_dir.mkdir(parents=True, exist_ok=True)
@@ -148,7 +167,7 @@ def train_classifier(
         eval_dataset=splits["validation"],
         data_collator=data_collator,
         processing_class=processing_class,
-        compute_metrics=compute_metrics if training_args.world_size <= 1 else exact_loss_metrics(compute_loss_func),
+        compute_metrics=scoring(),
         compute_loss_func=compute_loss_func,
         **{
             **tuning.trainer_kwargs(),
@@ -186,6 +205,14 @@ def train_classifier(
             # predict, not evaluate: the same metrics, and the predictions for the report's plots
             output = trainer.predict(splits[split], metric_key_prefix=prefix)
             metrics = dict(output.metrics)
+            if problem.thresholds and split == "validation":
+                # decided on validation's predictions, then every split is scored at them (validation's F1 is then
+                # the tuned one; test's is not tuned on)
+                labels.thresholds = _decide_thresholds(output, labels, threshold)
+                trainer.compute_metrics = scoring(labels.thresholds)
+                rescored = trainer.compute_metrics(EvalPrediction(output.predictions, output.label_ids))
+                metrics.update({f"{prefix}_{k}": v for k, v in rescored.items() if k != "loss"})
+                run.plan.decide("targets", labels.to_dict())
             metrics[f"{prefix}_samples"] = len(splits[split])
             trainer.log_metrics(prefix, metrics)
             files[prefix] = metrics
@@ -210,29 +237,62 @@ def train_classifier(
                     save_lora_adapter(model, staging / "adapter")
                 model = merge_lora(model)
             reports = [
-                write_evaluation_report(
-                    staging,
-                    card["labels"],
-                    output.label_ids,
-                    output.predictions,
-                    trainer.state.log_history,
-                    metric_for_best_model=training_args.metric_for_best_model,
-                    split=split,
-                )
+                _report(staging, labels, output, trainer.state.log_history, training_args.metric_for_best_model, split)
                 for split, output in predicted.items()
             ]
+            if labels.scale is not None:  # the saved head outputs the targets' units: pipeline() needs no scale
+                fold_target_scale(model, *labels.scale)
             card = {
                 **card,
                 **({"probe": fit.markdown()} if fit is not None else {}),
+                **({"thresholds": dict(zip(labels.names, labels.thresholds))} if labels.thresholds else {}),
                 "policy": policy.to_dict(),
                 "policy_description": policy.describe(),
                 "freeze_report": report.to_dict(),
-                "per_class": "\n\n".join(r.markdown for r in reports),
-                "images": [image for r in reports for image in r.images],
+                "per_class": "\n\n".join(markdown for _, markdown in reports),
+                "images": [image for images, _ in reports for image in images],
             }
             write_output(run, staging, model, save_model, card, results, files, trainer)
         finish_output(run)
     return results
+
+
+def _decide_thresholds(output: Any, labels: LabelSpace, threshold: float | None) -> list[float]:
+    """A multi-label head's decision thresholds: ``threshold`` for every label, or each label's tuned for F1 on the
+    validation predictions (:func:`~warmstart.metrics.tune_thresholds`). Logged."""
+    if threshold is not None:
+        chosen = [float(threshold)] * labels.num_outputs
+        logger.info("multi-label decision threshold %g for every label (--threshold)", threshold)
+        return chosen
+    logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+    chosen = tune_thresholds(logits, output.label_ids)
+    shown = ", ".join(f"{name} {value:.3f}" for name, value in list(zip(labels.names, chosen))[:10])
+    logger.info("multi-label decision thresholds tuned for F1 on validation: %s%s", shown, " ..." * (len(chosen) > 10))
+    return chosen
+
+
+def _report(
+    staging: Path, labels: LabelSpace, output: Any, log_history: list, metric: str | None, split: str
+) -> tuple[list[tuple[str, str]], str]:
+    """The evaluation report of one split, as the label shape draws it: images (caption, file) and the card's
+    markdown."""
+    logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+    direction = greater_is_better(metric or labels.problem.headline)
+    if labels.problem_type == MULTI_LABEL:
+        return write_multi_label_report(
+            staging, labels.names, output.label_ids, logits, labels.thresholds or [0.5] * labels.num_outputs,
+            log_history, metric, split, direction,
+        )  # fmt: skip
+    if labels.problem_type == REGRESSION:
+        mean, std = (np.asarray(v, dtype=np.float64) for v in labels.scale)
+        values = np.asarray(logits, dtype=np.float64).reshape(len(logits), -1) * std + mean
+        return write_regression_report(
+            staging, labels.names, output.label_ids, values, log_history, metric, split, direction
+        )
+    written = write_evaluation_report(
+        staging, labels.names, output.label_ids, logits, log_history, metric_for_best_model=metric, split=split
+    )
+    return written.images, written.markdown
 
 
 def _cache_backbone_features(

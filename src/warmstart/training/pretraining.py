@@ -11,10 +11,10 @@ from datasets import DatasetDict
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from warmstart.plan import change_training
 from warmstart.training.callbacks import LogBeforeEvaluationAndAtTheEnd, StopOnNonFiniteLoss
 from warmstart.training.output import finish_output, staged_output, write_output
 from warmstart.training.setup import Run, resume_point
-from warmstart.plan import change_training
 
 
 def train_self_supervised(

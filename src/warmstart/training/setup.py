@@ -17,8 +17,8 @@ import warmstart
 from warmstart.config import RunConfig, to_plain
 from warmstart.export import check_output_dir
 from warmstart.lineage import start_lineage
-from warmstart.run_folder import checkpoints
 from warmstart.plan import RunPlan, change_training
+from warmstart.run_folder import checkpoints
 
 logger = logging.getLogger("warmstart")
 

@@ -1,0 +1,30 @@
+"""How a classification run is scored beyond its built-in metrics: multi-label decision thresholds and metrics
+loaded with ``evaluate``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from warmstart.errors import WarmstartError
+
+
+@dataclass
+class EvaluationArguments:
+    threshold: float | None = field(
+        default=None,
+        metadata={
+            "help": "Multi-label: one probability threshold for every label, in (0, 1) (default: each label's "
+            "threshold tuned for F1 on validation)."
+        },
+    )
+    extra_metrics: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "evaluate metrics added to the evaluation: Hub names (online, or in the cache) or local metric "
+            "scripts, e.g. matthews_correlation ./my_metric.py."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.threshold is not None and not 0.0 < self.threshold < 1.0:
+            raise WarmstartError(f"--threshold is a probability in (0, 1), got {self.threshold:g}")
