@@ -1,6 +1,8 @@
 #!/usr/bin/env python
 """Predict with a fine-tuned model: one CSV row per input with its id, the predicted label and the probability of
-every class, preprocessed as the model was evaluated (read from its directory, never re-specified).
+every class (multi-label: the predicted labels, at the thresholds the run decided, and each label's probability;
+regression: the value of each target, in its units), preprocessed as the model was evaluated (read from its
+directory, never re-specified).
 
     python recipes/predict.py --model_name_or_path outputs/resnet18-top2 --input photos/ --output predictions.csv
     python recipes/predict.py --model_name_or_path outputs/bert-probe --input test.csv --id_column review_id
@@ -9,7 +11,8 @@ every class, preprocessed as the model was evaluated (read from its directory, n
 ``--input`` is an image folder (sub-folders allowed; ids are the paths relative to it), a csv / tsv / json / jsonl
 / parquet file (ids: ``--id_column``, else the row number; images from an image or image-path column), or a split
 of a dataset in the local Hugging Face cache, ``name[:config]:split``. When the input has true labels (the
-``--label_column_name`` column, or an image folder's class sub-folders) the accuracy is printed too.
+``--label_column_name`` column, or an image folder's class sub-folders) the task's headline metric is printed too:
+accuracy, micro F1 (multi-label) or RMSE (regression).
 
 Several processes split the rows between them:
 
@@ -36,7 +39,7 @@ from warmstart.prediction import (
     check_output_path_once,
     load_predictor,
     predict_in_processes,
-    prediction_accuracy,
+    prediction_metric,
     read_prediction_input,
     start_prediction_processes,
     stop_together,
@@ -66,7 +69,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
     probs, rows_here = predict_in_processes(
         predictor, data, args.batch_size, progress=not args.disable_tqdm, num_workers=args.num_workers
     )
-    path = write_predictions_once(args.output, data.ids, predictor.labels, probs, overwrite=args.overwrite)
+    path = write_predictions_once(
+        args.output,
+        data.ids,
+        predictor.labels,
+        probs,
+        overwrite=args.overwrite,
+        problem_type=predictor.problem_type,
+        thresholds=predictor.thresholds,
+    )
 
     results = {
         "output": str(path),
@@ -74,11 +85,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "labels": predictor.labels,
         "rows_predicted_here": rows_here,
     }
-    accuracy = prediction_accuracy(probs, data.true_labels)
+    scored = prediction_metric(predictor, probs, data.true_labels)
     message = f"{len(data.ids)} predictions written to {path}"
-    if accuracy is not None:
-        results["accuracy"] = accuracy
-        message += f"; accuracy {accuracy:.4f} against the input's labels"
+    if scored is not None:
+        results[scored[0]] = scored[1]
+        message += f"; {scored[0]} {scored[1]:.4f} against the input's labels"
     if is_main_process():
         print(message)
     return results

@@ -33,6 +33,7 @@ from warmstart.regularization import make_multi_label_loss, make_regression_loss
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
 import image_classification  # noqa: E402
+import predict  # noqa: E402
 import text_classification  # noqa: E402
 
 
@@ -390,3 +391,50 @@ def test_every_shape_trains_saves_and_reloads_with_equal_outputs(
         # the saved head outputs the targets' units: what it gives is near their mean, not near 0
         mean = config["targets"]["target_mean"][0]
         assert abs(float(first[0]) - mean) < 3 * config["targets"]["target_std"][0] + 1
+
+
+# --- prediction ----------------------------------------------------------------------------------------------------
+
+
+def test_prediction_uses_the_run_s_thresholds_and_scores_as_the_run_did(tagged_text, tiny_bert_with_topics, tmp_path):
+    out = tmp_path / "out"
+    results = _run("text", tagged_text, tiny_bert_with_topics, out, MULTI_LABEL, "full", "--max_steps", "12")
+    thresholds = yaml.safe_load((out / "warmstart_config.yaml").read_text())["targets"]["thresholds"]
+    assert len(thresholds) == 3 and thresholds != [0.5, 0.5, 0.5]  # tuned on validation
+    predicted = predict.main(
+        [
+            "--model_name_or_path", str(out), "--input", str(tagged_text["validation"]), "--output",
+            str(tmp_path / "p.csv"), "--label_column_name", "tags", "--disable_tqdm", "true",
+        ]
+    )  # fmt: skip
+    # the same validation rows at the same thresholds: the F1 the run reported
+    assert predicted["f1_micro"] == pytest.approx(results["eval_f1_micro"], abs=1e-6)
+    with (tmp_path / "p.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    names = predicted["labels"]
+    for row in rows:
+        chosen = [n for n, t in zip(names, thresholds) if float(row[f"prob_{n}"]) >= t]
+        assert json.loads(row["predicted_labels"]) == chosen
+
+
+def test_a_fixed_threshold_is_used_for_every_label(tagged_text, tiny_bert_with_topics, tmp_path):
+    out = tmp_path / "out"
+    _run("text", tagged_text, tiny_bert_with_topics, out, MULTI_LABEL, "head_only", "--threshold", "0.3")
+    assert yaml.safe_load((out / "warmstart_config.yaml").read_text())["targets"]["thresholds"] == [0.3] * 3
+
+
+def test_a_regression_model_predicts_in_the_targets_units(coloured_images, tmp_path):
+    out = tmp_path / "out"
+    results = _run("image", coloured_images, "test_resnet", out, REGRESSION, "full", "--max_steps", "6")
+    predicted = predict.main(
+        [
+            "--model_name_or_path", str(out), "--input", str(coloured_images["validation"]), "--output",
+            str(tmp_path / "p.csv"), "--label_column_name", "brightness", "--disable_tqdm", "true",
+        ]
+    )  # fmt: skip
+    # the saved model's values against the true brightness (200..300): the error the run reported in those units
+    assert predicted["rmse"] == pytest.approx(results["eval_rmse"], rel=1e-4)
+    with (tmp_path / "p.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["id", "predicted_brightness"]
+    assert all(150 < float(row["predicted_brightness"]) < 350 for row in rows)

@@ -24,7 +24,14 @@ from warmstart.data.splits import (
     make_validation_split,
     table_dirs,
 )
-from warmstart.data.targets import encode_targets, infer_problem_type, label_columns, target_scale
+from warmstart.data.targets import (
+    as_number,
+    encode_targets,
+    infer_problem_type,
+    label_columns,
+    read_label_sets,
+    target_scale,
+)
 from warmstart.data.text import LENGTH_COLUMN, TextCollator, check_text_cells, resolve_text_columns, tokenize_splits
 from warmstart.data.vision import (
     TRAIN_MARKER,
@@ -40,6 +47,7 @@ __all__ = [
     "LENGTH_COLUMN",
     "TRAIN_MARKER",
     "TextCollator",
+    "as_number",
     "attach_image_transforms",
     "check_images",
     "check_not_empty",
@@ -56,6 +64,7 @@ __all__ = [
     "load_raw_splits",
     "load_unlabeled_splits",
     "make_validation_split",
+    "read_label_sets",
     "resolve_image_column",
     "resolve_text_columns",
     "table_dirs",

@@ -117,7 +117,7 @@ def _check_asked(train: datasets.Dataset, columns: Sequence[str], asked: str, in
         )
     if asked == REGRESSION:
         for column in columns:
-            bad = next((v for v in train[column] if v is not None and _number(v) is None), None)
+            bad = next((v for v in train[column] if v is not None and as_number(v) is None), None)
             if bad is not None:
                 raise WarmstartError(
                     f"--problem_type regression, but column {column!r} holds {str(bad)[:40]!r}, not a number: give "
@@ -135,12 +135,12 @@ def _is_list_feature(feature: Any) -> bool:
 
 
 def _is_flag(value: Any) -> bool:
-    number = _number(value)
+    number = as_number(value)
     return number is not None and number in (0.0, 1.0)
 
 
-def _number(value: Any) -> float | None:
-    """A cell as a number (``"2.5"`` too), or ``None``: not one."""
+def as_number(value: Any) -> float | None:
+    """A cell as a number (``"2.5"`` too, booleans as 0 / 1), or ``None``: not one."""
     if isinstance(value, bool):
         return float(value)
     if isinstance(value, (int, float, np.number)):
@@ -153,7 +153,9 @@ def _number(value: Any) -> float | None:
     return None
 
 
-def _label_sets(values: Sequence[Any], column: str, separator: str | None, names: Sequence[str] | None) -> list:
+def read_label_sets(
+    values: Sequence[Any], column: str, separator: str | None = None, names: Sequence[str] | None = None
+) -> list:
     """Each row's labels as a list of names (``None``: missing). ``names``: a ``Sequence(ClassLabel)``'s class
     names, which its integer values index."""
     sets: list[list[str] | None] = []
@@ -207,7 +209,7 @@ def _encode_multi_label(splits: DatasetDict, columns: Sequence[str], separator: 
     feature = splits["train"].features[column]
     inner = getattr(feature, "feature", None)
     class_names = list(inner.names) if isinstance(inner, ClassLabel) else None
-    sets = {split: _label_sets(data[column], column, separator, class_names) for split, data in splits.items()}
+    sets = {split: read_label_sets(data[column], column, separator, class_names) for split, data in splits.items()}
     _drop_or_refuse_missing(splits, sets, column)
     seen = {label for row in sets["train"] for label in row}
     if not seen:
@@ -248,13 +250,13 @@ def _encode_flag_columns(splits: DatasetDict, columns: Sequence[str]) -> list[st
                     f"column {column!r} of the {split} split holds {shown!r} (rows {row_numbers(bad)}, counting from "
                     "1): several label columns are 0/1 flags, one per label"
                 )
-    positives = {c: sum(_number(v) for v in splits["train"][c]) for c in columns}
+    positives = {c: sum(as_number(v) for v in splits["train"][c]) for c in columns}
     if not any(positives.values()):
         raise WarmstartError(
             f"the label columns {', '.join(columns)} are 0 in every train row: a multi-label run needs positives"
         )
     for split, data in splits.items():
-        vectors = np.stack([np.asarray([_number(v) for v in data[c]], dtype=np.float32) for c in columns], axis=1)
+        vectors = np.stack([np.asarray([as_number(v) for v in data[c]], dtype=np.float32) for c in columns], axis=1)
         splits[split] = _with_labels(data, columns, vectors.tolist(), len(columns))
     return list(columns)
 
@@ -271,7 +273,7 @@ def _encode_regression(splits: DatasetDict, columns: Sequence[str]) -> list[str]
         table = []
         for column in columns:
             cells = data[column]
-            numbers = [_number(v) for v in cells]
+            numbers = [as_number(v) for v in cells]
             blank = [
                 row for row, cell in enumerate(cells) if cell is None or (isinstance(cell, str) and not cell.strip())
             ]

@@ -28,12 +28,14 @@ In one process each of these is the single-process step it wraps.
 """
 
 from warmstart.prediction.arguments import PredictionArguments
-from warmstart.prediction.batches import ImageRows, predict, predict_batches, prediction_accuracy
+from warmstart.prediction.batches import ImageRows, predict, predict_batches, prediction_accuracy, prediction_metric
 from warmstart.prediction.inputs import PredictionInput, parse_dataset_spec, read_prediction_input
 from warmstart.prediction.output import (
     ID_COLUMN,
+    PREDICTED_LABELS_COLUMN,
     PREDICTION_COLUMN,
     PROBABILITY_PREFIX,
+    VALUE_PREFIX,
     check_output_path,
     check_output_path_once,
     write_predictions,
@@ -45,8 +47,10 @@ from warmstart.prediction.processes import predict_in_processes, start_predictio
 __all__ = [
     "ID_COLUMN",
     "PRECISIONS",
+    "PREDICTED_LABELS_COLUMN",
     "PREDICTION_COLUMN",
     "PROBABILITY_PREFIX",
+    "VALUE_PREFIX",
     "ImageRows",
     "PredictionArguments",
     "PredictionInput",
@@ -59,6 +63,7 @@ __all__ = [
     "predict_batches",
     "predict_in_processes",
     "prediction_accuracy",
+    "prediction_metric",
     "read_prediction_input",
     "resolve_device",
     "start_prediction_processes",

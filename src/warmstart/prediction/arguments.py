@@ -50,7 +50,10 @@ class PredictionArguments:
     )
     label_column_name: str = field(
         default="label",
-        metadata={"help": "A column of true labels: when the input has it, accuracy is reported too."},
+        metadata={
+            "help": "A column of true labels (regression: the target's column; several, comma-separated): when the "
+            "input has it, the headline metric is reported too."
+        },
     )
     encoding: str | None = field(
         default=None,

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import UnidentifiedImageError
+from sklearn.metrics import f1_score
 from tqdm.auto import tqdm
 
 from warmstart.data import (
@@ -14,8 +16,10 @@ from warmstart.data import (
 )
 from warmstart.data.decoding import load_image
 from warmstart.errors import WarmstartError
+from warmstart.metrics import regression_metrics
 from warmstart.prediction.inputs import PredictionInput
 from warmstart.prediction.predictor import Predictor
+from warmstart.problems import MULTI_LABEL, REGRESSION
 
 
 class ImageRows(torch.utils.data.Dataset):
@@ -74,8 +78,8 @@ def predict_batches(
         rows: the row numbers of ``data`` to predict (a process's share of a multi-process run); ``None``: all.
 
     Yields:
-        ``(rows, probabilities)``: the batch's row numbers in ``data`` and a ``(len(rows), num_labels)`` float32 CPU
-        tensor, the softmax of the logits computed in float32.
+        ``(rows, scores)``: the batch's row numbers in ``data`` and a ``(len(rows), num_labels)`` float32 CPU
+        tensor, :meth:`Predictor.scores` of the logits (class or label probabilities, or regression values).
 
     Raises:
         WarmstartError: ``batch_size`` < 1, or an image that cannot be read (named).
@@ -100,7 +104,7 @@ def predict_batches(
                 raise WarmstartError(batch["error"])
             batch = {k: v.to(predictor.device, non_blocking=True) for k, v in batch.items()}
             logits = predictor.logits(batch)
-            yield batch_rows, torch.softmax(logits.float(), dim=-1).cpu()
+            yield batch_rows, predictor.scores(logits).cpu()
             bar.update(len(batch_rows))
 
 
@@ -153,3 +157,21 @@ def prediction_accuracy(probs: torch.Tensor, true_labels: Sequence[int] | None) 
     if true_labels is None or len(true_labels) == 0:
         return None
     return (probs.argmax(dim=-1) == torch.as_tensor(list(true_labels))).float().mean().item()
+
+
+def prediction_metric(
+    predictor: Predictor, scores: torch.Tensor, true_labels: Sequence | None
+) -> tuple[str, float] | None:
+    """The headline metric of the predictions against the input's true labels, as the model's label shape scores
+    it: ``accuracy`` (single-label), ``f1_micro`` at the model's thresholds (multi-label), ``rmse`` (regression);
+    ``None`` without true labels."""
+    if true_labels is None or len(true_labels) == 0:
+        return None
+    if predictor.problem_type == MULTI_LABEL:
+        predicted = scores.double().numpy() >= np.asarray(predictor.thresholds or 0.5)
+        truth = np.asarray(true_labels, dtype=np.float64) >= 0.5
+        return "f1_micro", float(f1_score(truth, predicted, average="micro", zero_division=0))
+    if predictor.problem_type == REGRESSION:
+        truth = np.asarray(true_labels, dtype=np.float64).reshape(len(true_labels), -1)
+        return "rmse", regression_metrics(scores.double().numpy().reshape(truth.shape), truth)["rmse"]
+    return "accuracy", prediction_accuracy(scores, true_labels)

@@ -11,7 +11,9 @@ import datasets
 from datasets import ClassLabel, DatasetDict
 
 from warmstart.data import (
+    as_number,
     check_text_cells,
+    read_label_sets,
     resolve_image_column,
     resolve_text_columns,
 )
@@ -24,6 +26,7 @@ from warmstart.data.sources import (
 )
 from warmstart.errors import WarmstartError
 from warmstart.prediction.predictor import Predictor
+from warmstart.problems import MULTI_LABEL, REGRESSION, SINGLE_LABEL
 
 logger = logging.getLogger(__name__)
 
@@ -39,14 +42,15 @@ class PredictionInput:
             value, or the row number).
         dataset: the rows; images (undecoded) in ``columns[0]``, or text in ``columns``.
         columns: the image column, or the text column(s).
-        true_labels: the true label id of each row, when the input has labels the model knows; else ``None``.
+        true_labels: each row's true label as the model's label shape reads it (a class id, a 0/1 vector per
+            label, a number per target), when the input has them; else ``None``.
         source: the input as given, for messages.
     """
 
     ids: list[str]
     dataset: datasets.Dataset
     columns: list[str]
-    true_labels: list[int] | None = None
+    true_labels: list | None = None
     source: str = ""
 
 
@@ -137,7 +141,7 @@ def read_prediction_input(
     else:
         columns = _text_columns(data, predictor, text_columns, label_column)
         check_text_cells(DatasetDict({"input": data}), columns, where={"input": f"--input {source}"})
-    true_labels = _true_labels(data, label_column, predictor.labels) if label_column else None
+    true_labels = _true_labels(data, label_column, predictor) if label_column else None
     return PredictionInput(ids=ids, dataset=data, columns=columns, true_labels=true_labels, source=source)
 
 
@@ -151,6 +155,8 @@ def _read_image_folder(folder: Path, predictor: Predictor) -> PredictionInput:
     label_ids = {label: i for i, label in enumerate(predictor.labels)}
     folders = [r.parts[0] if len(r.parts) >= 2 else None for r in relative]  # as training: the first-level folder
     true_labels = [label_ids[f] for f in folders] if all(f in label_ids for f in folders) else None
+    if predictor.problem_type != SINGLE_LABEL:  # a class folder is one label: no truth for other shapes
+        true_labels = None
     return PredictionInput(
         ids=[r.as_posix() for r in relative],
         dataset=data,
@@ -219,12 +225,34 @@ def _text_columns(
     return resolve_text_columns(splits, ",".join(names) if names else None, label_column or "")
 
 
-def _true_labels(data: datasets.Dataset, label_column: str, labels: Sequence[str]) -> list[int] | None:
-    """The true label ids of the rows, when ``label_column`` holds the model's label names or ids throughout."""
+def _true_labels(data: datasets.Dataset, label_column: str, predictor: Predictor) -> list | None:
+    """The true labels of the rows, when ``label_column`` holds them throughout as the model's label shape reads
+    them: label names or ids (single-label: ids), lists of the model's labels (multi-label: 0/1 vectors), numbers
+    (regression; several targets: ``label_column`` names their columns comma-separated)."""
+    labels = predictor.labels
+    if predictor.problem_type == REGRESSION:
+        columns = [c.strip() for c in label_column.split(",")] if "," in label_column else [label_column]
+        if len(columns) != len(labels) and columns == [label_column] and label_column not in data.column_names:
+            columns = list(labels)  # the targets' own column names, as the model was trained on
+        if not all(c in data.column_names for c in columns) or len(columns) != len(labels):
+            return None
+        table = [[as_number(v) for v in data[c]] for c in columns]
+        if any(v is None for column in table for v in column):
+            logger.info("the true values are not all numbers: no error is reported")
+            return None
+        return [list(row) if len(row) > 1 else row[0] for row in zip(*table)]
     if label_column not in data.column_names:
         return None
     feature = data.features[label_column]
     values = data[label_column]
+    if predictor.problem_type == MULTI_LABEL:
+        inner = getattr(feature, "feature", None)
+        sets = read_label_sets(values, label_column, names=inner.names if isinstance(inner, ClassLabel) else None)
+        index = {label: i for i, label in enumerate(labels)}
+        if any(row is None or any(label not in index for label in row) for row in sets):
+            logger.info("column %r does not hold lists of the model's labels: no F1 is reported", label_column)
+            return None
+        return [[1.0 if label in row else 0.0 for label in labels] for row in sets]
     by_name = {label: i for i, label in enumerate(labels)}
     if isinstance(feature, ClassLabel):
         if not all(name in by_name for name in feature.names) or any(v is None or v < 0 for v in values):

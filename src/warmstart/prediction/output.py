@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import tempfile
 from collections.abc import Sequence
@@ -16,10 +17,13 @@ from warmstart.distributed import (
 )
 from warmstart.errors import WarmstartError
 from warmstart.prediction.processes import stop_together
+from warmstart.problems import MULTI_LABEL, REGRESSION, SINGLE_LABEL
 
 ID_COLUMN = "id"
 PREDICTION_COLUMN = "predicted_label"
+PREDICTED_LABELS_COLUMN = "predicted_labels"  # multi-label: the labels at their thresholds, as a JSON list
 PROBABILITY_PREFIX = "prob_"
+VALUE_PREFIX = "predicted_"  # regression: one column per target
 
 
 def check_output_path(path: str | Path, overwrite: bool = False) -> Path:
@@ -63,6 +67,8 @@ def write_predictions_once(
     probs: torch.Tensor,
     *,
     overwrite: bool = False,
+    problem_type: str = SINGLE_LABEL,
+    thresholds: Sequence[float] | None = None,
 ) -> Path:
     """:func:`write_predictions` by the main process alone, the others waiting until it is written (or failed, which
     stops them all): no process returns, and so the launch does not end, before the file is in place. In one
@@ -73,7 +79,9 @@ def write_predictions_once(
     """
     with stop_together():  # its closing collective is the barrier
         if not active() or is_main_process():
-            write_predictions(path, ids, labels, probs, overwrite=overwrite)
+            write_predictions(
+                path, ids, labels, probs, overwrite=overwrite, problem_type=problem_type, thresholds=thresholds
+            )
     return Path(path)
 
 
@@ -84,9 +92,16 @@ def write_predictions(
     probs: torch.Tensor,
     *,
     overwrite: bool = False,
+    problem_type: str = SINGLE_LABEL,
+    thresholds: Sequence[float] | None = None,
 ) -> Path:
-    """Writes one row per input: ``id``, ``predicted_label`` and ``prob_<label>`` per class (9 significant digits,
-    a float32 exactly), comma-separated (tab for a ``.tsv`` name).
+    """Writes one row per input, comma-separated (tab for a ``.tsv`` name), numbers to 9 significant digits (a
+    float32 exactly):
+
+    - single-label: ``id``, ``predicted_label`` and ``prob_<label>`` per class;
+    - multi-label: ``id``, ``predicted_labels`` (a JSON list of the labels whose probability reaches its threshold;
+      ``thresholds``, 0.5 each by default) and ``prob_<label>`` per label;
+    - regression: ``id`` and ``predicted_<target>`` per target, in the targets' units.
 
     The file is written next to its final place and moved there in one step (``os.replace``): a crash leaves
     neither half a file nor a damaged older one.
@@ -98,15 +113,26 @@ def write_predictions(
     if probs.shape != (len(ids), len(labels)):
         raise ValueError(f"probabilities of shape {tuple(probs.shape)} for {len(ids)} ids and {len(labels)} labels")
     path.parent.mkdir(parents=True, exist_ok=True)
-    predicted = probs.argmax(dim=-1).tolist()
     values = probs.tolist()
+    numbers = [[format(p, ".9g") for p in row] for row in values]
+    if problem_type == REGRESSION:
+        header = [ID_COLUMN, *(f"{VALUE_PREFIX}{label}" for label in labels)]
+        rows = [[row_id, *row] for row_id, row in zip(ids, numbers)]
+    elif problem_type == MULTI_LABEL:
+        limits = list(thresholds) if thresholds is not None else [0.5] * len(labels)
+        header = [ID_COLUMN, PREDICTED_LABELS_COLUMN, *(f"{PROBABILITY_PREFIX}{label}" for label in labels)]
+        chosen = [json.dumps([lab for lab, p, t in zip(labels, row, limits) if p >= t]) for row in values]
+        rows = [[row_id, tags, *row] for row_id, tags, row in zip(ids, chosen, numbers)]
+    else:
+        header = [ID_COLUMN, PREDICTION_COLUMN, *(f"{PROBABILITY_PREFIX}{label}" for label in labels)]
+        predicted = probs.argmax(dim=-1).tolist()
+        rows = [[row_id, labels[best], *row] for row_id, best, row in zip(ids, predicted, numbers)]
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-            writer.writerow([ID_COLUMN, PREDICTION_COLUMN, *(f"{PROBABILITY_PREFIX}{label}" for label in labels)])
-            for row_id, best, row in zip(ids, predicted, values):
-                writer.writerow([row_id, labels[best], *(format(p, ".9g") for p in row)])
+            writer.writerow(header)
+            writer.writerows(rows)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -26,6 +26,7 @@ from warmstart.models import (
     read_model_config,
 )
 from warmstart.precision import check_precision
+from warmstart.problems import MULTI_LABEL, PROBLEM_TYPES, REGRESSION, SINGLE_LABEL, problem_named
 from warmstart.run_folder import CONFIG_NAME, read_run_config
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,9 @@ class Predictor:
         tokenizer: text: the saved tokenizer.
         max_length: text: the truncation length (the run's ``max_seq_length``, else the model's limit).
         text_columns: text: the columns the run trained on, when it recorded them.
+        problem_type: the label shape (config.json's ``problem_type``): what :meth:`scores` makes of the logits.
+        thresholds: multi-label: each label's decision threshold, as the run decided them (its
+            ``warmstart_config.yaml``, ``targets``); 0.5 each where none were recorded.
     """
 
     model: nn.Module
@@ -63,6 +67,18 @@ class Predictor:
     tokenizer: Any = None
     max_length: int | None = None
     text_columns: list[str] | None = None
+    problem_type: str = SINGLE_LABEL
+    thresholds: list[float] | None = None
+
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """What a row's outputs mean, in float32: class probabilities (softmax), label probabilities (sigmoid) or the
+        regression's values (as they are: the saved head outputs the targets' units)."""
+        logits = logits.float()
+        if self.problem_type == MULTI_LABEL:
+            return torch.sigmoid(logits)
+        if self.problem_type == REGRESSION:
+            return logits
+        return torch.softmax(logits, dim=-1)
 
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The model's logits for a preprocessed batch already on ``device``, under the chosen autocast."""
@@ -105,9 +121,24 @@ def load_predictor(model_name_or_path: str | Path, device: str = "auto", precisi
         predictor = _image_predictor(model_dir, config, run_device, precision)
     else:
         predictor = _text_predictor(model_dir, config, run_device, precision)
+    predictor.problem_type = config.get("problem_type") or SINGLE_LABEL
+    if predictor.problem_type not in PROBLEM_TYPES:
+        raise WarmstartError(
+            f"{model_dir}/config.json has problem_type {predictor.problem_type!r}, which warmstart does not predict "
+            f"(it predicts {', '.join(PROBLEM_TYPES)})"
+        )
+    if predictor.problem_type == MULTI_LABEL:
+        recorded = (_recorded_run_config(model_dir).get("targets") or {}).get("thresholds")
+        predictor.thresholds = [float(t) for t in recorded] if recorded else [0.5] * len(predictor.labels)
+        if len(predictor.thresholds) != len(predictor.labels):
+            raise WarmstartError(
+                f"{model_dir}/warmstart_config.yaml records {len(predictor.thresholds)} thresholds for "
+                f"{len(predictor.labels)} labels: the model directory is inconsistent"
+            )
     logger.info(
-        "loaded the %s classifier for %d labels in %s, on %s (%s)",
+        "loaded the %s %s model for %d outputs in %s, on %s (%s)",
         predictor.modality,
+        problem_named(predictor.problem_type).description,
         len(predictor.labels),
         model_dir,
         run_device,
