@@ -500,16 +500,29 @@ CASES = [
         ("1 data row(s) of the validation split have no 'label' value", "rows 2"),
     ),
     Case(
-        "text-fractional-labels",
+        "text-fractional-labels-as-classes",
+        "text",
+        lambda e: e.text(
+            "--problem_type", "single_label_classification", train=e.csv("t.csv", [("good", 0.5), ("bad", 1.5)] * 4)
+        ),
+        ("'label' holds fractional numbers", "0.5", "names or whole numbers", "--problem_type regression"),
+    ),
+    Case(  # fractional numbers in train are a regression's targets: a validation of class names is not
+        "text-regression-validation-of-names",
         "text",
         lambda e: e.text(train=e.csv("t.csv", [("good", 0.5), ("bad", 1.5)] * 4)),
-        ("'label' holds fractional numbers", "0.5", "class names or whole numbers"),
+        ("of the validation split holds 'pos', not a number", "regression targets are numbers"),
     ),
     Case(
-        "text-list-labels",
+        "text-list-labels-as-one-class",
         "text",
-        lambda e: e.text(train=e.write("t.jsonl", '{"text": "good", "label": ["a", "b"]}\n' * 4), validation=""),
-        ("'label' holds lists", "one label per row"),
+        lambda e: e.text(
+            "--problem_type",
+            "single_label_classification",
+            train=e.write("t.jsonl", '{"text": "good", "label": ["a", "b"]}\n' * 4),
+            validation="",
+        ),
+        ("'label' holds lists of labels", "--problem_type multi_label_classification"),
     ),
     Case(
         "text-label-column-near-miss",
@@ -1336,6 +1349,125 @@ CASES = [
         "image",
         lambda e: [str(_yaml(e, "hflip: 0.5\nrandom_crop: 0.8\n")), *e.image()],
         ("'random_crop'", "config.yaml"),
+    ),
+    # ---- label shapes: multi-label and regression
+    Case(
+        "text-multi-label-unseen-label",
+        "text",
+        lambda e: e.text(
+            "--label_column_name",
+            "tags",
+            train=e.csv("ml_train.csv", [("good movie", '["plot"]'), ("bad movie", '["cast"]')] * 4, ("text", "tags")),
+            validation=e.csv("ml_val.csv", [("good movie", '["music"]')], ("text", "tags")),
+        ),
+        ("label 'music'", "validation split", "never in train"),
+    ),
+    Case(
+        "text-multi-label-no-label-anywhere",
+        "text",
+        lambda e: e.text(
+            "--label_column_name",
+            "tags",
+            train=e.csv("empty_train.csv", [("good movie", "[]"), ("bad movie", "[]")] * 4, ("text", "tags")),
+            validation="",
+        ),
+        ("no label in any train row",),
+    ),
+    Case(
+        "text-regression-nan-target",
+        "text",
+        lambda e: e.text(
+            "--problem_type",
+            "regression",
+            train=e.csv("nan_train.csv", [("good movie", "4.5"), ("bad movie", "nan")] * 4),
+            validation="",
+        ),
+        ("have no 'label' value", "fill or drop"),
+    ),
+    Case(
+        "text-regression-infinite-target",
+        "text",
+        lambda e: e.text(
+            train=e.csv("inf_train.csv", [("good movie", "4.5"), ("bad movie", "inf")] * 4), validation=""
+        ),
+        ("must be finite numbers",),
+    ),
+    Case(
+        "text-regression-on-string-labels",
+        "text",
+        lambda e: e.text("--problem_type", "regression"),
+        ("--problem_type regression", "not a number"),
+    ),
+    Case(
+        "text-threshold-outside-0-1",
+        "text",
+        lambda e: e.text("--threshold", "1.5"),
+        ("--threshold is a probability in (0, 1)", "1.5"),
+        subprocess=True,
+    ),
+    Case(
+        "text-threshold-on-single-label",
+        "text",
+        lambda e: e.text("--threshold", "0.3"),
+        ("--threshold", "single-label classification"),
+    ),
+    Case(
+        "text-metric-the-shape-does-not-report",
+        "text",
+        lambda e: e.text("--metric_for_best_model", "rmse"),
+        ("--metric_for_best_model rmse", "single-label classification run does not report it"),
+    ),
+    Case(
+        "text-regression-metric-accuracy",
+        "text",
+        lambda e: e.text("--problem_type", "regression", "--metric_for_best_model", "accuracy"),
+        ("--metric_for_best_model accuracy", "regression run does not report it"),
+    ),
+    Case(
+        "text-extra-metric-cannot-load",
+        "text",
+        lambda e: e.text("--extra_metrics", "no_such_metric_anywhere"),
+        ("--extra_metrics no_such_metric_anywhere cannot be loaded",),
+    ),
+    Case(
+        "text-extra-metric-missing-script",
+        "text",
+        lambda e: e.text("--extra_metrics", str(e.tmp / "missing_metric.py")),
+        ("missing_metric.py: no such metric script",),
+    ),
+    Case(
+        "text-class-weights-on-regression",
+        "text",
+        lambda e: e.text(
+            "--class_weights",
+            "auto",
+            train=e.csv("score_train.csv", [("good movie", "4.5"), ("bad movie", "1.25")] * 4),
+            validation="",
+        ),
+        ("--class_weights auto", "a regression head"),
+    ),
+    Case(
+        "image-mixup-on-regression",
+        "image",
+        lambda e: e.image("--mixup_alpha", "0.2", "--problem_type", "regression"),
+        ("--mixup_alpha", "a regression head"),
+    ),
+    Case(
+        "text-probe-solver-on-multi-label",
+        "text",
+        lambda e: e.text(
+            "--label_column_name",
+            "tags",
+            "--freeze_strategy",
+            "head_only",
+            "--probe_solver",
+            "lbfgs",
+            train=e.csv(
+                "probe_train.csv", [("good movie", '["plot"]'), ("bad movie", '["cast"]')] * 4, ("text", "tags")
+            ),
+            validation="",
+        ),
+        ("--probe_solver lbfgs", "multi_label_classification"),
     ),
 ]
 

@@ -464,7 +464,7 @@ def test_an_exif_rotated_jpeg_decodes_upright_in_training_the_cache_and_predicti
     assert _close(transformed["validation"][0]["pixel_values"].numpy(), upright)
     # the feature cache computes its features from splits made by the same function with the evaluation transform
     # (recipes/image_classification.py: feature_cache.source_splits); prediction decodes through its own rows:
-    predictor = SimpleNamespace(modality="image", labels=["portrait"])
+    predictor = SimpleNamespace(modality="image", labels=["portrait"], problem_type="single_label_classification")
     rows = ImageRows(read_prediction_input(folder / "validation", predictor), pixels)
     _, predicted, error = rows[0]
     assert error is None and _close(predicted.numpy(), upright)
@@ -604,4 +604,4 @@ def test_write_image_folder_layout_still_reads(tmp_path):
     root = write_image_folder(tmp_path / "train", 2, 0)
     shutil.copytree(root, tmp_path / "validation")
     splits, labels = _read_folders(root, tmp_path / "validation")
-    assert labels == CLASSES and len(splits["train"]) == 6 and len(splits["validation"]) == 6
+    assert labels.names == CLASSES and len(splits["train"]) == 6 and len(splits["validation"]) == 6

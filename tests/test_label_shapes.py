@@ -266,21 +266,26 @@ def tagged_text(tmp_path) -> dict[str, Path]:
     }
 
 
-@pytest.fixture(scope="session")
-def tiny_bert_with_topics(tmp_path_factory) -> Path:
+def _topic_bert(path: Path, dropout: float | None = None) -> Path:
+    """conftest's tiny BERT, whose vocabulary also has the topic words."""
     from conftest import _write_bert
-    from transformers import BertTokenizer
+    from transformers import BertModel, BertTokenizer
 
-    path = _write_bert(tmp_path_factory.mktemp("tiny_bert_topics"))
+    _write_bert(path, dropout=dropout)
     tokenizer = BertTokenizer.from_pretrained(path)
     tokenizer.add_tokens([w for words in TOPICS.values() for w in words])
     tokenizer.save_pretrained(path)
-    from transformers import BertModel
-
-    model = BertModel.from_pretrained(path)
-    model.resize_token_embeddings(len(tokenizer))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = BertModel.from_pretrained(path)
+        model.resize_token_embeddings(len(tokenizer))
     model.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_with_topics(tmp_path_factory) -> Path:
+    return _topic_bert(tmp_path_factory.mktemp("tiny_bert_topics"))
 
 
 def _coloured_images(root: Path, n: int, seed: int) -> Path:
@@ -438,3 +443,190 @@ def test_a_regression_model_predicts_in_the_targets_units(coloured_images, tmp_p
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["id", "predicted_brightness"]
     assert all(150 < float(row["predicted_brightness"]) < 350 for row in rows)
+
+
+# --- evaluate metrics ----------------------------------------------------------------------------------------------
+
+METRIC_SCRIPT = """
+import datasets
+import evaluate
+
+
+class {name}(evaluate.Metric):
+    def _info(self):
+        kind = datasets.Value("{dtype}")
+        return evaluate.MetricInfo(
+            description="a local metric", citation="", inputs_description="predictions, references",
+            features=datasets.Features({{"predictions": kind, "references": kind}}),
+        )
+
+    def _compute(self, predictions, references):
+        pairs = list(zip(predictions, references))
+        return {{{body}, "comment": "not a number: left out"}}
+"""
+
+
+def _metric_script(folder: Path, name: str, dtype: str, body: str) -> Path:
+    path = folder / f"{name.lower()}.py"
+    path.write_text(METRIC_SCRIPT.format(name=name, dtype=dtype, body=body))
+    return path
+
+
+def test_extra_metrics_from_a_local_script_score_what_the_run_decides(tagged_text, tiny_bert_with_topics, tmp_path):
+    share = _metric_script(
+        tmp_path, "ExactShare", "int64", '"exact_share": sum(p == r for p, r in pairs) / len(pairs)'
+    )
+    distance = _metric_script(
+        tmp_path, "MeanDistance", "float64", '"distance": sum(abs(p - r) for p, r in pairs) / len(pairs)'
+    )
+    # single-label: class ids against class ids, the share of them equal is the accuracy
+    from conftest import _sentences, write_text_csv
+
+    files = {
+        s: write_text_csv(tmp_path / f"{s}.csv", _sentences(n, i)) for i, (s, n) in enumerate((("t", 32), ("v", 16)))
+    }
+    results = text_classification.main(
+        [
+            "--model_name_or_path", str(tiny_bert_with_topics), "--train_file", str(files["t"]),
+            "--validation_file", str(files["v"]), "--extra_metrics", str(share), *trainer_flags(tmp_path / "a"),
+        ]
+    )  # fmt: skip
+    assert results["eval_exact_share"] == pytest.approx(results["eval_accuracy"])
+    assert "eval_comment" not in results
+    # regression: values in the targets' units against the true ones, the mean distance is the MAE
+    results = _run(
+        "text",
+        tagged_text,
+        tiny_bert_with_topics,
+        tmp_path / "b",
+        REGRESSION,
+        "full",
+        "--extra_metrics",
+        str(distance),
+    )
+    assert results["eval_distance"] == pytest.approx(results["eval_mae"], rel=1e-5)
+
+
+def test_a_comparison_keeps_the_lowest_error_and_defaults_to_the_shape_s_headline():
+    from warmstart.comparison import best_row, headline_metric
+
+    rows = [
+        {"run": "full", "eval_rmse": 2.0, "eval_loss": 0.5, "trainable_params": 100},
+        {"run": "head_only", "eval_rmse": 1.0, "eval_loss": 0.7, "trainable_params": 10},
+    ]
+    assert headline_metric(rows) == "rmse" and best_row(rows, "rmse")["run"] == "head_only"
+    assert best_row(rows, "loss")["run"] == "full"
+    tagged = [
+        {"run": "a", "eval_f1_micro": 0.5, "eval_hamming_loss": 0.1, "trainable_params": 1},
+        {"run": "b", "eval_f1_micro": 0.7, "trainable_params": 2},
+    ]
+    assert headline_metric(tagged) == "f1_micro" and best_row(tagged, "f1_micro")["run"] == "b"
+
+
+# --- resume and several processes -----------------------------------------------------------------------------------
+
+
+def _plain_flags(out: Path, steps: int, batch: int, *extra: str) -> list[str]:
+    return [
+        "--output_dir", str(out), "--max_steps", str(steps), "--per_device_train_batch_size", str(batch),
+        "--learning_rate", "3e-3", "--warmup_steps", "0", "--precision", "fp32", "--channels_last", "false",
+        "--report_to", "none", "--dataloader_num_workers", "0", "--seed", "0", "--disable_tqdm", "true",
+        "--group_by_length", "false", *extra,
+    ]  # fmt: skip
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "FSDP_"))}
+    return {**env, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+@pytest.mark.parametrize(
+    ("shape", "strategy"),
+    [(MULTI_LABEL, ["full"]), (REGRESSION, ["head_only"])],
+    ids=["multi_label_full", "regression_head_only_cached"],
+)
+def test_a_killed_run_of_each_shape_resumes_to_the_weights_of_an_uninterrupted_one(
+    shape, strategy, tagged_text, tiny_bert_with_topics, tmp_path
+):
+    import os
+    import signal
+    import subprocess
+
+    from safetensors.torch import load_file
+
+    label = {MULTI_LABEL: "tags", REGRESSION: "score"}[shape]
+    data = [
+        "--model_name_or_path", str(tiny_bert_with_topics), "--train_file", str(tagged_text["train"]),
+        "--validation_file", str(tagged_text["validation"]), "--label_column_name", label,
+        "--freeze_strategy", *strategy,
+    ]  # fmt: skip
+    steps = ["--save_strategy", "steps", "--save_steps", "20", "--logging_steps", "10"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    text_classification.main([*data, *_plain_flags(straight, 100, 4, *steps)])
+    script = Path(__file__).resolve().parents[1] / "recipes" / "text_classification.py"
+    command = [sys.executable, str(script), *data, *_plain_flags(killed, 100, 4, *steps)]
+    # the threads of this process (no OMP_NUM_THREADS of its own): another summation order would differ in the bits
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import time
+
+    deadline = time.monotonic() + 240
+    while process.poll() is None and time.monotonic() < deadline:
+        if (killed / "checkpoint-40" / "trainer_state.json").is_file():
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    resumed = text_classification.main(
+        [*data, *_plain_flags(killed, 100, 4, *steps, "--resume_from_checkpoint", "auto")]
+    )
+    expected, got = load_file(straight / "model.safetensors"), load_file(killed / "model.safetensors")
+    for name, value in expected.items():
+        assert torch.equal(value, got[name]), name
+    reference = json.loads((straight / "eval_results.json").read_text())
+    headline = f"eval_{problem_named(shape).headline}"
+    assert resumed[headline] == reference[headline] and resumed["eval_loss"] == reference["eval_loss"]
+    recorded = [yaml.safe_load((d / "warmstart_config.yaml").read_text())["targets"] for d in (straight, killed)]
+    assert recorded[0] == recorded[1]  # thresholds / scale decided alike
+
+
+@pytest.mark.parametrize("shape", [MULTI_LABEL, REGRESSION])
+def test_two_processes_match_one_process_for_each_shape(shape, coloured_images, tmp_path):
+    import subprocess
+
+    from conftest import torchrun_command
+
+    bert = _topic_bert(tmp_path / "bert", dropout=0.0)  # dropout masks are drawn per process
+    text = {"train": _tagged_texts(tmp_path / "t.csv", 64, 0), "validation": _tagged_texts(tmp_path / "v.csv", 33, 1)}
+    label = {MULTI_LABEL: "tags", REGRESSION: "score"}[shape]
+    data = [
+        "--model_name_or_path", str(bert), "--train_file", str(text["train"]),
+        "--validation_file", str(text["validation"]), "--label_column_name", label, "--freeze_strategy", "full",
+        "--save_strategy", "no",
+    ]  # fmt: skip
+    script = Path(__file__).resolve().parents[1] / "recipes" / "text_classification.py"
+    one = subprocess.run(
+        [sys.executable, str(script), *data, *_plain_flags(tmp_path / "one", 40, 16)],
+        env=_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run(
+        torchrun_command(script, *data, *_plain_flags(tmp_path / "two", 40, 8)),
+        env=_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    single, double = (json.loads((tmp_path / d / "all_results.json").read_text()) for d in ("one", "two"))
+    for key in (
+        "train_loss",
+        "eval_loss",
+        *(f"eval_{m}" for m in problem_named(shape).metrics if f"eval_{m}" in single),
+    ):
+        assert double[key] == pytest.approx(single[key], rel=1e-4, abs=1e-6), key
+    targets = [yaml.safe_load((tmp_path / d / "warmstart_config.yaml").read_text())["targets"] for d in ("one", "two")]
+    assert targets[0].keys() == targets[1].keys()
+    for key in ("thresholds", "target_mean", "target_std"):
+        if key in targets[0]:
+            assert targets[1][key] == pytest.approx(targets[0][key], rel=1e-4), key

@@ -35,6 +35,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     ),
     "config": (
         "DataArguments",
+        "EvaluationArguments",
         "ModelArguments",
         "PerformanceArguments",
         "RegularizationArguments",
@@ -72,6 +73,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "metrics": (
         "classification_metrics",
         "compute_metrics",
+        "multi_label_metrics",
+        "regression_metrics",
     ),
     "models": (
         "load_image_model",
@@ -91,6 +94,10 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "predict",
     ),
     "probe": ("solve_head",),
+    "problems": (
+        "PROBLEM_TYPES",
+        "LabelSpace",
+    ),
     "search": ("run_search",),
     "tasks": ("run",),
 }
@@ -117,6 +124,7 @@ if TYPE_CHECKING:
     from warmstart.comparison import compare_strategies, parse_comparison, plan_comparison, run_comparison
     from warmstart.config import (
         DataArguments,
+        EvaluationArguments,
         ModelArguments,
         PerformanceArguments,
         RegularizationArguments,
@@ -129,10 +137,11 @@ if TYPE_CHECKING:
     from warmstart.feature_cache import backbone_features, cache_features
     from warmstart.fine_tuning import FineTuning, prepare_fine_tuning
     from warmstart.freezing import BlockLayout, FreezeReport, apply_freeze_policy, describe_blocks
-    from warmstart.metrics import classification_metrics, compute_metrics
+    from warmstart.metrics import classification_metrics, compute_metrics, multi_label_metrics, regression_metrics
     from warmstart.models import load_image_model, load_text_model, load_timm_backbone
     from warmstart.policy import STRATEGIES, STRATEGY_SPECS, FreezePolicy, StrategySpec, default_learning_rate
     from warmstart.prediction import Predictor, load_predictor, predict
     from warmstart.probe import solve_head
+    from warmstart.problems import PROBLEM_TYPES, LabelSpace
     from warmstart.search import run_search
     from warmstart.tasks import run

@@ -1,7 +1,9 @@
-"""A run's configuration: its sections (:mod:`~warmstart.config.sections`, :mod:`~warmstart.config.objectives`),
+"""A run's configuration: its sections (:mod:`~warmstart.config.sections`, :mod:`~warmstart.config.objectives`,
+:mod:`~warmstart.config.evaluation`),
 how they are read (:mod:`~warmstart.config.parsing`), the task table (:mod:`~warmstart.config.tasks`) and the
 configuration as one value (:class:`~warmstart.config.run_config.RunConfig`, :func:`parse_config`)."""
 
+from warmstart.config.evaluation import EvaluationArguments
 from warmstart.config.objectives import AutoencoderArguments, MlmArguments
 from warmstart.config.parsing import (
     CONFIG_FILE_SUFFIXES,
@@ -31,6 +33,7 @@ __all__ = [
     "AutoencoderArguments",
     "CliParser",
     "DataArguments",
+    "EvaluationArguments",
     "MlmArguments",
     "ModelArguments",
     "PerformanceArguments",

@@ -31,15 +31,15 @@ from warmstart.feature_cache import (
 )
 from warmstart.fine_tuning import FineTuning, UnfreezeSchedule
 from warmstart.lora import merge_lora, save_lora_adapter
-from warmstart.metrics import load_extra_metrics, metrics_function, tune_thresholds, with_extra_metrics
+from warmstart.metrics import load_extra_metrics
 from warmstart.models import fold_target_scale, newly_initialised
 from warmstart.plan import change_training
 from warmstart.policy import FreezePolicy
 from warmstart.probe import ProbeFit, ProbeUnsolvable, solve_head
-from warmstart.problems import MULTI_LABEL, REGRESSION, SINGLE_LABEL, LabelSpace, greater_is_better
-from warmstart.report import write_evaluation_report, write_multi_label_report, write_regression_report
-from warmstart.training.callbacks import LogBeforeEvaluationAndAtTheEnd, StopOnNonFiniteLoss, exact_loss_metrics
+from warmstart.problems import SINGLE_LABEL, LabelSpace
+from warmstart.training.callbacks import LogBeforeEvaluationAndAtTheEnd, StopOnNonFiniteLoss
 from warmstart.training.output import finish_output, staged_output, write_output
+from warmstart.training.scoring import decide_thresholds, metrics_for, report_split
 from warmstart.training.setup import Run, resume_point
 
 logger = logging.getLogger("warmstart")
@@ -113,9 +113,9 @@ def train_classifier(
     extra = load_extra_metrics(extra_metrics)  # before anything trains: a metric that cannot load stops the run now
 
     def scoring(thresholds: Sequence[float] | None = None) -> Callable:
-        scored = metrics_function(problem.name, thresholds=thresholds, scale=labels.scale)
-        scored = with_extra_metrics(scored, extra, problem.name, thresholds=thresholds, scale=labels.scale)
-        return scored if training_args.world_size <= 1 else exact_loss_metrics(compute_loss_func, scored)
+        return metrics_for(
+            labels, extra, thresholds=thresholds, world_size=training_args.world_size, loss_function=compute_loss_func
+        )
 
     logger.info("policy %s; %s", policy.describe(), report.summary())
     if training_args.should_save:
@@ -208,7 +208,7 @@ def train_classifier(
             if problem.thresholds and split == "validation":
                 # decided on validation's predictions, then every split is scored at them (validation's F1 is then
                 # the tuned one; test's is not tuned on)
-                labels.thresholds = _decide_thresholds(output, labels, threshold)
+                labels.thresholds = decide_thresholds(output, labels, threshold)
                 trainer.compute_metrics = scoring(labels.thresholds)
                 rescored = trainer.compute_metrics(EvalPrediction(output.predictions, output.label_ids))
                 metrics.update({f"{prefix}_{k}": v for k, v in rescored.items() if k != "loss"})
@@ -237,7 +237,9 @@ def train_classifier(
                     save_lora_adapter(model, staging / "adapter")
                 model = merge_lora(model)
             reports = [
-                _report(staging, labels, output, trainer.state.log_history, training_args.metric_for_best_model, split)
+                report_split(
+                    staging, labels, output, trainer.state.log_history, training_args.metric_for_best_model, split
+                )
                 for split, output in predicted.items()
             ]
             if labels.scale is not None:  # the saved head outputs the targets' units: pipeline() needs no scale
@@ -255,44 +257,6 @@ def train_classifier(
             write_output(run, staging, model, save_model, card, results, files, trainer)
         finish_output(run)
     return results
-
-
-def _decide_thresholds(output: Any, labels: LabelSpace, threshold: float | None) -> list[float]:
-    """A multi-label head's decision thresholds: ``threshold`` for every label, or each label's tuned for F1 on the
-    validation predictions (:func:`~warmstart.metrics.tune_thresholds`). Logged."""
-    if threshold is not None:
-        chosen = [float(threshold)] * labels.num_outputs
-        logger.info("multi-label decision threshold %g for every label (--threshold)", threshold)
-        return chosen
-    logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
-    chosen = tune_thresholds(logits, output.label_ids)
-    shown = ", ".join(f"{name} {value:.3f}" for name, value in list(zip(labels.names, chosen))[:10])
-    logger.info("multi-label decision thresholds tuned for F1 on validation: %s%s", shown, " ..." * (len(chosen) > 10))
-    return chosen
-
-
-def _report(
-    staging: Path, labels: LabelSpace, output: Any, log_history: list, metric: str | None, split: str
-) -> tuple[list[tuple[str, str]], str]:
-    """The evaluation report of one split, as the label shape draws it: images (caption, file) and the card's
-    markdown."""
-    logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
-    direction = greater_is_better(metric or labels.problem.headline)
-    if labels.problem_type == MULTI_LABEL:
-        return write_multi_label_report(
-            staging, labels.names, output.label_ids, logits, labels.thresholds or [0.5] * labels.num_outputs,
-            log_history, metric, split, direction,
-        )  # fmt: skip
-    if labels.problem_type == REGRESSION:
-        mean, std = (np.asarray(v, dtype=np.float64) for v in labels.scale)
-        values = np.asarray(logits, dtype=np.float64).reshape(len(logits), -1) * std + mean
-        return write_regression_report(
-            staging, labels.names, output.label_ids, values, log_history, metric, split, direction
-        )
-    written = write_evaluation_report(
-        staging, labels.names, output.label_ids, logits, log_history, metric_for_best_model=metric, split=split
-    )
-    return written.images, written.markdown
 
 
 def _cache_backbone_features(

@@ -1,0 +1,73 @@
+"""How a trained classifier's predictions are scored and reported, as its label shape asks: the Trainer's metrics
+function (the shape's metrics, ``evaluate`` extras, the exact loss of a multi-process evaluation), a multi-label
+head's decision thresholds, and each split's evaluation report."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from warmstart.metrics import metrics_function, tune_thresholds, with_extra_metrics
+from warmstart.problems import MULTI_LABEL, REGRESSION, LabelSpace, greater_is_better
+from warmstart.report import write_evaluation_report, write_multi_label_report, write_regression_report
+from warmstart.training.callbacks import exact_loss_metrics
+
+logger = logging.getLogger("warmstart")
+
+
+def metrics_for(
+    labels: LabelSpace,
+    extra: Sequence[tuple[str, Any]],
+    *,
+    thresholds: Sequence[float] | None = None,
+    world_size: int = 1,
+    loss_function: Callable | None = None,
+) -> Callable:
+    """The Trainer's ``compute_metrics`` for the run's label shape: its metrics at ``thresholds`` (multi-label) or
+    in the targets' units (regression), the ``evaluate`` metrics of ``extra``, and, under several processes, the
+    loss over each evaluated example once (:func:`~warmstart.training.callbacks.exact_loss_metrics`)."""
+    scored = metrics_function(labels.problem_type, thresholds=thresholds, scale=labels.scale)
+    scored = with_extra_metrics(scored, extra, labels.problem_type, thresholds=thresholds, scale=labels.scale)
+    return scored if world_size <= 1 else exact_loss_metrics(loss_function, scored)
+
+
+def decide_thresholds(output: Any, labels: LabelSpace, threshold: float | None) -> list[float]:
+    """A multi-label head's decision thresholds: ``threshold`` for every label, or each label's tuned for F1 on the
+    validation predictions (:func:`~warmstart.metrics.tune_thresholds`). Logged."""
+    if threshold is not None:
+        chosen = [float(threshold)] * labels.num_outputs
+        logger.info("multi-label decision threshold %g for every label (--threshold)", threshold)
+        return chosen
+    logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+    chosen = tune_thresholds(logits, output.label_ids)
+    shown = ", ".join(f"{name} {value:.3f}" for name, value in list(zip(labels.names, chosen))[:10])
+    logger.info("multi-label decision thresholds tuned for F1 on validation: %s%s", shown, " ..." * (len(chosen) > 10))
+    return chosen
+
+
+def report_split(
+    staging: Path, labels: LabelSpace, output: Any, log_history: list, metric: str | None, split: str
+) -> tuple[list[tuple[str, str]], str]:
+    """The evaluation report of one split, as the label shape draws it: images (caption, file) and the card's
+    markdown."""
+    logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+    direction = greater_is_better(metric or labels.problem.headline)
+    if labels.problem_type == MULTI_LABEL:
+        return write_multi_label_report(
+            staging, labels.names, output.label_ids, logits, labels.thresholds or [0.5] * labels.num_outputs,
+            log_history, metric, split, direction,
+        )  # fmt: skip
+    if labels.problem_type == REGRESSION:
+        mean, std = (np.asarray(v, dtype=np.float64) for v in labels.scale)
+        values = np.asarray(logits, dtype=np.float64).reshape(len(logits), -1) * std + mean
+        return write_regression_report(
+            staging, labels.names, output.label_ids, values, log_history, metric, split, direction
+        )
+    written = write_evaluation_report(
+        staging, labels.names, output.label_ids, logits, log_history, metric_for_best_model=metric, split=split
+    )
+    return written.images, written.markdown
