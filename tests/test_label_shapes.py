@@ -630,3 +630,29 @@ def test_two_processes_match_one_process_for_each_shape(shape, coloured_images, 
     for key in ("thresholds", "target_mean", "target_std"):
         if key in targets[0]:
             assert targets[1][key] == pytest.approx(targets[0][key], rel=1e-4), key
+
+
+def test_lp_ft_and_gradual_train_every_shape(tagged_text, tiny_bert_with_topics, tmp_path):
+    """The Trainer probes a multi-label head for half the epochs (the solver fits single-label heads); gradual
+    unfreezing of a regression runs its schedule."""
+    epochs = ["--max_steps", "-1", "--num_train_epochs", "2"]
+    results = _run("text", tagged_text, tiny_bert_with_topics, tmp_path / "a", MULTI_LABEL, "lp_ft", *epochs)
+    probe = yaml.safe_load((tmp_path / "a" / "warmstart_config.yaml").read_text())["probe"]
+    assert probe["solver"] == "trainer" and "half the epochs (1" in probe["reason"]
+    saved = json.loads((tmp_path / "a" / "all_results.json").read_text())
+    assert saved["freeze_policy"]["probe_epochs"] == 1.0 and "eval_f1_micro" in results
+    results = _run(
+        "text",
+        tagged_text,
+        tiny_bert_with_topics,
+        tmp_path / "b",
+        REGRESSION,
+        "gradual",
+        "--unfreeze_every",
+        "1",
+        "--unfreeze_unit",
+        "steps",
+    )
+    assert "eval_rmse" in results
+    schedule = yaml.safe_load((tmp_path / "b" / "warmstart_config.yaml").read_text())["schedule"]
+    assert len(schedule) >= 2  # stages unfrozen as the steps went

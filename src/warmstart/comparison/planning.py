@@ -20,6 +20,7 @@ from typing import Any
 from warmstart.config import RunConfig
 from warmstart.errors import WarmstartError
 from warmstart.policy import DEFAULT_LR_SWEEP, STRATEGIES, default_learning_rate
+from warmstart.problems import SINGLE_LABEL
 from warmstart.tasks.classification import feature_cache_refusal
 
 
@@ -152,8 +153,8 @@ def probe_is_solved(config: RunConfig) -> bool:
         >>> probe_is_solved(parse_config([*flags, "--hflip", "0.5"], "image_classification"))
         False
     """
-    if config.policy.probe_solver == "trainer":
-        return False
+    if config.policy.probe_solver == "trainer" or config.data.problem_type not in (None, SINGLE_LABEL):
+        return False  # the solver fits single-label heads only
     return feature_cache_refusal(config.with_values(freeze_strategy="head_only", probe_train_rest=False)) is None
 
 

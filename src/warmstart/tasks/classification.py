@@ -155,7 +155,8 @@ def probe_policy(
     features are cached and the Trainer's probe was not asked for (``--probe_solver trainer``, or lp_ft's
     ``--probe_epochs``), else ``trainer``. Logged and recorded (``probe`` in the run's config).
 
-    The solver fits single-label heads; another label shape's probe is trained by the Trainer.
+    The solver fits single-label heads; another label shape's probe is trained by the Trainer (lp_ft's for half the
+    epochs unless ``--probe_epochs`` says otherwise).
 
     Raises:
         WarmstartError: ``--probe_solver lbfgs`` where the features are not cached or the labels are not
@@ -173,6 +174,11 @@ def probe_policy(
                 "use --probe_solver trainer"
             )
         solver, why = "trainer", f"the solver fits single-label heads; a {problem_type} head trains with the Trainer"
+        training = config.training
+        if lp_ft and policy.probe_epochs is None and training.max_steps <= 0:
+            # as a comparison plans the Trainer's probe: half the epochs, unless told
+            policy = dataclasses.replace(policy, probe_epochs=training.num_train_epochs / 2)
+            why += f"; it probes for half the epochs ({policy.probe_epochs:g}: --probe_epochs sets it)"
     elif feature_cache is None:
         reason = run.plan.decisions.get("feature_cache", {}).get("reason", "the features are not cached")
         if asked == "lbfgs":
