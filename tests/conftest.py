@@ -282,3 +282,22 @@ def torchrun_command(script: str | Path, *args: str, processes: int = 2) -> list
 
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
     return [*command, "--master_port", str(free_port()), str(script), *args]
+
+
+def kill_at_checkpoint(command: list[str], output_dir: Path, step: int, env: dict[str, str]) -> int:
+    """Starts ``command`` (a recipe writing into ``output_dir``), SIGKILLs it once ``checkpoint-<step>`` is complete
+    (its ``trainer_state.json``, saved last, is there) and returns its exit status (``-SIGKILL``, unless it finished
+    first)."""
+    import signal
+    import subprocess
+    import time
+
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while process.poll() is None and time.monotonic() < deadline:
+        if (output_dir / f"checkpoint-{step}" / "trainer_state.json").is_file():
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    process.wait(timeout=60)
+    return process.returncode

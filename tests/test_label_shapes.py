@@ -16,7 +16,7 @@ import pytest
 import timm
 import torch
 import yaml
-from conftest import FILLER, NEGATIVE, POSITIVE, trainer_flags
+from conftest import FILLER, NEGATIVE, POSITIVE, kill_at_checkpoint, trainer_flags
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Sequence, Value
 from PIL import Image
 from scipy import stats
@@ -401,21 +401,26 @@ def test_every_shape_trains_saves_and_reloads_with_equal_outputs(
 # --- prediction ----------------------------------------------------------------------------------------------------
 
 
+def _predict(model: Path, source: Path, label_column: str, output: Path) -> tuple[dict, list[dict[str, str]]]:
+    """recipes/predict.py on ``source`` with its true labels: what it returns, and the rows of the CSV it wrote."""
+    predicted = predict.main(
+        [
+            "--model_name_or_path", str(model), "--input", str(source), "--output", str(output),
+            "--label_column_name", label_column, "--disable_tqdm", "true",
+        ]
+    )  # fmt: skip
+    with output.open() as f:
+        return predicted, list(csv.DictReader(f))
+
+
 def test_prediction_uses_the_run_s_thresholds_and_scores_as_the_run_did(tagged_text, tiny_bert_with_topics, tmp_path):
     out = tmp_path / "out"
     results = _run("text", tagged_text, tiny_bert_with_topics, out, MULTI_LABEL, "full", "--max_steps", "12")
     thresholds = yaml.safe_load((out / "warmstart_config.yaml").read_text())["targets"]["thresholds"]
     assert len(thresholds) == 3 and thresholds != [0.5, 0.5, 0.5]  # tuned on validation
-    predicted = predict.main(
-        [
-            "--model_name_or_path", str(out), "--input", str(tagged_text["validation"]), "--output",
-            str(tmp_path / "p.csv"), "--label_column_name", "tags", "--disable_tqdm", "true",
-        ]
-    )  # fmt: skip
+    predicted, rows = _predict(out, tagged_text["validation"], "tags", tmp_path / "p.csv")
     # the same validation rows at the same thresholds: the F1 the run reported
     assert predicted["f1_micro"] == pytest.approx(results["eval_f1_micro"], abs=1e-6)
-    with (tmp_path / "p.csv").open() as f:
-        rows = list(csv.DictReader(f))
     names = predicted["labels"]
     for row in rows:
         chosen = [n for n, t in zip(names, thresholds) if float(row[f"prob_{n}"]) >= t]
@@ -431,16 +436,9 @@ def test_a_fixed_threshold_is_used_for_every_label(tagged_text, tiny_bert_with_t
 def test_a_regression_model_predicts_in_the_targets_units(coloured_images, tmp_path):
     out = tmp_path / "out"
     results = _run("image", coloured_images, "test_resnet", out, REGRESSION, "full", "--max_steps", "6")
-    predicted = predict.main(
-        [
-            "--model_name_or_path", str(out), "--input", str(coloured_images["validation"]), "--output",
-            str(tmp_path / "p.csv"), "--label_column_name", "brightness", "--disable_tqdm", "true",
-        ]
-    )  # fmt: skip
+    predicted, rows = _predict(out, coloured_images["validation"], "brightness", tmp_path / "p.csv")
     # the saved model's values against the true brightness (200..300): the error the run reported in those units
     assert predicted["rmse"] == pytest.approx(results["eval_rmse"], rel=1e-4)
-    with (tmp_path / "p.csv").open() as f:
-        rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["id", "predicted_brightness"]
     assert all(150 < float(row["predicted_brightness"]) < 350 for row in rows)
 
@@ -552,7 +550,6 @@ def test_a_killed_run_of_each_shape_resumes_to_the_weights_of_an_uninterrupted_o
 ):
     import os
     import signal
-    import subprocess
 
     from safetensors.torch import load_file
 
@@ -568,18 +565,8 @@ def test_a_killed_run_of_each_shape_resumes_to_the_weights_of_an_uninterrupted_o
     script = Path(__file__).resolve().parents[1] / "recipes" / "text_classification.py"
     command = [sys.executable, str(script), *data, *_plain_flags(killed, 100, 4, *steps)]
     # the threads of this process (no OMP_NUM_THREADS of its own): another summation order would differ in the bits
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import time
-
-    deadline = time.monotonic() + 240
-    while process.poll() is None and time.monotonic() < deadline:
-        if (killed / "checkpoint-40" / "trainer_state.json").is_file():
-            process.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.01)
-    process.wait(timeout=60)
-    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    status = kill_at_checkpoint(command, killed, 40, {**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert status == -signal.SIGKILL, "the run finished before it could be killed"
     resumed = text_classification.main(
         [*data, *_plain_flags(killed, 100, 4, *steps, "--resume_from_checkpoint", "auto")]
     )

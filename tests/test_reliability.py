@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import text_data_flags, trainer_flags
+from conftest import kill_at_checkpoint, text_data_flags, trainer_flags
 from transformers import AutoModelForSequenceClassification, TrainerControl, TrainerState, TrainingArguments
 
 import warmstart.tasks.text_classification as text_task
@@ -113,8 +113,6 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(strategy, t
     import json
     import os
     import signal
-    import subprocess
-    import time
 
     from safetensors.torch import load_file
 
@@ -142,20 +140,8 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(strategy, t
 
     script = Path(__file__).resolve().parents[1] / "recipes" / "text_classification.py"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen(
-        [sys.executable, str(script), *flags, "--output_dir", str(killed)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 240
-    while process.poll() is None and time.monotonic() < deadline:
-        if (killed / "checkpoint-40" / "trainer_state.json").is_file():
-            process.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.01)
-    process.wait(timeout=60)
-    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    status = kill_at_checkpoint([sys.executable, str(script), *flags, "--output_dir", str(killed)], killed, 40, env)
+    assert status == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (killed / "model.safetensors").exists()
 
     results = text_classification.main([*flags, "--output_dir", str(killed), "--resume_from_checkpoint", "auto"])

@@ -58,16 +58,7 @@ def encode_labels(splits: DatasetDict, label_column: str) -> list[str]:
         return names
 
     keys = {split: _label_keys(data[label_column], label_column) for split, data in splits.items()}
-    for split in list(splits):
-        missing = [row for row, key in enumerate(keys[split]) if key is None]
-        if split != "train" and missing and len(missing) == len(keys[split]):  # an unlabeled test file
-            logger.warning("the %s split has no %r values: it is left out", split, label_column)
-            del splits[split], keys[split]
-        elif missing:
-            raise WarmstartError(
-                f"{len(missing)} data row(s) of the {split} split have no {label_column!r} value (rows "
-                f"{row_numbers(missing)}, counting from 1): fill or drop them"
-            )
+    leave_out_unlabeled(splits, keys, label_column)
     seen = sorted(set(keys["train"]), key=label_order(set(keys["train"])))
     to_id = {key: i for i, key in enumerate(seen)}
     for split, split_keys in keys.items():
@@ -95,6 +86,25 @@ def encode_labels(splits: DatasetDict, label_column: str) -> list[str]:
             LABEL_COLUMN, ClassLabel(names=names, id=label_column)
         )
     return names
+
+
+def leave_out_unlabeled(splits: DatasetDict, values: dict[str, list], column: str, hint: str = "") -> None:
+    """Leaves out (with a warning) a split other than train whose every label is missing, an unlabeled test file
+    as GLUE ships them, from ``splits`` and from ``values`` (each split's labels, ``None`` where missing).
+
+    Raises:
+        WarmstartError: a missing label anywhere else, with the count and the first rows (``hint`` appended).
+    """
+    for split in list(splits):
+        missing = [row for row, value in enumerate(values[split]) if value is None]
+        if split != "train" and missing and len(missing) == len(values[split]):
+            logger.warning("the %s split has no %r values: it is left out", split, column)
+            del splits[split], values[split]
+        elif missing:
+            raise WarmstartError(
+                f"{len(missing)} data row(s) of the {split} split have no {column!r} value (rows "
+                f"{row_numbers(missing)}, counting from 1): fill or drop them{hint}"
+            )
 
 
 def _label_keys(values: Sequence[Any], column: str, note: bool = True) -> list[str | None]:

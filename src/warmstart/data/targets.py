@@ -27,7 +27,7 @@ import numpy as np
 from datasets import ClassLabel, DatasetDict, Value
 
 from warmstart.data.columns import LABEL_COLUMN, require_column, row_numbers
-from warmstart.data.labels import encode_labels, label_order
+from warmstart.data.labels import encode_labels, label_order, leave_out_unlabeled
 from warmstart.errors import WarmstartError
 from warmstart.problems import MULTI_LABEL, REGRESSION, SINGLE_LABEL, LabelSpace, problem_named
 
@@ -210,7 +210,7 @@ def _encode_multi_label(splits: DatasetDict, columns: Sequence[str], separator: 
     inner = getattr(feature, "feature", None)
     class_names = list(inner.names) if isinstance(inner, ClassLabel) else None
     sets = {split: read_label_sets(data[column], column, separator, class_names) for split, data in splits.items()}
-    _drop_or_refuse_missing(splits, sets, column)
+    leave_out_unlabeled(splits, sets, column, " (an empty list [] is a row without labels)")
     seen = {label for row in sets["train"] for label in row}
     if not seen:
         raise WarmstartError(
@@ -267,61 +267,38 @@ def _encode_regression(splits: DatasetDict, columns: Sequence[str]) -> list[str]
     Raises:
         WarmstartError: a value that is not a number, NaN or infinite; a missing value in train.
     """
-    values = {}
-    for split in list(splits):
-        data = splits[split]
+    rows: dict[str, list] = {}
+    for split, data in splits.items():
         table = []
         for column in columns:
             cells = data[column]
             numbers = [as_number(v) for v in cells]
-            blank = [
+            blank = {
                 row for row, cell in enumerate(cells) if cell is None or (isinstance(cell, str) and not cell.strip())
-            ]
-            missing = blank + [row for row, n in enumerate(numbers) if n is not None and math.isnan(n)]
-            if missing and split != "train" and len(missing) == len(cells):  # an unlabeled test file
-                table = None
-                break
+            }
             not_numbers = [row for row, n in enumerate(numbers) if n is None and row not in blank]
             if not_numbers:
                 raise WarmstartError(
                     f"column {column!r} of the {split} split holds {str(cells[not_numbers[0]])[:40]!r}, not a number "
                     f"(rows {row_numbers(not_numbers)}, counting from 1): regression targets are numbers"
                 )
-            if missing:
-                raise WarmstartError(
-                    f"{len(missing)} data row(s) of the {split} split have no {column!r} value (rows "
-                    f"{row_numbers(sorted(missing))}, counting from 1): fill or drop them"
-                )
-            bad = [row for row, n in enumerate(numbers) if not math.isfinite(n)]
+            bad = [row for row, n in enumerate(numbers) if n is not None and math.isinf(n)]
             if bad:
                 raise WarmstartError(
                     f"column {column!r} of the {split} split holds {numbers[bad[0]]} (rows {row_numbers(bad)}, "
                     "counting from 1): regression targets must be finite numbers"
                 )
-            table.append(numbers)
-        if table is None:
-            logger.warning("the %s split has no %s values: it is left out", split, ", ".join(map(repr, columns)))
-            del splits[split]
-            continue
-        values[split] = np.asarray(table, dtype=np.float32).T  # (rows, targets)
+            table.append([None if n is None or math.isnan(n) else n for n in numbers])
+        # a row is missing where any of its targets is
+        rows[split] = [None if None in row else row for row in zip(*table)]
+    leave_out_unlabeled(splits, rows, ", ".join(columns))
+    values = {
+        split: np.asarray(cells, dtype=np.float32).reshape(len(cells), len(columns)) for split, cells in rows.items()
+    }
     for split, targets in values.items():
         cells = targets[:, 0].tolist() if len(columns) == 1 else targets.tolist()
         splits[split] = _with_labels(splits[split], columns, cells, len(columns) if len(columns) > 1 else None)
     return list(columns)
-
-
-def _drop_or_refuse_missing(splits: DatasetDict, sets: dict[str, list], column: str) -> None:
-    for split in list(splits):
-        missing = [row for row, labels in enumerate(sets[split]) if labels is None]
-        if split != "train" and missing and len(missing) == len(sets[split]):
-            logger.warning("the %s split has no %r values: it is left out", split, column)
-            del splits[split], sets[split]
-        elif missing:
-            raise WarmstartError(
-                f"{len(missing)} data row(s) of the {split} split have no {column!r} value (rows "
-                f"{row_numbers(missing)}, counting from 1): fill or drop them (an empty list [] is a row without "
-                "labels)"
-            )
 
 
 def _with_labels(data: datasets.Dataset, columns: Sequence[str], cells: list, length: int | None) -> datasets.Dataset:

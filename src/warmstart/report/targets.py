@@ -15,6 +15,7 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, pre
 
 from warmstart.errors import WarmstartError
 from warmstart.metrics import regression_metrics, sigmoid
+from warmstart.problems import GREATER_IS_BETTER
 from warmstart.report.evaluation import plot_training_curves
 from warmstart.report.figures import new_figure, save_figure, write_note
 
@@ -84,10 +85,7 @@ def write_multi_label_report(
     name = f"precision_recall{suffix}.png"
     save_figure(fig, output_dir / name)
     images = [(f"Precision-recall curves ({split})", name)]
-    plot_training_curves(
-        log_history, metric_for_best_model or "f1_micro", greater_is_better, output_dir / "training_curves.png"
-    )
-    images.append(("Training curves", "training_curves.png"))
+    images.append(_training_curves(output_dir, log_history, metric_for_best_model or "f1_micro", greater_is_better))
 
     lines = [
         f"Per label ({split}, at each label's threshold):",
@@ -153,12 +151,7 @@ def write_regression_report(
     name = f"predicted_vs_true{suffix}.png"
     save_figure(fig, output_dir / name)
     images = [(f"Predicted against true values ({split})", name)]
-    if greater_is_better is None and metric_for_best_model is None:
-        greater_is_better = False  # rmse
-    plot_training_curves(
-        log_history, metric_for_best_model or "rmse", greater_is_better, output_dir / "training_curves.png"
-    )
-    images.append(("Training curves", "training_curves.png"))
+    images.append(_training_curves(output_dir, log_history, metric_for_best_model or "rmse", greater_is_better))
 
     lines = [
         f"Per target ({split}, in the targets' units):",
@@ -170,3 +163,13 @@ def write_regression_report(
         cells = [f"{row[k]:.4g}" if k in row else "" for k in ("rmse", "mae", "r2", "pearson", "spearman")]
         lines.append(f"| {target} | {' | '.join(cells)} |")
     return images, "\n".join(lines)
+
+
+def _training_curves(
+    output_dir: Path, log_history: Sequence[dict], metric: str, greater_is_better: bool | None
+) -> tuple[str, str]:
+    """``training_curves.png``, the metric's direction known where not given (lower for an error)."""
+    if greater_is_better is None:
+        greater_is_better = GREATER_IS_BETTER.get(metric.removeprefix("eval_"), not metric.endswith("loss"))
+    plot_training_curves(log_history, metric, greater_is_better, output_dir / "training_curves.png")
+    return "Training curves", "training_curves.png"
