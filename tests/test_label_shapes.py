@@ -643,3 +643,41 @@ def test_lp_ft_and_gradual_train_every_shape(tagged_text, tiny_bert_with_topics,
     assert "eval_rmse" in results
     schedule = yaml.safe_load((tmp_path / "b" / "warmstart_config.yaml").read_text())["schedule"]
     assert len(schedule) >= 2  # stages unfrozen as the steps went
+
+
+# --- drivers ---------------------------------------------------------------------------------------------------------
+
+
+def test_a_comparison_of_a_multi_label_data_set_keeps_the_best_by_micro_f1(
+    tagged_text, tiny_bert_with_topics, tmp_path
+):
+    import compare_strategies
+
+    out = tmp_path / "cmp"
+    flags = [a for a in trainer_flags(out) if a not in ("--learning_rate", "1e-3")]
+    rows = compare_strategies.main(
+        [
+            "--model_name_or_path", str(tiny_bert_with_topics), "--train_file", str(tagged_text["train"]),
+            "--validation_file", str(tagged_text["validation"]), "--label_column_name", "tags", *flags,
+            "--strategies", "head_only", "full", "--learning_rates", "1e-2",
+        ]
+    )  # fmt: skip
+    assert all("eval_f1_micro" in row for row in rows)
+    best = max(rows, key=lambda row: (row["eval_f1_micro"], -row["eval_loss"]))
+    kept = yaml.safe_load((out / "warmstart_config.yaml").read_text())
+    assert kept["targets"]["problem_type"] == MULTI_LABEL
+    assert kept["freeze"]["freeze_strategy"] == best["strategy"]
+
+
+def test_a_search_of_a_regression_minimises_the_error(tagged_text, tiny_bert_with_topics, tmp_path):
+    out = tmp_path / "search"
+    space = json.dumps({"learning_rate": {"low": 1e-4, "high": 1e-1, "log": True}})
+    results = _run(
+        "text", tagged_text, tiny_bert_with_topics, out, REGRESSION, "full",
+        "--problem_type", REGRESSION, "--hparam_search", "optuna", "--hparam_space", space, "--n_trials", "2",
+    )  # fmt: skip
+    with (out / "search_results.csv").open() as f:
+        trials = list(csv.DictReader(f))
+    best = min(trials, key=lambda t: float(t["eval_rmse"]))  # the lowest error, not the highest
+    assert results["best_trial"] == int(best["trial"])
+    assert results["eval_rmse"] == pytest.approx(float(best["eval_rmse"]))
