@@ -191,11 +191,23 @@ def regression_metrics(predictions: np.ndarray, targets: np.ndarray) -> dict[str
 def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
     """The Trainer's ``compute_metrics`` of a single-label run: :func:`classification_metrics` of an
     ``EvalPrediction`` (see :func:`metrics_function` for every label shape)."""
-    return classification_metrics(_logits_of(prediction), prediction.label_ids)
+    return classification_metrics(logits_of(prediction), prediction.label_ids)
 
 
-def _logits_of(prediction: EvalPrediction) -> np.ndarray:
+def logits_of(prediction: Any) -> np.ndarray:
+    """The logits of a Trainer prediction (``EvalPrediction`` or ``PredictionOutput``): its ``predictions``, or their
+    first element where the model returned more (hidden states, ...)."""
     return prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+
+
+def in_target_units(outputs: Any, scale: tuple[Sequence[float], Sequence[float]] | None) -> np.ndarray:
+    """A regression head's standardised outputs as values in the targets' units, ``(n, targets)``:
+    ``output * std + mean`` (``scale``: each target's ``(mean, std)``; ``None``: as they are)."""
+    values = np.asarray(outputs, dtype=np.float64).reshape(len(outputs), -1)
+    if scale is None:
+        return values
+    mean, std = (np.asarray(v, dtype=np.float64) for v in scale)
+    return values * std + mean
 
 
 def metrics_function(
@@ -215,14 +227,12 @@ def metrics_function(
     if problem_type == "single_label_classification":
         return compute_metrics
     if problem_type == "multi_label_classification":
-        return lambda prediction: multi_label_metrics(_logits_of(prediction), prediction.label_ids, thresholds)
+        return lambda prediction: multi_label_metrics(logits_of(prediction), prediction.label_ids, thresholds)
     if problem_type == "regression":
-        mean, std = (np.asarray(v, dtype=np.float64) for v in (scale or ([0.0], [1.0])))
 
         def regression(prediction: EvalPrediction) -> dict[str, float]:
-            outputs = np.asarray(_logits_of(prediction), dtype=np.float64)
-            labels = np.asarray(prediction.label_ids, dtype=np.float64).reshape(outputs.shape)
-            return regression_metrics(outputs * std + mean, labels)
+            values = in_target_units(logits_of(prediction), scale)
+            return regression_metrics(values, np.asarray(prediction.label_ids, dtype=np.float64).reshape(values.shape))
 
         return regression
     raise ValueError(f"unknown problem type {problem_type!r}")
@@ -286,14 +296,13 @@ def with_extra_metrics(
 
     def combined(prediction: EvalPrediction) -> dict[str, float]:
         values = metrics(prediction)
-        logits = np.asarray(_logits_of(prediction), dtype=np.float64)
+        logits = np.asarray(logits_of(prediction), dtype=np.float64)
         labels = np.asarray(prediction.label_ids)
         if problem_type == "multi_label_classification":
             limits = np.asarray(0.5 if thresholds is None else thresholds)
             predicted, references = (sigmoid(logits) >= limits).astype(int), (labels >= 0.5).astype(int)
         elif problem_type == "regression":
-            mean, std = (np.asarray(v, dtype=np.float64) for v in (scale or ([0.0], [1.0])))
-            predicted = (logits * std + mean).reshape(len(logits), -1)
+            predicted = in_target_units(logits, scale)
             references = labels.astype(np.float64).reshape(predicted.shape)
             if predicted.shape[1] == 1:
                 predicted, references = predicted[:, 0], references[:, 0]

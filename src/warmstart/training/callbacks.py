@@ -11,7 +11,7 @@ import torch
 from transformers import EvalPrediction, TrainerCallback
 
 from warmstart.errors import WarmstartError
-from warmstart.metrics import compute_metrics
+from warmstart.metrics import compute_metrics, logits_of
 from warmstart.run_folder import checkpoints
 
 
@@ -61,7 +61,7 @@ def exact_loss_metrics(
 
     def metrics(prediction: EvalPrediction) -> dict[str, float]:
         values = metrics_function(prediction)
-        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        logits = logits_of(prediction)
         logits, labels = torch.as_tensor(np.asarray(logits)).float(), torch.as_tensor(np.asarray(prediction.label_ids))
         if loss_function is not None:
             loss = loss_function({"logits": logits}, labels)

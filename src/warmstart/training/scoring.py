@@ -9,9 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from warmstart.metrics import metrics_function, tune_thresholds, with_extra_metrics
+from warmstart.metrics import in_target_units, logits_of, metrics_function, tune_thresholds, with_extra_metrics
 from warmstart.problems import MULTI_LABEL, REGRESSION, LabelSpace, greater_is_better
 from warmstart.report import write_evaluation_report, write_multi_label_report, write_regression_report
 from warmstart.training.callbacks import exact_loss_metrics
@@ -42,7 +40,7 @@ def decide_thresholds(output: Any, labels: LabelSpace, threshold: float | None) 
         chosen = [float(threshold)] * labels.num_outputs
         logger.info("multi-label decision threshold %g for every label (--threshold)", threshold)
         return chosen
-    logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+    logits = logits_of(output)
     chosen = tune_thresholds(logits, output.label_ids)
     shown = ", ".join(f"{name} {value:.3f}" for name, value in list(zip(labels.names, chosen))[:10])
     logger.info("multi-label decision thresholds tuned for F1 on validation: %s%s", shown, " ..." * (len(chosen) > 10))
@@ -54,7 +52,7 @@ def report_split(
 ) -> tuple[list[tuple[str, str]], str]:
     """The evaluation report of one split, as the label shape draws it: images (caption, file) and the card's
     markdown."""
-    logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+    logits = logits_of(output)
     direction = greater_is_better(metric or labels.problem.headline)
     if labels.problem_type == MULTI_LABEL:
         return write_multi_label_report(
@@ -62,8 +60,7 @@ def report_split(
             log_history, metric, split, direction,
         )  # fmt: skip
     if labels.problem_type == REGRESSION:
-        mean, std = (np.asarray(v, dtype=np.float64) for v in labels.scale)
-        values = np.asarray(logits, dtype=np.float64).reshape(len(logits), -1) * std + mean
+        values = in_target_units(logits, labels.scale)
         return write_regression_report(
             staging, labels.names, output.label_ids, values, log_history, metric, split, direction
         )
