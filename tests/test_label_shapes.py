@@ -681,3 +681,53 @@ def test_a_search_of_a_regression_minimises_the_error(tagged_text, tiny_bert_wit
     best = min(trials, key=lambda t: float(t["eval_rmse"]))  # the lowest error, not the highest
     assert results["best_trial"] == int(best["trial"])
     assert results["eval_rmse"] == pytest.approx(float(best["eval_rmse"]))
+
+
+def test_a_chain_passes_the_backbone_between_label_shapes_and_keeps_a_same_shape_head(
+    tagged_text, tiny_bert_with_topics, tmp_path
+):
+    """tags (multi-label) -> score (regression) -> tags again: each change of shape starts a new head on the
+    trained encoder; a link on the same shape and labels keeps its base model's head."""
+    import chain as chain_recipe
+
+    common = {
+        "train_file": str(tagged_text["train"]), "validation_file": str(tagged_text["validation"]),
+        "max_steps": 3, "per_device_train_batch_size": 8, "learning_rate": 1e-3, "save_strategy": "no",
+        "report_to": "none", "use_cpu": True, "dataloader_num_workers": 0,
+    }  # fmt: skip
+    spec = {
+        "links": [
+            {"name": "tags", "recipe": "text_classification",
+             "args": {**common, "model_name_or_path": str(tiny_bert_with_topics), "label_column_name": "tags"}},
+            {"name": "score", "recipe": "text_classification",
+             "args": {**common, "model_name_or_path": "{tags}", "label_column_name": "score"}},
+            {"name": "tags_again", "recipe": "text_classification",
+             "args": {**common, "model_name_or_path": "{score}", "label_column_name": "tags"}},
+            {"name": "more_tags", "recipe": "text_classification",
+             "args": {**common, "model_name_or_path": "{tags_again}", "label_column_name": "tags",
+                      "freeze_strategy": "head_only", "max_steps": 1, "learning_rate": 1e-12}},
+        ]
+    }  # fmt: skip
+    path = tmp_path / "chain.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    rows = chain_recipe.main([str(path), "--output_dir", str(out)])
+    assert [(r["link"], r["metric"]) for r in rows] == [
+        ("tags", "eval_f1_micro"), ("score", "eval_rmse"), ("tags_again", "eval_f1_micro"),
+        ("more_tags", "eval_f1_micro"),
+    ]  # fmt: skip
+    configs = {r["link"]: yaml.safe_load((out / r["link"] / "warmstart_config.yaml").read_text()) for r in rows}
+    assert [configs[n]["targets"]["problem_type"] for n in configs] == [MULTI_LABEL, REGRESSION, MULTI_LABEL,
+                                                                      MULTI_LABEL]  # fmt: skip
+    assert [r["name"] for r in configs["tags_again"]["lineage"]["runs"]] == ["tags", "score", "tags_again"]
+    from safetensors.torch import load_file
+
+    weights = {n: load_file(str(out / n / "model.safetensors")) for n in configs}
+    assert weights["score"]["classifier.weight"].shape[0] == 1  # the regressor's own head
+    assert weights["tags_again"]["classifier.weight"].shape[0] == 3
+    encoder = "bert.encoder.layer.0.attention.self.query.weight"
+    assert configs["score"]["model"]["model_name_or_path"] == str(out / "tags")  # the encoder travels on
+    # a head-only link at a vanishing learning rate on the same shape and labels keeps the head it was given
+    torch.testing.assert_close(weights["more_tags"]["classifier.weight"], weights["tags_again"]["classifier.weight"],
+                               atol=1e-6, rtol=0)  # fmt: skip
+    torch.testing.assert_close(weights["more_tags"][encoder], weights["tags_again"][encoder], atol=0, rtol=0)
