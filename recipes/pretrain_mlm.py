@@ -10,7 +10,7 @@ The output is a hub-format masked-LM model (with its tokenizer) that the classif
     accelerate launch recipes/text_classification.py --model_name_or_path outputs/bert-domain ...
 
 Text comes from a .txt file (one text per line), a folder of .txt files (--train_dir), a csv / json / parquet
-column (--text_column_name) or a cached hub dataset; perplexity on the validation split is reported.
+column (--text_column_name) or a hub dataset; perplexity on the validation split is reported.
 """
 
 from __future__ import annotations

@@ -319,6 +319,19 @@ def _accelerate_bf16(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
 
 
+def _online_without_network(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HF_HUB_OFFLINE unset, and every hub dataset's download fails as it does without a network."""
+    import datasets
+    from huggingface_hub import constants
+
+    def no_network(*args, **kwargs):
+        raise ConnectionError("Couldn't reach the Hugging Face Hub")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets, "load_dataset", no_network)
+
+
 POS, NEG = ("good movie", "pos"), ("bad movie", "neg")
 
 CASES = [
@@ -931,7 +944,21 @@ CASES = [
             ]
             + ["--dataset_name", "no/such_set"]
         ),
-        ("'no/such_set'", "offline"),
+        ("cannot load dataset 'no/such_set'", "offline (HF_HUB_OFFLINE=1) and not in the Hugging Face cache"),
+    ),
+    Case(
+        "text-dataset-download-fails",
+        "text",
+        lambda e: (
+            [
+                a
+                for a in e.text()
+                if a not in ("--train_file", str(e.train_csv), "--validation_file", str(e.validation_csv))
+            ]
+            + ["--dataset_name", "no/such_set"]
+        ),
+        ("cannot load dataset 'no/such_set'", "could not be downloaded from the Hub (ConnectionError)", "network"),
+        setup=_online_without_network,
     ),
     # ---- masked-LM pretraining
     Case(
@@ -1427,7 +1454,7 @@ CASES = [
         "text-extra-metric-cannot-load",
         "text",
         lambda e: e.text("--extra_metrics", "no_such_metric_anywhere"),
-        ("--extra_metrics no_such_metric_anywhere cannot be loaded",),
+        ("cannot load --extra_metrics no_such_metric_anywhere", "offline (HF_HUB_OFFLINE=1)"),
     ),
     Case(
         "text-extra-metric-missing-script",

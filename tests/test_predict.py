@@ -386,7 +386,7 @@ BAD_MODELS = {
     "bare_encoder": (lambda t: _write_bert(t / "bare"), "holds a BertModel model, not an image classifier or a seq"),
     "no_classes": (_no_classes, "holds a classifier with no classes (num_labels 0)"),
     "headless_image": (_headless_image_encoder, "holds a timm model without a classifier (0 classes)"),
-    "missing": (lambda t: t / "nowhere", "neither a model directory nor a hub model in the local cache"),
+    "missing": (lambda t: t / "nowhere", "neither a model directory nor a hub model id"),
 }
 
 
@@ -538,7 +538,7 @@ def test_a_hub_id_in_the_local_cache_is_read_from_its_snapshot(image_model, tmp_
     torch.testing.assert_close(
         predict(from_hub, data, progress=False), predict(local, data, progress=False), rtol=0, atol=0
     )
-    with pytest.raises(WarmstartError, match="neither a model directory nor a hub model in the local cache"):
+    with pytest.raises(WarmstartError, match=r"offline \(HF_HUB_OFFLINE=1\) and not in the Hugging Face cache"):
         load_predictor("someone/not-cached")
 
 

@@ -49,12 +49,12 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     ),
     "errors": (
         "WarmstartError",
+        "hub_unavailable",
         "run_cli",
     ),
     "export": (
         "save_image_model",
         "save_text_model",
-        "write_model_card",
     ),
     "feature_cache": (
         "backbone_features",
@@ -75,6 +75,11 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "compute_metrics",
         "multi_label_metrics",
         "regression_metrics",
+    ),
+    "model_card": (
+        "add_exported_files",
+        "validate_model_card",
+        "write_model_card",
     ),
     "models": (
         "load_image_model",
@@ -132,12 +137,13 @@ if TYPE_CHECKING:
         parse_config,
     )
     from warmstart.data import load_image, load_labeled_splits, load_unlabeled_splits
-    from warmstart.errors import WarmstartError, run_cli
-    from warmstart.export import save_image_model, save_text_model, write_model_card
+    from warmstart.errors import WarmstartError, hub_unavailable, run_cli
+    from warmstart.export import save_image_model, save_text_model
     from warmstart.feature_cache import backbone_features, cache_features
     from warmstart.fine_tuning import FineTuning, prepare_fine_tuning
     from warmstart.freezing import BlockLayout, FreezeReport, apply_freeze_policy, describe_blocks
     from warmstart.metrics import classification_metrics, compute_metrics, multi_label_metrics, regression_metrics
+    from warmstart.model_card import add_exported_files, validate_model_card, write_model_card
     from warmstart.models import load_image_model, load_text_model, load_timm_backbone
     from warmstart.policy import STRATEGIES, STRATEGY_SPECS, FreezePolicy, StrategySpec, default_learning_rate
     from warmstart.prediction import Predictor, load_predictor, predict

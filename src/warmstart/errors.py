@@ -1,8 +1,10 @@
-"""The one error type warmstart raises for bad input, and the command-line boundary that reports it."""
+"""The one error type warmstart raises for bad input, the command-line boundary that reports it, and the one line
+for something of the Hub that could not be had."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -12,6 +14,47 @@ class WarmstartError(ValueError):
 
     Recipes turn it into ``error: <message>`` on stderr and exit status 2, with no traceback.
     """
+
+
+def _hub_offline() -> bool:
+    """Whether the Hugging Face Hub is switched off: ``HF_HUB_OFFLINE`` set now, or ``huggingface_hub`` having read it
+    when it was imported (its ``constants.HF_HUB_OFFLINE``, which ``TRANSFORMERS_OFFLINE`` sets too)."""
+    from huggingface_hub import constants  # here, not above: a bare ``import warmstart.errors`` stays light
+
+    return (
+        constants.HF_HUB_OFFLINE
+        or os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in constants.ENV_VARS_TRUE_VALUES
+    )
+
+
+def hub_unavailable(what: str, err: BaseException) -> str:
+    """The one line for a hub id (a model, a dataset, a metric) that could not be loaded, saying which of the two
+    happened: the Hub is switched off and it is not in the Hugging Face cache, or the download failed. Hub ids are
+    downloaded from the Hub as the HF examples do, and read from the cache alone with ``HF_HUB_OFFLINE=1``.
+
+    Args:
+        what: what could not be loaded, as the line names it (``dataset 'imdb'``).
+        err: the loader's error; its type is named when the download failed.
+
+    Returns:
+        ``cannot load <what>: ...``, without a trailing period, for a :class:`WarmstartError` (callers may add
+        alternatives after a semicolon).
+
+    Example:
+        ``raise WarmstartError(hub_unavailable("dataset 'imdb'", err) + "; or give local files") from None`` says,
+        with ``HF_HUB_OFFLINE`` unset: ``cannot load dataset 'imdb': it could not be downloaded from the Hub
+        (ConnectionError): check the name and the network, or set HF_HUB_OFFLINE=1 to use the cache; or give local
+        files``.
+    """
+    if _hub_offline():
+        return (
+            f"cannot load {what}: offline (HF_HUB_OFFLINE=1) and not in the Hugging Face cache: run once online or "
+            "unset HF_HUB_OFFLINE"
+        )
+    return (
+        f"cannot load {what}: it could not be downloaded from the Hub ({type(err).__name__}): check the name and the "
+        "network, or set HF_HUB_OFFLINE=1 to use the cache"
+    )
 
 
 def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> None:

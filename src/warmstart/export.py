@@ -1,5 +1,6 @@
 """Hub-format output: weights as safetensors, a config.json that both timm and transformers load, the tokenizer or
-image-processor files, the resolved run configuration and a model card."""
+image-processor files, the resolved run configuration and a model card (written by :mod:`warmstart.model_card`, whose
+``write_model_card``, ``add_exported_files`` and ``validate_model_card`` are importable from here too)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from timm.models._hub import save_config_for_hf
 from transformers import PreTrainedModel
 
 from warmstart.errors import WarmstartError
-from warmstart.lineage import lineage_markdown
+from warmstart.model_card import add_exported_files as add_exported_files
+from warmstart.model_card import validate_model_card as validate_model_card
+from warmstart.model_card import write_model_card as write_model_card
 from warmstart.run_folder import CONFIG_NAME, read_run_config
 
 logger = logging.getLogger(__name__)
@@ -39,7 +42,6 @@ _VOLATILE_KEYS = (
 )
 
 
-_CARD_METRIC_PREFIXES = ("eval_", "test_", "train_loss", "train_runtime", "train_samples", "epoch")
 _COMPARED_SECTIONS = ("model", "data", "freeze", "objective", "regularization", "performance", "training")
 
 
@@ -301,104 +303,3 @@ def save_text_model(model: PreTrainedModel, tokenizer: Any, output_dir: str | Pa
     """Saves a transformers text classifier and its tokenizer (safetensors weights)."""
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
-
-
-def _metrics_table(metrics: dict[str, Any]) -> str:
-    shown = {k: v for k, v in metrics.items() if k.startswith(_CARD_METRIC_PREFIXES) and not k.endswith("_per_second")}
-    rows = [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in shown.items()]
-    return "\n".join(["| metric | value |", "| --- | --- |", *rows]) if rows else "_no metrics recorded_"
-
-
-def write_model_card(output_dir: str | Path, card: dict[str, Any]) -> Path:
-    """Writes ``README.md``: what the model is, where it came from, how it was trained, how well it does, and how
-    to load it.
-
-    Args:
-        output_dir: the model directory.
-        card: ``modality`` (``image`` / ``text``), ``base_model``, ``data`` (a description), ``metrics``,
-            ``training`` (selected training arguments), optionally ``lineage`` (see :mod:`warmstart.lineage`) and
-            ``images`` (``(caption, file name)`` pairs of PNGs in the directory), ``per_class`` (a markdown
-            table). A classifier's card has
-            ``labels``, ``policy`` (a :class:`FreezePolicy` dict), ``policy_description`` and ``freeze_report``; a
-            pretrained encoder's has ``objective`` (a paragraph), ``pipeline_tag`` and ``load`` (a code block).
-    """
-    image = card["modality"] == "image"
-    classifier = "policy" in card
-    base = card["base_model"]
-    if Path(base).exists():  # a local directory: its name only, the card may be published
-        base = f"{Path(base).resolve().name} (a local model)"
-    front = {
-        "library_name": "timm" if image else "transformers",
-        "pipeline_tag": card.get("pipeline_tag") or ("image-classification" if image else "text-classification"),
-        "tags": ["warmstart", "fine-tuned" if classifier else "pretrained", card.get("tag") or _strategy(card)],
-    }
-    if base and "/" in base and not Path(base).exists() and " " not in base:
-        front["base_model"] = base
-    sections = [f"Trained with [warmstart](https://pypi.org/project/warmstart/) from **{base}**."]
-    lineage = card.get("lineage") or {}
-    if len(lineage.get("runs") or []) > 1:
-        sections.append("## Lineage\n" + lineage_markdown(lineage))
-    data = card["data"]
-    if classifier:
-        labels = card["labels"]
-        shown = ", ".join(f"`{label}`" for label in labels[:50]) + (" ..." if len(labels) > 50 else "")
-        problem = card.get("problem_type") or "single_label_classification"
-        kind = {"multi_label_classification": "labels (multi-label)", "regression": "regression targets"}
-        data += f"\n\n{len(labels)} {kind.get(problem, 'classes')}: {shown}"
-        if card.get("thresholds"):
-            data += (
-                "\n\nA label is predicted where its probability (the sigmoid of its logit) reaches its threshold, "
-                "tuned on validation (`warmstart_config.yaml`, `targets`): "
-                + ", ".join(f"`{k}` {v:.3f}" for k, v in list(card["thresholds"].items())[:50])
-            )
-        if problem == "regression":
-            data += (
-                "\n\nThe model outputs values in the targets' own units (the training scale is folded into its head)."
-            )
-    sections.append(f"## Data\n{data}")
-    if classifier:
-        report = card["freeze_report"]
-        sections.append(
-            f"""## Freezing policy
-{card["policy_description"]}: {report["trainable_params"]:,} of {report["total_params"]:,} parameters trained
-({100.0 * report["trainable_params"] / max(report["total_params"], 1):.2f}%).
-
-- trainable groups: {", ".join(report["trainable_groups"]) or "none"}
-- frozen groups: {", ".join(report["frozen_groups"]) or "none"}
-- policy: `{json.dumps(card["policy"])}`"""
-        )
-        if card.get("probe"):
-            sections.append(f"### Solved probe\n{card['probe']}")
-    else:
-        sections.append(f"## Objective\n{card['objective']}")
-    sections.append(f"## Results\n{_metrics_table(card['metrics'])}")
-    if card.get("per_class"):
-        heading = {"multi_label_classification": "Per label", "regression": "Per target"}
-        sections.append(f"### {heading.get(card.get('problem_type'), 'Per class')}\n{card['per_class']}")
-    for caption, file_name in card.get("images") or ():
-        sections.append(f"![{caption}]({file_name})")
-    sections.append("## Training\n" + "\n".join(f"- {k}: `{v}`" for k, v in card["training"].items()))
-    sections.append(f"## How to load\n{card.get('load') or _load_snippet(image)}")
-    title = Path(card.get("name") or "warmstart model").name
-    text = f"---\n{yaml.safe_dump(front, sort_keys=False).strip()}\n---\n\n# {title}\n\n" + "\n\n".join(sections)
-    path = Path(output_dir) / "README.md"
-    path.write_text(text + "\n")
-    return path
-
-
-def _strategy(card: dict[str, Any]) -> str:
-    return card["policy"]["strategy"] if "policy" in card else "pretraining"
-
-
-def _load_snippet(image: bool) -> str:
-    if image:
-        return (
-            '```python\nimport timm\nmodel = timm.create_model("local-dir:<this directory>", pretrained=True)\n\n'
-            'from transformers import pipeline\nclassify = pipeline("image-classification", '
-            'model="<this directory>")\n```'
-        )
-    return (
-        '```python\nfrom transformers import pipeline\nclassify = pipeline("text-classification", '
-        'model="<this directory>")\n\nfrom transformers import AutoModelForSequenceClassification\n'
-        'model = AutoModelForSequenceClassification.from_pretrained("<this directory>")\n```'
-    )

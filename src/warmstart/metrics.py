@@ -1,11 +1,11 @@
-"""The metrics of each label shape, with scikit-learn and scipy (``evaluate.load`` would fetch from the Hub and fails
-offline; :func:`load_extra_metrics` adds ``evaluate`` metrics where asked for): single-label classification,
+"""The metrics of each label shape, with scikit-learn and scipy (not ``evaluate.load``, which fetches its metrics from
+the Hub: the built-in metrics need neither network nor cache; :func:`load_extra_metrics` adds ``evaluate`` metrics
+where asked for): single-label classification,
 multi-label classification (at per-label decision thresholds, tuned on validation by :func:`tune_thresholds`) and
 regression (in the targets' own units)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from sklearn.metrics import (
 )
 from transformers import EvalPrediction
 
-from warmstart.errors import WarmstartError
+from warmstart.errors import WarmstartError, hub_unavailable
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -239,15 +239,15 @@ def metrics_function(
 
 
 def load_extra_metrics(names: Sequence[str]) -> list[tuple[str, Any]]:
-    """Loads ``evaluate`` metrics by Hub name (online, or from evaluate's cache) or local script path, before anything
-    trains.
+    """Loads ``evaluate`` metrics by Hub name (downloaded, or from evaluate's cache with ``HF_HUB_OFFLINE=1``) or local
+    script path, before anything trains.
 
     Returns:
         ``(name, metric)`` pairs (a script's name without ``.py``).
 
     Raises:
-        WarmstartError: ``evaluate`` is not installed, or a metric cannot be loaded (offline and not cached, a
-            name that is no metric, a script that fails), in one line.
+        WarmstartError: ``evaluate`` is not installed, or a metric cannot be loaded (a Hub name that cannot be
+            downloaded, or offline is not cached; a script that fails), in one line.
     """
     if not names:
         return []
@@ -263,17 +263,14 @@ def load_extra_metrics(names: Sequence[str]) -> list[tuple[str, Any]]:
         try:
             metric = evaluate.load(str(Path(name).resolve()) if local else name)
         except Exception as err:  # evaluate raises whatever its download or the script raised
+            if not local and isinstance(err, OSError):  # not fetched: offline and not cached, no network, no such name
+                raise WarmstartError(
+                    hub_unavailable(f"--extra_metrics {name}", err) + "; or give a local metric script"
+                ) from None
             first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
-            offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or os.environ.get(
-                "HF_EVALUATE_OFFLINE", ""
-            ).lower() in ("1", "true", "yes")
-            hint = (
-                "offline, evaluate finds Hub metrics in its cache only: run once online, or give a local metric script"
-                if offline and not local
-                else "check the name (a Hub metric such as matthews_correlation) or the script"
-            )
             raise WarmstartError(
-                f"--extra_metrics {name} cannot be loaded ({type(err).__name__}: {first}): {hint}"
+                f"--extra_metrics {name} cannot be loaded ({type(err).__name__}: {first}): check the metric's "
+                "script and what it needs installed"
             ) from None
         loaded.append((Path(name).stem if local else name.rsplit("/", 1)[-1], metric))
     return loaded

@@ -20,8 +20,8 @@ class EvaluationArguments:
     extra_metrics: list[str] | None = field(
         default=None,
         metadata={
-            "help": "evaluate metrics added to the evaluation: Hub names (online, or in the cache) or local metric "
-            "scripts, e.g. matthews_correlation ./my_metric.py."
+            "help": "evaluate metrics added to the evaluation: Hub names (downloaded, or from the cache with "
+            "HF_HUB_OFFLINE=1) or local metric scripts, e.g. matthews_correlation ./my_metric.py."
         },
     )
 

@@ -13,12 +13,17 @@ from typing import Any, Literal
 from warmstart.data.sources import check_encoding
 from warmstart.errors import WarmstartError
 
+_DATASET_NAME_HELP = "Hub dataset id (downloaded, or from the Hugging Face cache with HF_HUB_OFFLINE=1)."
+
 
 @dataclass
 class ModelArguments:
     model_name_or_path: str = field(
         default=None,
-        metadata={"help": "Local hub-format directory, hub id in the HF cache, or timm architecture name (required)."},
+        metadata={
+            "help": "Local hub-format directory, hub id (downloaded, or from the Hugging Face cache with "
+            "HF_HUB_OFFLINE=1), or timm architecture name (required)."
+        },
     )
     random_init: bool = field(
         default=False, metadata={"help": "Build the architecture only, without pretrained weights (a baseline)."}
@@ -48,7 +53,7 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset id (from the local cache)."})
+    dataset_name: str | None = field(default=None, metadata={"help": _DATASET_NAME_HELP})
     dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of --dataset_name."})
     train_file: str | None = field(default=None, metadata={"help": "csv / tsv / json / jsonl / parquet file."})
     validation_file: str | None = field(default=None, metadata={"help": "Validation file (same format)."})
@@ -181,7 +186,7 @@ def describe_sources(data_args: Any) -> str:
 class UnlabeledDataArguments:
     """Data for the pretraining recipes: text or images, without labels (a label column is ignored)."""
 
-    dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset id (from the local cache)."})
+    dataset_name: str | None = field(default=None, metadata={"help": _DATASET_NAME_HELP})
     dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of --dataset_name."})
     train_file: str | None = field(
         default=None,

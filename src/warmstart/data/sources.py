@@ -15,7 +15,7 @@ The rules (the README's data section states them for users):
   is read instead of the folder names.
 - **Image paths in tables.** A relative path is read relative to the folder of the file that names it, then (as
   before) relative to the working directory; a path that is neither is refused with the paths tried. URLs are
-  refused: nothing downloads at run time.
+  refused: images named in a table are read from disk, never fetched.
 """
 
 from __future__ import annotations
@@ -339,8 +339,8 @@ def resolve_image_paths(data: datasets.Dataset, column: str, base_dir: Path | No
         text = str(value).strip()
         if text.lower().startswith(_URL_SCHEMES):
             raise WarmstartError(
-                f"data row {row + 1} of {where} names its image by URL ({text[:80]}): warmstart reads local "
-                "files only: download the images and give their paths"
+                f"data row {row + 1} of {where} names its image by URL ({text[:80]}): images named in a table "
+                "are read from local files only: download the images and give their paths"
             )
         tried = _candidates(Path(text).expanduser(), base_dir)
         found = next((p for p in tried if p.is_file()), None)

@@ -1,5 +1,6 @@
-"""Loading the splits a recipe names (a hub dataset from the cache, tables, image folders), a seeded validation split
-when there is none, and the sample limits."""
+"""Loading the splits a recipe names (a hub dataset, downloaded as ``datasets`` does or read from the Hugging Face
+cache with ``HF_HUB_OFFLINE=1``; tables; image folders), a seeded validation split when there is none, and the
+sample limits."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from warmstart.data.sources import (
 from warmstart.data.targets import encode_targets, target_scale
 from warmstart.data.text import check_text_cells, has_text, resolve_corpus_text_column, resolve_text_columns
 from warmstart.data.vision import resolve_image_column
-from warmstart.errors import WarmstartError
+from warmstart.errors import WarmstartError, hub_unavailable
 from warmstart.problems import REGRESSION, LabelSpace
 
 logger = logging.getLogger(__name__)
@@ -48,15 +49,18 @@ def load_raw_splits(
     UTF-8, or what a byte-order mark says); ``labeled=False`` reads image folders without class folders too.
 
     Raises:
-        WarmstartError: no source, a missing file or folder, or a hub dataset that is not cached.
+        WarmstartError: no source, a missing file or folder, or a hub dataset that cannot be downloaded (offline: that
+            is not in the Hugging Face cache).
     """
     if dataset_name:
         try:
             raw = datasets.load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir)
         except (FileNotFoundError, ConnectionError, ValueError, OSError) as err:
+            shown = f"dataset {dataset_name!r}" + (f" ({dataset_config_name})" if dataset_config_name else "")
+            if Path(dataset_name).exists():  # a local dataset folder: the Hub has nothing to do with it
+                raise WarmstartError(f"cannot load {shown}: {root_cause(err)}") from None
             raise WarmstartError(
-                f"cannot load dataset {dataset_name!r} ({type(err).__name__}): warmstart runs offline, so give local "
-                "files (--train_file/--train_dir) or a dataset already in the Hugging Face cache"
+                hub_unavailable(shown, err) + "; or give local files (--train_file / --train_dir)"
             ) from None
     elif data_files:
         raw = read_tables(data_files, encoding=encoding)

@@ -1,8 +1,9 @@
 """Loading backbones as classifiers sized to a label set: timm models (inside transformers' TimmWrapper, so the
 Trainer, pipelines and the Hub see a normal transformers model) and BERT-family sequence classifiers.
 
-Sources, everything offline: a local hub-format directory (a warmstart output, timm's ``save_for_hf``, or a
-TimmWrapper ``save_pretrained``), a hub id already in the Hugging Face cache, or a timm architecture name.
+Sources: a local hub-format directory (a warmstart output, timm's ``save_for_hf``, or a TimmWrapper
+``save_pretrained``), a hub id, or a timm architecture name. Hub ids and pretrained timm weights are downloaded from
+the Hub as timm and transformers do, or read from the Hugging Face cache alone with ``HF_HUB_OFFLINE=1``.
 
 - :mod:`~warmstart.models.configs`: a model directory's ``config.json``, checked loading, and the head decisions
   both loaders share;

@@ -1,6 +1,7 @@
-"""Loading timm backbones, everything offline (a local hub-format directory, a hub id in the Hugging Face cache, or
-a timm architecture name), and putting one inside transformers' ``TimmWrapperForImageClassification`` with a head
-for a label set, so that the Trainer, pipelines and the Hub see a normal transformers model.
+"""Loading timm backbones (a local hub-format directory; a hub id, or a timm architecture name with pretrained weights,
+downloaded from the Hub as timm does, or read from the Hugging Face cache with ``HF_HUB_OFFLINE=1``), and putting one
+inside transformers' ``TimmWrapperForImageClassification`` with a head for a label set, so that the Trainer,
+pipelines and the Hub see a normal transformers model.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from timm.models import get_model_args
 from torch import nn
 from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
 
-from warmstart.errors import WarmstartError
+from warmstart.errors import WarmstartError, hub_unavailable
 from warmstart.models.configs import is_image_model_config, keeps_head, load_checked, read_model_config
 from warmstart.problems import SINGLE_LABEL
 
@@ -25,8 +26,8 @@ def _label_names_of(timm_model: nn.Module) -> list[str] | None:
 
 
 def _create_timm(model_name_or_path: str, *, pretrained: bool, purpose: str = "fine-tune", **kwargs: Any) -> nn.Module:
-    """timm.create_model with offline-friendly, one-line errors (``purpose``: what the caller does with the model,
-    for the recipe a text model is sent to)."""
+    """timm.create_model with one-line errors (a model the Hub cannot give says why: offline and not cached, or the
+    download failed; ``purpose``: what the caller does with the model, for the recipe a text model is sent to)."""
     local = read_model_config(model_name_or_path)
     if local is not None:
         if not is_image_model_config(local):
@@ -70,8 +71,7 @@ def _create_timm(model_name_or_path: str, *, pretrained: bool, purpose: str = "f
         if isinstance(err, RuntimeError) and "Unknown model" not in str(err) and "offline" not in str(err).lower():
             raise
         raise WarmstartError(
-            f"cannot load {model_name_or_path!r} offline: it is not in the Hugging Face cache ({type(err).__name__}); "
-            "download it once with network access, pass a local directory, or use --random_init"
+            hub_unavailable(repr(model_name_or_path), err) + "; or pass a local directory, or use --random_init"
         ) from None
 
 
@@ -125,8 +125,9 @@ def load_image_model(
     the same task) and ``reset_head`` is off; otherwise it is replaced by a new one sized to ``labels``.
 
     Args:
-        model_name_or_path: a local hub-format directory, a hub id in the HF cache (``timm/resnet18.a1_in1k``)
-            or a timm architecture name (``resnet18``; with pretrained weights only if they are cached).
+        model_name_or_path: a local hub-format directory, a hub id (``timm/resnet18.a1_in1k``) or a timm
+            architecture name (``resnet18``); pretrained weights are downloaded from the Hub, or read from the
+            Hugging Face cache with ``HF_HUB_OFFLINE=1``.
         labels: class names, in id order.
         random_init: build the architecture only, with no pretrained weights.
         image_size: input resolution; models with a fixed input size (ViTs) are rebuilt for it.

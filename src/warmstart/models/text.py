@@ -1,4 +1,5 @@
-"""Loading BERT-family text models, everything offline: the configuration (refusing a timm image model with the
+"""Loading BERT-family text models (a local directory, or a hub id downloaded from the Hub as transformers does, or
+read from the Hugging Face cache with ``HF_HUB_OFFLINE=1``): the configuration (refusing a timm image model with the
 recipe to use instead), the tokenizer (refused without a vocabulary), a sequence classifier with a head for a label
 set (new unless the checkpoint's labels are the same), the load report kept to what is worth a warning, and the
 truncation length a model takes.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,7 +23,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from warmstart.errors import WarmstartError
+from warmstart.errors import WarmstartError, hub_unavailable
 from warmstart.models.configs import is_image_model_config, keeps_head, load_checked, read_model_config
 from warmstart.problems import SINGLE_LABEL
 
@@ -65,7 +67,8 @@ def load_text_config(model_name_or_path: str, *, trust_remote_code: bool = False
     """The transformers config of a text model, refusing a timm image model with the recipe to use instead.
 
     Raises:
-        WarmstartError: an image model, or a configuration that cannot be found offline.
+        WarmstartError: an image model, a local directory without a readable configuration, or a hub id that cannot
+            be downloaded (offline: that is not in the Hugging Face cache).
     """
     local = read_model_config(model_name_or_path)
     if local is not None and is_image_model_config(local):
@@ -75,9 +78,13 @@ def load_text_config(model_name_or_path: str, *, trust_remote_code: bool = False
         return AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         _refuse_custom_code(model_name_or_path, err)
+        if Path(model_name_or_path).exists():  # a local directory: the Hub has nothing to do with it
+            raise WarmstartError(
+                f"cannot load the configuration of {model_name_or_path!r} ({type(err).__name__}): the directory needs "
+                "the config.json of a transformers model"
+            ) from None
         raise WarmstartError(
-            f"cannot load the configuration of {model_name_or_path!r} ({type(err).__name__}): give a local model "
-            "directory or a hub id already in the Hugging Face cache (warmstart runs offline)"
+            hub_unavailable(f"the configuration of {model_name_or_path!r}", err) + "; or give a local model directory"
         ) from None
 
 

@@ -17,13 +17,17 @@ class PredictionArguments:
 
     model_name_or_path: str = field(
         default=None,
-        metadata={"help": "A warmstart output directory (or another hub-format classifier, or a cached hub id)."},
+        metadata={
+            "help": "A warmstart output directory (or another hub-format classifier, or a hub id: downloaded, or "
+            "read from the cache with HF_HUB_OFFLINE=1)."
+        },
     )
     input: str = field(
         default=None,
         metadata={
             "help": "An image folder (sub-folders allowed), a csv / tsv / json / jsonl / parquet file, or a hub "
-            "dataset split in the local cache as name[:config]:split (e.g. imdb:test)."
+            "dataset split as name[:config]:split (e.g. imdb:test; downloaded, or from the cache with "
+            "HF_HUB_OFFLINE=1)."
         },
     )
     output: str = field(default="predictions.csv", metadata={"help": "The CSV to write (a .tsv name: tab-separated)."})
@@ -66,7 +70,9 @@ class PredictionArguments:
         if not self.model_name_or_path:
             raise WarmstartError("--model_name_or_path is required: a warmstart output directory")
         if not self.input:
-            raise WarmstartError("--input is required: an image folder, a data file or a cached dataset split")
+            raise WarmstartError(
+                "--input is required: an image folder, a data file or a dataset split (name[:config]:split)"
+            )
         check_encoding(self.encoding)
         if self.batch_size < 1:
             raise WarmstartError(f"--batch_size must be a positive integer, got {self.batch_size}")

@@ -1,4 +1,4 @@
-"""What to predict on: an image folder, a table or a cached dataset split, read as training reads data."""
+"""What to predict on: an image folder, a table or a dataset split, read as training reads data."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from warmstart.data.sources import (
     read_table,
     root_cause,
 )
-from warmstart.errors import WarmstartError
+from warmstart.errors import WarmstartError, hub_unavailable
 from warmstart.prediction.predictor import Predictor
 from warmstart.problems import MULTI_LABEL, REGRESSION, SINGLE_LABEL
 
@@ -72,7 +72,7 @@ def parse_dataset_spec(spec: str) -> tuple[str, str | None, str]:
     if len(parts) not in (2, 3) or not all(p.strip() for p in parts):
         raise WarmstartError(
             f"--input {spec} does not exist: give an image folder, a csv / tsv / json / jsonl / parquet file, or a "
-            "cached dataset split as name[:config]:split (e.g. imdb:test)"
+            "dataset split as name[:config]:split (e.g. imdb:test)"
         )
     name, *config, split = (p.strip() for p in parts)
     return name, (config[0] if config else None), split + bracket + tail
@@ -91,9 +91,10 @@ def read_prediction_input(
     """Reads the inputs to predict on.
 
     ``source`` is an image folder (every image PIL reads, sub-folders included, sorted by path; the id is the path
-    relative to the folder), a csv / tsv / json / jsonl / parquet file, or a dataset split from the local Hugging
-    Face cache given as ``name[:config]:split`` (whatever ``datasets.load_dataset(name, config, split=split)``
-    reads offline, a local dataset folder included). A table's id is ``id_column``'s value, else the row number.
+    relative to the folder), a csv / tsv / json / jsonl / parquet file, or a dataset split given as
+    ``name[:config]:split`` (whatever ``datasets.load_dataset(name, config, split=split)`` reads: downloaded from
+    the Hub, or from the cache alone with ``HF_HUB_OFFLINE=1``; a local dataset folder included). A
+    table's id is ``id_column``'s value, else the row number.
 
     Images in a table come from ``image_column`` (an ``Image`` feature or image paths, relative ones read from the
     table's folder first), else the first ``Image`` column, else ``image`` / ``img``. Text comes from
@@ -126,7 +127,7 @@ def read_prediction_input(
             return _read_image_folder(path, predictor)
         raise WarmstartError(
             f"--input {path} is a folder but the model is a text classifier: give a csv / tsv / json / jsonl / "
-            "parquet file or a cached dataset split (name[:config]:split)"
+            "parquet file or a dataset split (name[:config]:split)"
         )
     data = read_table(path, "--input", encoding=encoding, empty="nothing to predict") if path.is_file() else None
     data = data if data is not None else _read_dataset_split(source)
@@ -172,9 +173,9 @@ def _read_dataset_split(spec: str) -> datasets.Dataset:
         with datasets_errors_not_logged():
             data = datasets.load_dataset(name, config, split=split)
     except LOAD_ERRORS as err:  # ConnectionError and the hub's offline errors are OSErrors
+        shown = f"split {split!r} of dataset {name!r}{f' ({config})' if config else ''}"
         raise WarmstartError(
-            f"cannot load split {split!r} of dataset {name!r}{f' ({config})' if config else ''}: {root_cause(err)} "
-            "(warmstart runs offline: the dataset must be in the Hugging Face cache)"
+            f"cannot load {shown}: {root_cause(err)}" if Path(name).exists() else hub_unavailable(shown, err)
         ) from None
     if not isinstance(data, datasets.Dataset):
         raise WarmstartError(f"--input {spec} is not one split of a dataset: name the split as name[:config]:split")

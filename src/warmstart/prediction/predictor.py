@@ -16,7 +16,7 @@ from torch import nn
 from warmstart.distributed import (
     launched_processes,
 )
-from warmstart.errors import WarmstartError
+from warmstart.errors import WarmstartError, hub_unavailable
 from warmstart.models import (
     is_image_model_config,
     load_checked,
@@ -99,7 +99,8 @@ def load_predictor(model_name_or_path: str | Path, device: str = "auto", precisi
     model's limit).
 
     Args:
-        model_name_or_path: a model directory, or a hub id whose files are in the Hugging Face cache.
+        model_name_or_path: a model directory, or a hub id (downloaded, or read from the Hugging Face cache with
+            ``HF_HUB_OFFLINE=1``).
         device: ``auto`` (cuda when available), ``cpu`` or ``cuda``.
         precision: ``fp32``, ``bf16`` or ``fp16`` autocast.
 
@@ -161,13 +162,16 @@ def _model_directory(model_name_or_path: str) -> Path:
     if model_name_or_path.count("/") == 1 and not model_name_or_path.startswith((".", "/")):
         from huggingface_hub import snapshot_download
 
-        try:
-            return Path(snapshot_download(model_name_or_path, local_files_only=True))
-        except (OSError, ValueError):  # not in the cache (a FileNotFoundError), or not a valid repo id
-            pass
+        try:  # downloaded from the Hub as pipeline() does; from the cache alone with HF_HUB_OFFLINE=1
+            return Path(snapshot_download(model_name_or_path))
+        except (OSError, ValueError) as err:  # not reachable or not cached (OSErrors), or not a valid repo id
+            raise WarmstartError(
+                hub_unavailable(f"--model_name_or_path {model_name_or_path!r} (no such directory, so a hub id)", err)
+                + "; or point it at the output directory of a warmstart run"
+            ) from None
     raise WarmstartError(
-        f"--model_name_or_path {model_name_or_path} is neither a model directory nor a hub model in the local "
-        "cache: point it at the output directory of a warmstart run"
+        f"--model_name_or_path {model_name_or_path} is neither a model directory nor a hub model id: point it at the "
+        "output directory of a warmstart run"
     )
 
 

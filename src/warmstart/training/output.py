@@ -16,8 +16,9 @@ from torch import nn
 from transformers import Trainer
 
 from warmstart.config import to_plain
-from warmstart.export import hub_upload_operations, write_model_card, write_resolved_config
+from warmstart.export import hub_upload_operations, write_resolved_config
 from warmstart.lineage import finish_lineage
+from warmstart.model_card import write_model_card
 from warmstart.training.setup import Run
 
 logger = logging.getLogger("warmstart")
@@ -80,7 +81,10 @@ def write_output(
     write_resolved_config(staging, run.config)
     training = {k: run.config["training"].get(k) for k in CARD_TRAINING_KEYS}
     training["precision"] = run.config["precision"]
-    write_model_card(staging, {**card, "lineage": lineage, "metrics": results, "training": training})
+    data_source = run.config.get("data") or {}  # the hub dataset id or the files: the card's datasets and model-index
+    write_model_card(
+        staging, {**card, "lineage": lineage, "metrics": results, "training": training, "data_source": data_source}
+    )
 
 
 def finish_output(run: Run) -> None:
