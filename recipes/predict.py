@@ -7,6 +7,11 @@ directory, never re-specified).
     python recipes/predict.py --model_name_or_path outputs/resnet18-top2 --input photos/ --output predictions.csv
     python recipes/predict.py --model_name_or_path outputs/bert-probe --input test.csv --id_column review_id
     python recipes/predict.py --model_name_or_path outputs/imdb-full --input imdb:test --device cuda --precision bf16
+    python recipes/predict.py --model_name_or_path outputs/bert-probe --input test.csv --backend onnx --precision int8
+
+``--backend onnx`` runs the model's ONNX export (``recipes/export.py``) with ONNX Runtime: the same CSV, from
+``onnx/model.onnx`` (or ``model.int8.onnx`` with ``--precision int8``), refused where the export is missing or older
+than the weights.
 
 ``--input`` is an image folder (sub-folders allowed; ids are the paths relative to it), a csv / tsv / json / jsonl
 / parquet file (ids: ``--id_column``, else the row number; images from an image or image-path column), or a split
@@ -56,7 +61,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     check_output_path_once(args.output, args.overwrite)
 
     with stop_together():  # a bad model or input stops every process, reported once
-        predictor = load_predictor(args.model_name_or_path, device=args.device, precision=args.precision)
+        predictor = load_predictor(
+            args.model_name_or_path, device=args.device, precision=args.precision, backend=args.backend
+        )
         data = read_prediction_input(
             args.input,
             predictor,

@@ -28,7 +28,14 @@ In one process each of these is the single-process step it wraps.
 """
 
 from warmstart.prediction.arguments import PredictionArguments
-from warmstart.prediction.batches import ImageRows, predict, predict_batches, prediction_accuracy, prediction_metric
+from warmstart.prediction.batches import (
+    ImageRows,
+    input_batches,
+    predict,
+    predict_batches,
+    prediction_accuracy,
+    prediction_metric,
+)
 from warmstart.prediction.inputs import PredictionInput, parse_dataset_spec, read_prediction_input
 from warmstart.prediction.output import (
     ID_COLUMN,
@@ -57,6 +64,7 @@ __all__ = [
     "Predictor",
     "check_output_path",
     "check_output_path_once",
+    "input_batches",
     "load_predictor",
     "parse_dataset_spec",
     "predict",

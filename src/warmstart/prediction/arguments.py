@@ -36,8 +36,19 @@ class PredictionArguments:
     device: Literal["auto", "cpu", "cuda"] = field(
         default="auto", metadata={"help": "Where the model runs (auto: cuda when available)."}
     )
-    precision: Literal["fp32", "bf16", "fp16"] = field(
-        default="fp32", metadata={"help": "Autocast precision of the forward pass (fp16 needs a GPU)."}
+    backend: Literal["torch", "onnx"] = field(
+        default="torch",
+        metadata={
+            "help": "torch, or onnx: ONNX Runtime over the model's export (recipes/export.py; the CPU, or CUDA with "
+            "onnxruntime-gpu)."
+        },
+    )
+    precision: Literal["fp32", "bf16", "fp16", "int8"] = field(
+        default="fp32",
+        metadata={
+            "help": "torch: autocast precision of the forward pass (fp16 needs a GPU); onnx: fp32 or int8 (the "
+            "export's model.onnx or model.int8.onnx)."
+        },
     )
     id_column: str | None = field(
         default=None, metadata={"help": "Tables: the column that identifies each row (default: the row number)."}

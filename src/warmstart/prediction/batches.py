@@ -84,6 +84,33 @@ def predict_batches(
     Raises:
         WarmstartError: ``batch_size`` < 1, or an image that cannot be read (named).
     """
+    total = len(data.ids) if rows is None else len(rows)
+    batches = input_batches(predictor, data, batch_size, num_workers=num_workers, rows=rows)
+    with tqdm(total=total, unit="row", desc="predicting", disable=not progress) as bar:
+        for batch_rows, batch in batches:
+            logits = predictor.logits(batch)
+            yield batch_rows, predictor.scores(logits).cpu()
+            bar.update(len(batch_rows))
+
+
+def input_batches(
+    predictor: Predictor,
+    data: PredictionInput,
+    batch_size: int = 64,
+    *,
+    num_workers: int = 0,
+    rows: Sequence[int] | None = None,
+) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
+    """The model's inputs, preprocessed, in batches on ``predictor.device``: what :func:`predict_batches` runs the
+    model on (and what an ONNX export is traced and checked with).
+
+    Yields:
+        ``(rows, batch)``: the batch's row numbers in ``data`` and its tensors (``pixel_values``; or ``input_ids``,
+        ``attention_mask``...), padded to the batch's longest text.
+
+    Raises:
+        WarmstartError: ``batch_size`` < 1, or an image that cannot be read (named).
+    """
     if batch_size < 1:
         raise WarmstartError(f"--batch_size must be a positive integer, got {batch_size}")
     if predictor.modality == "image":
@@ -97,15 +124,10 @@ def predict_batches(
         )
     else:
         batches = _text_batches(predictor, data, batch_size, rows)
-    total = len(data.ids) if rows is None else len(rows)
-    with tqdm(total=total, unit="row", desc="predicting", disable=not progress) as bar:
-        for batch_rows, batch in batches:
-            if "error" in batch:
-                raise WarmstartError(batch["error"])
-            batch = {k: v.to(predictor.device, non_blocking=True) for k, v in batch.items()}
-            logits = predictor.logits(batch)
-            yield batch_rows, predictor.scores(logits).cpu()
-            bar.update(len(batch_rows))
+    for batch_rows, batch in batches:
+        if "error" in batch:
+            raise WarmstartError(batch["error"])
+        yield batch_rows, {k: v.to(predictor.device, non_blocking=True) for k, v in batch.items()}
 
 
 def _text_batches(

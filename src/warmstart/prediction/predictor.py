@@ -32,6 +32,9 @@ from warmstart.run_folder import CONFIG_NAME, read_run_config
 logger = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+BACKENDS = ("torch", "onnx")
+# the graphs an ONNX export holds (warmstart.serving)
+ONNX_PRECISIONS = ("fp32", "int8")
 
 
 @dataclass
@@ -39,11 +42,13 @@ class Predictor:
     """A classifier ready to predict, with the preprocessing it was evaluated with.
 
     Attributes:
-        model: the network, in eval mode on ``device``: a timm model (images) or a transformers sequence classifier.
+        model: the network, in eval mode on ``device``: a timm model (images) or a transformers sequence classifier;
+            with the ``onnx`` backend, an ONNX Runtime session over the model's export
+            (:class:`warmstart.serving.OnnxSession`).
         modality: ``image`` or ``text``.
         labels: class names, in id order (the probability columns follow it).
         device: where the model runs.
-        precision: ``fp32``, ``bf16`` or ``fp16`` (autocast).
+        precision: ``fp32``, ``bf16`` or ``fp16`` (autocast); ``onnx``: ``fp32`` or ``int8`` (which graph).
         preprocess: images: the timm evaluation transform (PIL image -> tensor); text: a function of one column of
             texts (or two, for pairs) -> token ids, truncated and not padded.
         model_dir: the directory the model came from.
@@ -69,6 +74,7 @@ class Predictor:
     text_columns: list[str] | None = None
     problem_type: str = SINGLE_LABEL
     thresholds: list[float] | None = None
+    backend: str = "torch"
 
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         """What a row's outputs mean, in float32: class probabilities (softmax), label probabilities (sigmoid) or the
@@ -82,6 +88,8 @@ class Predictor:
 
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The model's logits for a preprocessed batch already on ``device``, under the chosen autocast."""
+        if self.backend == "onnx":
+            return self.model(batch)
         dtype = PRECISIONS[self.precision]
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
             if self.modality == "image":
@@ -89,7 +97,9 @@ class Predictor:
             return self.model(**batch).logits
 
 
-def load_predictor(model_name_or_path: str | Path, device: str = "auto", precision: str = "fp32") -> Predictor:
+def load_predictor(
+    model_name_or_path: str | Path, device: str = "auto", precision: str = "fp32", backend: str = "torch"
+) -> Predictor:
     """Loads a saved classifier with the preprocessing recorded next to it.
 
     Image models (a ``config.json`` in timm's layout, or ``model_type: timm_wrapper``) are loaded with timm and get
@@ -102,23 +112,43 @@ def load_predictor(model_name_or_path: str | Path, device: str = "auto", precisi
         model_name_or_path: a model directory, or a hub id (downloaded, or read from the Hugging Face cache with
             ``HF_HUB_OFFLINE=1``).
         device: ``auto`` (cuda when available), ``cpu`` or ``cuda``.
-        precision: ``fp32``, ``bf16`` or ``fp16`` autocast.
+        precision: ``fp32``, ``bf16`` or ``fp16`` autocast; with ``backend="onnx"``, ``fp32`` or ``int8``: the export's
+            ``model.onnx`` or ``model.int8.onnx``.
+        backend: ``torch``, or ``onnx``: ONNX Runtime over the export ``recipes/export.py`` wrote into the model's
+            ``onnx/`` folder (the CPU, or CUDA where ``onnxruntime-gpu`` is installed), with the preprocessing and
+            labels recorded with it; the weights are not loaded into torch.
 
     Returns:
         The :class:`Predictor`.
 
     Raises:
         WarmstartError: not a model directory, not a classifier (a bare encoder, a model with no classes), an input
-            size the model cannot take, no CUDA device for ``cuda``, or a precision the device cannot run.
+            size the model cannot take, no CUDA device for ``cuda``, or a precision the device cannot run; ``onnx``:
+            no export, or a stale one, or ONNX Runtime not installed.
     """
     model_dir = _model_directory(str(model_name_or_path))
+    if backend not in BACKENDS:
+        raise WarmstartError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     run_device = resolve_device(device)
-    if precision not in PRECISIONS:
+    if backend == "onnx" and precision not in ONNX_PRECISIONS:
+        raise WarmstartError(
+            f"--backend onnx runs the export's {' or '.join(ONNX_PRECISIONS)} graph, not {precision!r}: give "
+            "--precision fp32 or int8, or --backend torch for autocast"
+        )
+    if backend == "torch" and precision == "int8":
+        raise WarmstartError(
+            "--precision int8 is the quantized ONNX export: give --backend onnx (after recipes/export.py --quantize "
+            "int8)"
+        )
+    if backend == "torch" and precision not in PRECISIONS:
         raise WarmstartError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision != "fp32":
+    if backend == "torch" and precision != "fp32":
         check_precision(precision, on_cpu=run_device.type == "cpu", source=f"--precision {precision}")
     config = read_model_config(model_dir)
-    if is_image_model_config(config):
+    if backend == "onnx":
+        predictor = _onnx_predictor(model_dir, run_device, precision)
+        run_device = predictor.device
+    elif is_image_model_config(config):
         predictor = _image_predictor(model_dir, config, run_device, precision)
     else:
         predictor = _text_predictor(model_dir, config, run_device, precision)
@@ -137,12 +167,13 @@ def load_predictor(model_name_or_path: str | Path, device: str = "auto", precisi
                 f"{len(predictor.labels)} labels: the model directory is inconsistent"
             )
     logger.info(
-        "loaded the %s %s model for %d outputs in %s, on %s (%s)",
+        "loaded the %s %s model for %d outputs in %s, on %s (%s, %s)",
         predictor.modality,
         problem_named(predictor.problem_type).description,
         len(predictor.labels),
         model_dir,
         run_device,
+        backend,
         precision,
     )
     return predictor
@@ -303,23 +334,60 @@ def _text_predictor(model_dir: Path, config: dict[str, Any], device: torch.devic
     recorded = _recorded_run_config(model_dir)
     max_length = recorded.get("max_seq_length") or max_sequence_length(model, tokenizer, None)
     text_columns = recorded.get("text_columns") or None
-
-    def encode(*texts: list[Any]) -> dict[str, list]:
-        # as the recipe tokenized (warmstart.data.tokenize_splits): a missing text reads as ""
-        cleaned = [["" if t is None else str(t) for t in column] for column in texts]
-        return tokenizer(*cleaned, truncation=True, max_length=max_length)
-
     return Predictor(
         model=model.eval().to(device),
         modality="text",
         labels=[str(model.config.id2label[i]) for i in range(model.config.num_labels)],
         device=device,
         precision=precision,
-        preprocess=encode,
+        preprocess=_text_encoder(tokenizer, int(max_length)),
         model_dir=model_dir,
         tokenizer=tokenizer,
         max_length=int(max_length),
         text_columns=list(text_columns) if text_columns else None,
+    )
+
+
+def _text_encoder(tokenizer: Any, max_length: int) -> Callable[..., dict[str, list]]:
+    def encode(*texts: list[Any]) -> dict[str, list]:
+        # as the recipe tokenized (warmstart.data.tokenize_splits): a missing text reads as ""
+        cleaned = [["" if t is None else str(t) for t in column] for column in texts]
+        return tokenizer(*cleaned, truncation=True, max_length=max_length)
+
+    return encode
+
+
+def _onnx_predictor(model_dir: Path, device: torch.device, precision: str) -> Predictor:
+    """A predictor over the model's ONNX export: the preprocessing, labels and truncation recorded in its
+    ``export_report.json`` at export (what the torch predictor resolved then), the tokenizer saved beside it."""
+    from warmstart.serving.runtime import OnnxSession, onnx_device, read_export, require_onnx_runtime
+
+    onnxruntime = require_onnx_runtime()
+    report, path = read_export(model_dir, precision)
+    device = onnx_device(device, precision, onnxruntime)
+    common = {
+        "model": OnnxSession(path, device, onnxruntime),
+        "labels": [str(label) for label in report["labels"]],
+        "device": device,
+        "precision": precision,
+        "model_dir": model_dir,
+        "backend": "onnx",
+    }
+    if report["modality"] == "image":
+        from timm.data import create_transform
+
+        data_config = {**report["data_config"], "input_size": tuple(report["data_config"]["input_size"])}
+        return Predictor(
+            modality="image", preprocess=create_transform(**data_config), data_config=data_config, **common
+        )
+    tokenizer = load_text_tokenizer(str(path.parent))
+    return Predictor(
+        modality="text",
+        preprocess=_text_encoder(tokenizer, int(report["max_length"])),
+        tokenizer=tokenizer,
+        max_length=int(report["max_length"]),
+        text_columns=report.get("text_columns") or None,
+        **common,
     )
 
 
