@@ -104,6 +104,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "LabelSpace",
     ),
     "search": ("run_search",),
+    "serving": ("export_onnx",),
     "tasks": ("run",),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
@@ -150,4 +151,5 @@ if TYPE_CHECKING:
     from warmstart.probe import solve_head
     from warmstart.problems import PROBLEM_TYPES, LabelSpace
     from warmstart.search import run_search
+    from warmstart.serving import export_onnx
     from warmstart.tasks import run
