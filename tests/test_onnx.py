@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime
 import pytest
 import timm
@@ -158,6 +159,10 @@ def test_the_report_records_the_checks_preprocessing_and_weights(exported, name)
         assert int8["quantization"].startswith("static" if name == "cnn" else "dynamic")
         if name == "cnn":
             assert "train" in int8["calibrated_on"]
+    # int8 weights per output channel (a scale per channel), as the module says: per tensor lost accuracy
+    graph = onnx.load(str(model / "onnx" / "model.int8.onnx")).graph
+    scales = [i for i in graph.initializer if i.name.endswith("_scale") and "weight" in i.name.lower()]
+    assert scales and all(len(scale.dims) == 1 and scale.dims[0] > 1 for scale in scales)
     session = onnxruntime.InferenceSession(str(model / "onnx" / "model.onnx"))
     shapes = {i.name: i.shape for i in session.get_inputs()}
     assert shapes == (
@@ -363,7 +368,7 @@ def test_predict_refusals_for_the_onnx_backend(copyable, tmp_path, capfd, monkey
     assert 'ONNX export needs ONNX Runtime, which is not installed: pip install "warmstart[onnx]"' in line
 
 
-def test_int8_on_a_gpu_and_cuda_without_its_provider_are_refused(copyable, monkeypatch):
+def test_int8_on_a_gpu_and_cuda_without_its_provider_are_refused_and_auto_falls_back(copyable, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(WarmstartError, match="int8 ONNX graphs run on the CPU"):
@@ -371,3 +376,6 @@ def test_int8_on_a_gpu_and_cuda_without_its_provider_are_refused(copyable, monke
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
     with pytest.raises(WarmstartError, match="has no CUDA provider: pip install onnxruntime-gpu"):
         load_predictor(copyable, device="cuda", backend="onnx")
+    # auto means the GPU where it can be used: ONNX Runtime without its CUDA provider, or int8, runs on the CPU
+    for precision in ("fp32", "int8"):
+        assert load_predictor(copyable, device="auto", backend="onnx", precision=precision).device.type == "cpu"

@@ -146,7 +146,7 @@ def load_predictor(
         check_precision(precision, on_cpu=run_device.type == "cpu", source=f"--precision {precision}")
     config = read_model_config(model_dir)
     if backend == "onnx":
-        predictor = _onnx_predictor(model_dir, run_device, precision)
+        predictor = _onnx_predictor(model_dir, run_device, precision, device)
         run_device = predictor.device
     elif is_image_model_config(config):
         predictor = _image_predictor(model_dir, config, run_device, precision)
@@ -357,14 +357,14 @@ def _text_encoder(tokenizer: Any, max_length: int) -> Callable[..., dict[str, li
     return encode
 
 
-def _onnx_predictor(model_dir: Path, device: torch.device, precision: str) -> Predictor:
+def _onnx_predictor(model_dir: Path, device: torch.device, precision: str, asked: str) -> Predictor:
     """A predictor over the model's ONNX export: the preprocessing, labels and truncation recorded in its
     ``export_report.json`` at export (what the torch predictor resolved then), the tokenizer saved beside it."""
     from warmstart.serving.runtime import OnnxSession, onnx_device, read_export, require_onnx_runtime
 
     onnxruntime = require_onnx_runtime()
     report, path = read_export(model_dir, precision)
-    device = onnx_device(device, precision, onnxruntime)
+    device = onnx_device(device, precision, onnxruntime, asked)
     common = {
         "model": OnnxSession(path, device, onnxruntime),
         "labels": [str(label) for label in report["labels"]],

@@ -116,7 +116,9 @@ def quantize(
     # the quantizer prints its progress and warns about what it leaves in float: kept out of the user's console
     with contextlib.redirect_stdout(io.StringIO()), _quiet("root"):
         if plan.method == DYNAMIC:
-            quantize_dynamic(source, target, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+            quantize_dynamic(
+                source, target, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul", "Gemm"]
+            )
             return
 
         class Batches(CalibrationDataReader):

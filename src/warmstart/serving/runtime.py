@@ -93,21 +93,28 @@ def read_export(model_dir: Path, precision: str = "fp32") -> tuple[dict[str, Any
     return report, path
 
 
-def onnx_device(device: torch.device, precision: str, onnxruntime: Any) -> torch.device:
-    """Where ONNX Runtime runs the graph: CUDA where asked (``auto`` resolved to CUDA included) and the installed
-    ONNX Runtime has its CUDA provider; the CPU otherwise, or for int8 graphs, whose kernels are the CPU's.
+def onnx_device(device: torch.device, precision: str, onnxruntime: Any, asked: str = "cuda") -> torch.device:
+    """Where ONNX Runtime runs the graph: CUDA where asked and the installed ONNX Runtime has its CUDA provider; the
+    CPU otherwise, and for int8 graphs, whose kernels are the CPU's. ``auto`` (``asked``) that resolved to CUDA falls
+    back to the CPU where ONNX Runtime cannot use it.
 
     Raises:
         WarmstartError: ``--device cuda`` with an ONNX Runtime that has no CUDA provider, or with an int8 graph.
     """
     if device.type != "cuda":
         return device
+    cuda_provider = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    if asked == "auto" and (precision == "int8" or not cuda_provider):
+        logger.info(
+            "ONNX Runtime runs on the CPU: %s", "int8 graphs run there" if precision == "int8" else "no CUDA provider"
+        )
+        return torch.device("cpu")
     if precision == "int8":
         raise WarmstartError(
             "int8 ONNX graphs run on the CPU (ONNX Runtime's int8 kernels for them are the CPU's): use --device cpu, "
             "or --precision fp32 on the GPU"
         )
-    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+    if not cuda_provider:
         raise WarmstartError(
             "the installed ONNX Runtime has no CUDA provider: pip install onnxruntime-gpu (in place of onnxruntime), "
             "or use --device cpu"
