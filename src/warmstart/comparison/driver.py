@@ -32,6 +32,7 @@ from warmstart.config import (
 from warmstart.distributed import barrier, ensure_process_group, is_main_process
 from warmstart.errors import WarmstartError
 from warmstart.export import refuse_foreign_model
+from warmstart.uncertainty import DEFAULT_LEVEL
 
 
 def modality_of(model_name_or_path: str, image_folders: bool = False) -> str:
@@ -77,8 +78,9 @@ def parse_comparison(argv: Sequence[str]) -> tuple[ComparisonArguments, RunConfi
     own = CliParser(add_help=False, allow_abbrev=False)
     own.add_argument("--strategies", nargs="+")
     own.add_argument("--learning_rates", nargs="+", type=float)
+    own.add_argument("--prefer", default="best")
     parsed, rest = own.parse_known_args(argv)
-    comparison = ComparisonArguments(parsed.strategies, parsed.learning_rates)
+    comparison = ComparisonArguments(parsed.strategies, parsed.learning_rates, parsed.prefer)
     given = argv_as_mapping(rest)
     if given.get("freeze_strategy"):
         raise WarmstartError("--freeze_strategy is chosen per run here: list the strategies with --strategies")
@@ -141,11 +143,15 @@ def compare_strategies(comparison: ComparisonArguments, config: RunConfig) -> li
     if is_main_process():
         # default: the headline metric of the runs' label shape (accuracy, f1_micro or rmse)
         metric = (asked or headline_metric(rows)).removeprefix("eval_")
-        best = write_comparison(rows, output_dir, metric)
-        keep_best(best, rows, output_dir, metric)
+        level = getattr(config.evaluation, "confidence_level", DEFAULT_LEVEL)
+        best, kept, verdict = write_comparison(rows, output_dir, metric, level=level, prefer=comparison.prefer)
+        keep_best(kept, rows, output_dir, metric, verdict)
         print(
-            f"\nstrategy comparison ({config.modality}): best by eval_{metric} is {best['run']}, kept in {output_dir}"
+            f"\nstrategy comparison ({config.modality}): best by eval_{metric} is {best['run']}; kept in "
+            f"{output_dir}: {kept['run']}"
         )
-        print(comparison_table(rows, best))
+        if verdict:
+            print(verdict)
+        print(comparison_table(rows, kept))
     barrier()  # the other processes return once the outputs are written
     return rows

@@ -23,6 +23,8 @@ from warmstart.policy import DEFAULT_LR_SWEEP, STRATEGIES, default_learning_rate
 from warmstart.problems import SINGLE_LABEL
 from warmstart.tasks.classification import feature_cache_refusal
 
+PREFERENCES = ("best", "cheaper_if_tied")
+
 
 @dataclass
 class ComparisonArguments:
@@ -40,8 +42,17 @@ class ComparisonArguments:
             "own default rate; --learning_rate alone: that one rate for all)."
         },
     )
+    prefer: str = field(
+        default="best",
+        metadata={
+            "help": "best: keep the best run by the metric; cheaper_if_tied: keep the cheapest run (fewest trainable "
+            "parameters, then train time) the best is not significantly better than (at 1 - --confidence_level)."
+        },
+    )
 
     def __post_init__(self) -> None:
+        if self.prefer not in PREFERENCES:
+            raise WarmstartError(f"--prefer must be one of {', '.join(PREFERENCES)}, got {self.prefer!r}")
         for spec in self.strategies or ():
             parse_strategy(spec)
         for lr in self.learning_rates or ():

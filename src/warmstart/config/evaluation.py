@@ -1,11 +1,12 @@
-"""How a classification run is scored beyond its built-in metrics: multi-label decision thresholds and metrics
-loaded with ``evaluate``."""
+"""How a classification run is scored beyond its built-in metrics: multi-label decision thresholds, metrics loaded
+with ``evaluate``, and the level of the confidence intervals its results carry."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from warmstart.errors import WarmstartError
+from warmstart.uncertainty import DEFAULT_LEVEL, check_level
 
 
 @dataclass
@@ -24,7 +25,15 @@ class EvaluationArguments:
             "HF_HUB_OFFLINE=1) or local metric scripts, e.g. matthews_correlation ./my_metric.py."
         },
     )
+    confidence_level: float = field(
+        default=DEFAULT_LEVEL,
+        metadata={
+            "help": "The level of the confidence intervals of the headline metrics (<metric>_ci_low / _ci_high), and "
+            "of the significance a comparison tests at (1 - level)."
+        },
+    )
 
     def __post_init__(self) -> None:
+        check_level(self.confidence_level)
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:
             raise WarmstartError(f"--threshold is a probability in (0, 1), got {self.threshold:g}")

@@ -50,6 +50,7 @@ def write_comparison_plot(
     """Plots a strategy comparison: the validation metric against train wall time, marker size for trainable
     parameters, the best run marked and named in the title.
 
+    A row holding ``<metric>_ci_low`` / ``<metric>_ci_high`` gets its confidence interval drawn as a vertical bar.
     Marker diameters grow with the order of magnitude of the parameter count, so that a 1e3-parameter head and a
     1e8-parameter full fine-tune are both visible. Each point is labelled with ``row[name_key]``, and with its
     learning rate where the rows hold ``learning_rate`` and more than one value appears; labels never overlap: where
@@ -105,6 +106,24 @@ def write_comparison_plot(
     values = np.array([finite_number(row[key]) for row in plotted])
     params = [finite_number(row.get(size_key)) for row in plotted]
     areas = [_marker_area(p) for p in params]
+    lows = [finite_number(row.get(f"{key}_ci_low")) for row in plotted]
+    highs = [finite_number(row.get(f"{key}_ci_high")) for row in plotted]
+    with_interval = [i for i in range(len(plotted)) if lows[i] is not None and highs[i] is not None]
+    if with_interval:  # each run's confidence interval (warmstart.uncertainty) as a vertical bar
+        ax.errorbar(
+            times[with_interval],
+            values[with_interval],
+            yerr=[
+                [max(values[i] - lows[i], 0.0) for i in with_interval],
+                [max(highs[i] - values[i], 0.0) for i in with_interval],
+            ],
+            fmt="none",
+            ecolor="navy",
+            elinewidth=1.0,
+            capsize=3,
+            alpha=0.7,
+            zorder=2,
+        )
     ax.scatter(times, values, s=areas, alpha=0.55, color="tab:blue", edgecolors="navy")
     best_index = next(i for i, row in enumerate(plotted) if row is best)
     areas[best_index] += 250  # the ring around the best: its label keeps clear of it

@@ -247,6 +247,7 @@ def train_loaded_classifier(
         labels=labels,
         threshold=config.evaluation.threshold,
         extra_metrics=config.evaluation.extra_metrics or (),
+        confidence_level=config.evaluation.confidence_level,
         save_model=save_model,
         card={
             "modality": config.modality,

@@ -39,8 +39,9 @@ from warmstart.probe import ProbeFit, ProbeUnsolvable, solve_head
 from warmstart.problems import SINGLE_LABEL, LabelSpace
 from warmstart.training.callbacks import LogBeforeEvaluationAndAtTheEnd, StopOnNonFiniteLoss
 from warmstart.training.output import finish_output, staged_output, write_output
-from warmstart.training.scoring import decide_thresholds, metrics_for, report_split
+from warmstart.training.scoring import decide_thresholds, interval_metrics, metrics_for, report_split
 from warmstart.training.setup import Run, resume_point
+from warmstart.uncertainty import DEFAULT_LEVEL
 
 logger = logging.getLogger("warmstart")
 
@@ -72,6 +73,7 @@ def train_classifier(
     labels: LabelSpace | None = None,
     threshold: float | None = None,
     extra_metrics: Sequence[str] = (),
+    confidence_level: float = DEFAULT_LEVEL,
 ) -> dict[str, Any]:
     """Trains with the HF Trainer, evaluates on validation (and test), and saves in hub format with a model card.
 
@@ -103,6 +105,8 @@ def train_classifier(
             regression, the target scale, folded into the saved head so that it outputs the targets' units.
         threshold: one multi-label threshold for every label (``None``: tuned).
         extra_metrics: ``evaluate`` metrics to add (names or script paths), loaded before anything trains.
+        confidence_level: the level of the intervals given to each split's headline metrics
+            (``<split>_<metric>_ci_low`` / ``_ci_high``, :mod:`warmstart.uncertainty`).
 
     Returns:
         All metrics, as in ``all_results.json``.
@@ -213,6 +217,7 @@ def train_classifier(
                 rescored = trainer.compute_metrics(EvalPrediction(output.predictions, output.label_ids))
                 metrics.update({f"{prefix}_{k}": v for k, v in rescored.items() if k != "loss"})
                 run.plan.decide("targets", labels.to_dict())
+            metrics.update(interval_metrics(output, labels, confidence_level, prefix))
             metrics[f"{prefix}_samples"] = len(splits[split])
             trainer.log_metrics(prefix, metrics)
             files[prefix] = metrics

@@ -9,10 +9,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from warmstart.metrics import in_target_units, logits_of, metrics_function, tune_thresholds, with_extra_metrics
 from warmstart.problems import MULTI_LABEL, REGRESSION, LabelSpace, greater_is_better
 from warmstart.report import write_evaluation_report, write_multi_label_report, write_regression_report
 from warmstart.training.callbacks import exact_loss_metrics
+from warmstart.uncertainty import metric_intervals
+
+PREDICTIONS_FILE = "{prefix}_predictions.npz"
 
 logger = logging.getLogger("warmstart")
 
@@ -51,7 +56,8 @@ def report_split(
     staging: Path, labels: LabelSpace, output: Any, log_history: list, metric: str | None, split: str
 ) -> tuple[list[tuple[str, str]], str]:
     """The evaluation report of one split, as the label shape draws it: images (caption, file) and the card's
-    markdown."""
+    markdown; its predictions are saved beside it (:func:`save_predictions`)."""
+    save_predictions(staging, output, labels, "eval" if split == "validation" else "test")
     logits = logits_of(output)
     direction = greater_is_better(metric or labels.problem.headline)
     if labels.problem_type == MULTI_LABEL:
@@ -68,3 +74,31 @@ def report_split(
         staging, labels.names, output.label_ids, logits, log_history, metric_for_best_model=metric, split=split
     )
     return written.images, written.markdown
+
+
+def scored_outputs(output: Any, labels: LabelSpace) -> dict[str, np.ndarray]:
+    """A split's predictions as the metrics read them: ``outputs`` (logits; regression: values in the targets'
+    units) and ``labels``."""
+    logits = np.asarray(logits_of(output), dtype=np.float64)
+    outputs = in_target_units(logits, labels.scale) if labels.problem_type == REGRESSION else logits
+    return {"outputs": outputs, "labels": np.asarray(output.label_ids)}
+
+
+def interval_metrics(output: Any, labels: LabelSpace, level: float, prefix: str) -> dict[str, float]:
+    """The confidence intervals of the split's headline metrics (:func:`~warmstart.uncertainty.metric_intervals`),
+    named ``<prefix>_<metric>_ci_low`` / ``_ci_high``."""
+    scored = scored_outputs(output, labels)
+    intervals = metric_intervals(
+        labels.problem_type, scored["outputs"], scored["labels"], thresholds=labels.thresholds, level=level
+    )
+    return {f"{prefix}_{name}": value for name, value in intervals.items()}
+
+
+def save_predictions(staging: Path, output: Any, labels: LabelSpace, prefix: str) -> None:
+    """Writes the split's predictions (``<prefix>_predictions.npz``: ``outputs``, ``labels``, ``problem_type`` and
+    the multi-label ``thresholds``), in the split's order, so that runs on the same split can be compared example
+    by example."""
+    scored = scored_outputs(output, labels)
+    extra = {"thresholds": np.asarray(labels.thresholds, dtype=np.float64)} if labels.thresholds else {}
+    path = staging / PREDICTIONS_FILE.format(prefix=prefix)
+    np.savez_compressed(path, **scored, **extra, problem_type=np.asarray(labels.problem_type))
