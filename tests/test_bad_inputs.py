@@ -543,6 +543,29 @@ CASES = [
         lambda e: e.text("--label_column_name", "Label "),
         ("'Label '", "nearest: 'label'", "--label_column_name"),
     ),
+    # ---- leakage (test_leakage.py checks what is found)
+    Case(
+        "text-validation-leaks-into-train-refused",
+        "text",
+        lambda e: e.text(
+            "--on_leakage",
+            "refuse",
+            train=e.csv("t.csv", [POS, NEG, ("fine plot", "pos"), ("dull plot", "neg")] * 2),
+            validation=e.csv("v.csv", [("awful movie", "neg"), ("Fine  plot!", "pos"), ("nice plot", "pos")]),
+        ),
+        (
+            "1 validation example(s) (0 exact, 1 near) are duplicates of train examples",
+            "validation row 2 ('Fine plot!') = train row 3 ('fine plot')",
+            "--on_leakage drop / warn",
+        ),
+        subprocess=True,
+    ),
+    Case(
+        "text-on-leakage-unknown",
+        "text",
+        lambda e: e.text("--on_leakage", "ignore"),
+        ("--on_leakage 'ignore' is not one of warn, drop, refuse",),
+    ),
     Case(
         "predict-empty-text-cells",
         "predict",

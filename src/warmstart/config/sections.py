@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from warmstart.data.leakage import ON_LEAKAGE
 from warmstart.data.sources import check_encoding
 from warmstart.errors import WarmstartError
 
@@ -120,9 +121,18 @@ class DataArguments:
             "help": "Area range of the random-resized crop in training, e.g. 0.5 1.0 (default: timm's 0.08 1.0)."
         },
     )
+    on_leakage: str = field(
+        default="warn",
+        metadata={
+            "help": "Validation / test examples that are also in train (exact or near duplicates): warn (log the "
+            "count), drop (remove them from validation / test, never from train) or refuse (stop before training)."
+        },
+    )
 
     def __post_init__(self) -> None:
         check_data_values(self, ("max_train_samples", "max_eval_samples", "max_seq_length", "image_size"))
+        if self.on_leakage not in ON_LEAKAGE:
+            raise WarmstartError(f"--on_leakage {self.on_leakage!r} is not one of {', '.join(ON_LEAKAGE)}: pick one")
         if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
             raise WarmstartError(f"--pad_to_multiple_of must be a positive integer, got {self.pad_to_multiple_of}")
         if self.dataset_name and (self.train_file or self.train_dir):

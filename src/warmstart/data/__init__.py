@@ -5,6 +5,8 @@
 - :mod:`~warmstart.data.decoding`: images decoded as cameras and tools write them (EXIF orientation, first frame,
   every PIL mode);
 - :mod:`~warmstart.data.splits`: the splits a recipe names, a seeded validation split when there is none, the limits;
+- :mod:`~warmstart.data.leakage`: the checks before training (evaluation examples also in train, conflicting
+  labels, label shift), with :mod:`~warmstart.data.image_hashes` and :mod:`~warmstart.data.label_shift`;
 - :mod:`~warmstart.data.columns`: column checks and names for messages;
 - :mod:`~warmstart.data.labels`: single-label encoding;
 - :mod:`~warmstart.data.targets`: the label shape (single-label, multi-label, regression) and its encoding;
@@ -15,9 +17,11 @@
 from warmstart.data.columns import LABEL_COLUMN
 from warmstart.data.decoding import load_image
 from warmstart.data.labels import encode_labels
+from warmstart.data.leakage import ON_LEAKAGE, check_splits, number_rows
 from warmstart.data.splits import (
     check_not_empty,
     limit_samples,
+    load_checked_splits,
     load_labeled_splits,
     load_raw_splits,
     load_unlabeled_splits,
@@ -44,6 +48,7 @@ from warmstart.data.vision import (
 
 __all__ = [
     "LABEL_COLUMN",
+    "ON_LEAKAGE",
     "LENGTH_COLUMN",
     "TRAIN_MARKER",
     "TextCollator",
@@ -51,6 +56,7 @@ __all__ = [
     "attach_image_transforms",
     "check_images",
     "check_not_empty",
+    "check_splits",
     "check_text_cells",
     "encode_labels",
     "encode_targets",
@@ -60,10 +66,12 @@ __all__ = [
     "label_columns",
     "limit_samples",
     "load_image",
+    "load_checked_splits",
     "load_labeled_splits",
     "load_raw_splits",
     "load_unlabeled_splits",
     "make_validation_split",
+    "number_rows",
     "read_label_sets",
     "resolve_image_column",
     "resolve_text_columns",

@@ -12,6 +12,7 @@ import datasets
 from datasets import ClassLabel, DatasetDict
 
 from warmstart.data.columns import LABEL_COLUMN
+from warmstart.data.leakage import check_splits, number_rows
 from warmstart.data.sources import (
     CORPUS_BUILDERS,
     LOAD_ERRORS,
@@ -75,17 +76,31 @@ def load_raw_splits(
 
 
 def load_labeled_splits(data_args: Any, seed: int, modality: str = "text") -> tuple[DatasetDict, LabelSpace]:
+    """:func:`load_checked_splits` without its report of the data checks (they are logged, and acted on, all the
+    same)."""
+    splits, labels, _ = load_checked_splits(data_args, seed, modality)
+    return splits, labels
+
+
+def load_checked_splits(
+    data_args: Any, seed: int, modality: str = "text"
+) -> tuple[DatasetDict, LabelSpace, dict[str, Any]]:
     """Loads the splits a recipe's :class:`~warmstart.arguments.DataArguments` name, encodes their labels, makes a
-    validation split when there is none and applies the sample limits.
+    validation split when there is none, applies the sample limits and checks the final splits for leakage
+    (:func:`~warmstart.data.leakage.check_splits`, acting as ``--on_leakage`` says).
 
     Before any split is made (so that row numbers in messages are the file's): images get their image column
     resolved (paths in a table relative to the table's folder, :func:`resolve_image_column`); texts get their text
     columns checked for empty cells (:func:`check_text_cells`).
 
     Returns:
-        The splits (``train``, ``validation``, maybe ``test``; labels in ``labels``) and their
+        The splits (``train``, ``validation``, maybe ``test``; labels in ``labels``), their
         :class:`~warmstart.problems.LabelSpace` (the label shape and the head's output names; a regression's target
-        scale from the final train split).
+        scale from the final train split), and the data checks' report (what a run records as ``data_checks``).
+
+    Raises:
+        WarmstartError: see :func:`load_raw_splits`, :func:`~warmstart.data.targets.encode_targets` and
+            :func:`~warmstart.data.leakage.check_splits` (``--on_leakage refuse``).
     """
     splits = load_raw_splits(
         dataset_name=data_args.dataset_name,
@@ -95,18 +110,29 @@ def load_labeled_splits(data_args: Any, seed: int, modality: str = "text") -> tu
         encoding=getattr(data_args, "encoding", None),
     )
     check_not_empty(splits)
+    image_column, text_columns = None, []
     if modality == "image":
-        resolve_image_column(splits, data_args.image_column_name, base_dirs=table_dirs(data_args))
+        image_column = resolve_image_column(splits, data_args.image_column_name, base_dirs=table_dirs(data_args))
     labels = encode_targets(splits, data_args)
     if modality == "text":
-        columns = resolve_text_columns(splits, data_args.text_column_names, data_args.label_column_name)
-        check_text_cells(splits, columns)
+        text_columns = resolve_text_columns(splits, data_args.text_column_names, data_args.label_column_name)
+        check_text_cells(splits, text_columns)
+    held_out = {} if "validation" in splits else {"validation": "train"}
+    splits = number_rows(splits)
     splits = make_validation_split(splits, data_args.train_val_split, seed)
     splits = limit_samples(splits, data_args.max_train_samples, data_args.max_eval_samples, seed)
     check_not_empty(splits)
+    splits, report = check_splits(
+        splits,
+        labels,
+        text_columns=text_columns,
+        image_column=image_column,
+        on_leakage=getattr(data_args, "on_leakage", "warn"),
+        held_out=held_out,
+    )
     if labels.problem_type == REGRESSION:
         labels.target_mean, labels.target_std = target_scale(splits["train"], labels.names)
-    return splits, labels
+    return splits, labels, report
 
 
 def load_unlabeled_splits(data_args: Any, modality: str, seed: int) -> tuple[DatasetDict, str]:

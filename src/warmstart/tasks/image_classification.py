@@ -14,7 +14,7 @@ from warmstart.data import (
     check_images,
     image_collate,
     image_transforms,
-    load_labeled_splits,
+    load_checked_splits,
     resolve_image_column,
 )
 from warmstart.export import save_image_model
@@ -38,7 +38,8 @@ def execute(
     # the image column is decoded by our transform, so the Trainer must not drop it as "unused"
     change_training(training_args, "the image column is decoded by our transform", remove_unused_columns=False)
 
-    splits, labels = load_labeled_splits(data_args, seed=training_args.seed, modality="image")
+    splits, labels, data_checks = load_checked_splits(data_args, seed=training_args.seed, modality="image")
+    run.plan.decide("data_checks", data_checks)
     resolve_labels(config, run, labels)
     image_column = resolve_image_column(splits, data_args.image_column_name)
     check_images(splits, image_column)

@@ -9,7 +9,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from warmstart.config import RunConfig
-from warmstart.data import TextCollator, load_labeled_splits, resolve_text_columns, tokenize_splits
+from warmstart.data import TextCollator, load_checked_splits, resolve_text_columns, tokenize_splits
 from warmstart.export import save_text_model
 from warmstart.models import load_text_model, max_sequence_length
 from warmstart.plan import change_training
@@ -29,7 +29,8 @@ def execute(
     run = start_classification(config)
     data_args, training_args = config.data, config.training
 
-    splits, labels = load_labeled_splits(data_args, seed=training_args.seed)
+    splits, labels, data_checks = load_checked_splits(data_args, seed=training_args.seed)
+    run.plan.decide("data_checks", data_checks)
     resolve_labels(config, run, labels)
     text_columns = resolve_text_columns(splits, data_args.text_column_names, data_args.label_column_name)
 
