@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from warmstart.calibration import check_calibration
 from warmstart.errors import WarmstartError
 from warmstart.uncertainty import DEFAULT_LEVEL, check_level
 
@@ -33,7 +34,17 @@ class EvaluationArguments:
         },
     )
 
+    calibration: str = field(
+        default="none",
+        metadata={
+            "help": "temperature: fit a temperature to the validation logits (lowest NLL), report the expected "
+            "calibration error before and after (eval_ece), and fold it into the saved head so that every loader "
+            "gives calibrated probabilities; none: leave the probabilities as trained (eval_ece is reported)."
+        },
+    )
+
     def __post_init__(self) -> None:
         check_level(self.confidence_level)
+        check_calibration(self.calibration)
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:
             raise WarmstartError(f"--threshold is a probability in (0, 1), got {self.threshold:g}")

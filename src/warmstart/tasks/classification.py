@@ -248,6 +248,7 @@ def train_loaded_classifier(
         threshold=config.evaluation.threshold,
         extra_metrics=config.evaluation.extra_metrics or (),
         confidence_level=config.evaluation.confidence_level,
+        calibration=config.evaluation.calibration,
         save_model=save_model,
         card={
             "modality": config.modality,

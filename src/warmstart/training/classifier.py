@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from datasets import DatasetDict
 from torch import nn
 from transformers import EvalPrediction, Trainer, TrainerCallback, TrainingArguments, default_data_collator
 
+from warmstart.calibration import check_calibration
 from warmstart.distributed import broadcast_from_main, is_main_process
 from warmstart.errors import WarmstartError
 from warmstart.feature_cache import (
@@ -31,15 +31,24 @@ from warmstart.feature_cache import (
 )
 from warmstart.fine_tuning import FineTuning, UnfreezeSchedule
 from warmstart.lora import merge_lora, save_lora_adapter
-from warmstart.metrics import load_extra_metrics
+from warmstart.metrics import load_extra_metrics, logits_of
 from warmstart.models import fold_target_scale, newly_initialised
 from warmstart.plan import change_training
 from warmstart.policy import FreezePolicy
 from warmstart.probe import ProbeFit, ProbeUnsolvable, solve_head
 from warmstart.problems import SINGLE_LABEL, LabelSpace
+from warmstart.training.batchnorm import avoid_single_sample_batches, warn_of_per_process_batchnorm
 from warmstart.training.callbacks import LogBeforeEvaluationAndAtTheEnd, StopOnNonFiniteLoss
 from warmstart.training.output import finish_output, staged_output, write_output
-from warmstart.training.scoring import decide_thresholds, interval_metrics, metrics_for, report_split
+from warmstart.training.scoring import (
+    apply_calibration,
+    calibrate,
+    calibration_metrics,
+    decide_thresholds,
+    interval_metrics,
+    metrics_for,
+    report_split,
+)
 from warmstart.training.setup import Run, resume_point
 from warmstart.uncertainty import DEFAULT_LEVEL
 
@@ -74,6 +83,7 @@ def train_classifier(
     threshold: float | None = None,
     extra_metrics: Sequence[str] = (),
     confidence_level: float = DEFAULT_LEVEL,
+    calibration: str = "none",
 ) -> dict[str, Any]:
     """Trains with the HF Trainer, evaluates on validation (and test), and saves in hub format with a model card.
 
@@ -107,6 +117,8 @@ def train_classifier(
         extra_metrics: ``evaluate`` metrics to add (names or script paths), loaded before anything trains.
         confidence_level: the level of the intervals given to each split's headline metrics
             (``<split>_<metric>_ci_low`` / ``_ci_high``, :mod:`warmstart.uncertainty`).
+        calibration: ``temperature``: fit a temperature on validation and fold it into the saved head
+            (:mod:`warmstart.calibration`); ``none``. Every classification split reports its ``ece``.
 
     Returns:
         All metrics, as in ``all_results.json``.
@@ -115,6 +127,8 @@ def train_classifier(
     labels = labels or LabelSpace(SINGLE_LABEL, list(card.get("labels") or []))
     problem = labels.problem
     extra = load_extra_metrics(extra_metrics)  # before anything trains: a metric that cannot load stops the run now
+    check_calibration(calibration, labels.problem_type)
+    temperature = raw_validation = None
 
     def scoring(thresholds: Sequence[float] | None = None) -> Callable:
         return metrics_for(
@@ -124,8 +138,8 @@ def train_classifier(
     logger.info("policy %s; %s", policy.describe(), report.summary())
     if training_args.should_save:
         run.output_dir.mkdir(parents=True, exist_ok=True)
-    _warn_of_per_process_batchnorm(tuning.model, policy, training_args)
-    kept = _avoid_single_sample_batches(tuning.model, policy, training_args, len(splits["train"]))
+    warn_of_per_process_batchnorm(tuning.model, policy, training_args)
+    kept = avoid_single_sample_batches(tuning.model, policy, training_args, len(splits["train"]))
     if kept is not None:
         splits = {**splits, "train": splits["train"].select(kept)}
         if feature_cache is not None and feature_cache.source_splits is not None:
@@ -217,6 +231,11 @@ def train_classifier(
                 rescored = trainer.compute_metrics(EvalPrediction(output.predictions, output.label_ids))
                 metrics.update({f"{prefix}_{k}": v for k, v in rescored.items() if k != "loss"})
                 run.plan.decide("targets", labels.to_dict())
+            if calibration == "temperature" and split == "validation":
+                temperature, raw_validation = calibrate(run, labels, output), output
+            metrics.update(calibration_metrics(output, labels, temperature, prefix))
+            if temperature is not None:  # the saved model's logits (at the moved thresholds): intervals, reports
+                output = output._replace(predictions=logits_of(output) / temperature)
             metrics.update(interval_metrics(output, labels, confidence_level, prefix))
             metrics[f"{prefix}_samples"] = len(splits[split])
             trainer.log_metrics(prefix, metrics)
@@ -249,6 +268,7 @@ def train_classifier(
             ]
             if labels.scale is not None:  # the saved head outputs the targets' units: pipeline() needs no scale
                 fold_target_scale(model, *labels.scale)
+            calibrated = apply_calibration(staging, model, labels, temperature, raw_validation)
             card = {
                 **card,
                 **({"probe": fit.markdown()} if fit is not None else {}),
@@ -257,7 +277,7 @@ def train_classifier(
                 "policy_description": policy.describe(),
                 "freeze_report": report.to_dict(),
                 "per_class": "\n\n".join(markdown for _, markdown in reports),
-                "images": [image for images, _ in reports for image in images],
+                "images": [image for images, _ in reports for image in images] + calibrated,
             }
             write_output(run, staging, model, save_model, card, results, files, trainer)
         finish_output(run)
@@ -348,51 +368,3 @@ def _solved_probe(
     logger.info("%s", fit.summary())
     run.plan.decisions["probe"].update(fit.to_dict())
     return fit
-
-
-def _trains_batchnorm(model: nn.Module, policy: FreezePolicy) -> bool:
-    """Whether BatchNorm layers normalise with batch statistics in this run (now, or once a schedule unfreezes
-    them)."""
-    if policy.holds_batchnorm_stats:
-        return False
-    batchnorms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    return any(p.requires_grad for m in batchnorms for p in m.parameters()) or (
-        bool(batchnorms) and policy.spec.scheduled
-    )
-
-
-def _warn_of_per_process_batchnorm(model: nn.Module, policy: FreezePolicy, training_args: TrainingArguments) -> None:
-    """Says, under several processes, that BatchNorm normalises each process's share of a batch: the one thing that
-    keeps such a run from computing what one process computes on the same global batch (measured: a full fine-tune
-    of a ResNet on 24 images, 2 processes of 6 against 1 of 12, ended at train loss 0.42 against 0.17). PyTorch's
-    SyncBatchNorm, which would normalise over the global batch, runs on GPUs only."""
-    if training_args.world_size > 1 and _trains_batchnorm(model, policy):
-        logger.warning(
-            "BatchNorm trains here and each of the %d processes normalises its own %d examples per step: results "
-            "differ from one process with the same global batch (a frozen backbone, or a model without BatchNorm, "
-            "does not have this difference)",
-            training_args.world_size,
-            training_args.per_device_train_batch_size,
-        )
-
-
-def _avoid_single_sample_batches(
-    model: nn.Module, policy: FreezePolicy, training_args: TrainingArguments, train_size: int
-) -> list[int] | None:
-    """A trainable BatchNorm cannot normalise a batch of one sample at 1x1 resolution, and a last batch of one is
-    an accident of the data size: one training example (chosen with the seed) is left out rather than crash at the
-    end of an epoch. (``dataloader_drop_last`` would do it, but the Trainer applies it to evaluation too, where it
-    silently dropped whole validation batches.) Returns the training rows to keep, or ``None``: all."""
-    batch = training_args.per_device_train_batch_size * max(training_args.world_size, 1)
-    if train_size % batch != 1 or training_args.dataloader_drop_last or train_size == 1:
-        return None
-    if not _trains_batchnorm(model, policy):
-        return None
-    left_out = random.Random(training_args.seed).randrange(train_size)
-    logger.warning(
-        "the last training batch would hold one sample, which BatchNorm cannot train on: training example %d of %d "
-        "is left out",
-        left_out,
-        train_size,
-    )
-    return [i for i in range(train_size) if i != left_out]

@@ -11,6 +11,13 @@ from typing import Any
 
 import numpy as np
 
+from warmstart.calibration import (
+    calibrated_thresholds,
+    expected_calibration_error,
+    fit_temperature,
+    fold_temperature,
+    write_reliability_diagram,
+)
 from warmstart.metrics import in_target_units, logits_of, metrics_function, tune_thresholds, with_extra_metrics
 from warmstart.problems import MULTI_LABEL, REGRESSION, LabelSpace, greater_is_better
 from warmstart.report import write_evaluation_report, write_multi_label_report, write_regression_report
@@ -96,9 +103,55 @@ def interval_metrics(output: Any, labels: LabelSpace, level: float, prefix: str)
 
 def save_predictions(staging: Path, output: Any, labels: LabelSpace, prefix: str) -> None:
     """Writes the split's predictions (``<prefix>_predictions.npz``: ``outputs``, ``labels``, ``problem_type`` and
-    the multi-label ``thresholds``), in the split's order, so that runs on the same split can be compared example
-    by example."""
+    the multi-label ``thresholds``), in the order the split was evaluated (text: longest first, a stable sort, the
+    same for every run on the same split), so that runs on the same split can be compared example by example."""
     scored = scored_outputs(output, labels)
     extra = {"thresholds": np.asarray(labels.thresholds, dtype=np.float64)} if labels.thresholds else {}
     path = staging / PREDICTIONS_FILE.format(prefix=prefix)
     np.savez_compressed(path, **scored, **extra, problem_type=np.asarray(labels.problem_type))
+
+
+def calibrate(run: Any, labels: LabelSpace, output: Any) -> float:
+    """Fits the temperature to the validation predictions (:func:`~warmstart.calibration.fit_temperature`), moves
+    multi-label thresholds to the calibrated probabilities (the same decisions), records both and returns it."""
+    logits = np.asarray(logits_of(output), dtype=np.float64)
+    temperature = fit_temperature(logits, output.label_ids, labels.problem_type)
+    before = expected_calibration_error(logits, output.label_ids, labels.problem_type)
+    after = expected_calibration_error(logits, output.label_ids, labels.problem_type, temperature)
+    logger.info("temperature scaling on validation: T = %.4g, ECE %.4f -> %.4f", temperature, before, after)
+    run.plan.decide(
+        "calibration",
+        {"method": "temperature", "temperature": temperature, "fitted_on": "validation", "ece_before": before,
+         "ece_after": after},
+    )  # fmt: skip
+    if labels.thresholds:
+        labels.thresholds = calibrated_thresholds(labels.thresholds, temperature)
+        run.plan.decide("targets", labels.to_dict())
+    return temperature
+
+
+def calibration_metrics(output: Any, labels: LabelSpace, temperature: float | None, prefix: str) -> dict[str, float]:
+    """The split's expected calibration error, ``<prefix>_ece``, of the probabilities the saved model gives (scaled by
+    ``temperature`` where one was fitted; then also ``<prefix>_ece_uncalibrated``); nothing for a regression."""
+    if labels.problem_type == REGRESSION:
+        return {}
+    logits, truth = np.asarray(logits_of(output), dtype=np.float64), output.label_ids
+    metrics = {f"{prefix}_ece": expected_calibration_error(logits, truth, labels.problem_type, temperature or 1.0)}
+    if temperature is not None:
+        metrics[f"{prefix}_ece_uncalibrated"] = expected_calibration_error(logits, truth, labels.problem_type)
+    return metrics
+
+
+def apply_calibration(
+    staging: Path, model: Any, labels: LabelSpace, temperature: float | None, validation: Any
+) -> list[tuple[str, str]]:
+    """Folds the temperature into the model about to be saved and draws the validation reliability diagram;
+    returns the card's images (none without a temperature)."""
+    if temperature is None:
+        return []
+    fold_temperature(model, temperature, labels.num_outputs)
+    logits = np.asarray(logits_of(validation), dtype=np.float64)
+    write_reliability_diagram(
+        staging / "reliability.png", logits, validation.label_ids, labels.problem_type, temperature, "validation"
+    )
+    return [("reliability on validation before and after temperature scaling", "reliability.png")]
