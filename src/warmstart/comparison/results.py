@@ -160,7 +160,7 @@ def tie_verdict(best: dict[str, Any], tied: Sequence[dict[str, Any]], key: str, 
     return (
         f"{best['run']} is not significantly better (at {100 * (1 - level):.0f} %) than the cheaper "
         + "; ".join(parts)
-        + ": the difference is within what another sample of validation examples could reverse."
+        + ": at this validation size the gap may be sampling noise."
     )
 
 
