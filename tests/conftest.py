@@ -144,6 +144,21 @@ def image_data_flags(image_dirs: dict[str, Path], model: str = "test_resnet") ->
     ]
 
 
+def tiny_text_argv(root: Path, train_rows: int, validation_rows: int, steps: int, *extra: str) -> list[str]:
+    """The text recipe's arguments for a run of ``steps`` steps of a tiny BERT (written to ``root/bert``) on
+    generated sentiment sentences (``root/train.csv``, ``root/validation.csv``), into ``root/out``."""
+    return [
+        "--model_name_or_path",
+        str(_write_bert(root / "bert")),
+        "--train_file",
+        str(write_text_csv(root / "train.csv", _sentences(train_rows, 0))),
+        "--validation_file",
+        str(write_text_csv(root / "validation.csv", _sentences(validation_rows, 1))),
+        *trainer_flags(root / "out", "--max_steps", str(steps), "--disable_tqdm", "true"),
+        *extra,
+    ]
+
+
 def trainer_flags(output_dir: Path, *extra: str) -> list[str]:
     """Training arguments for a run of a few steps on the CPU."""
     return [

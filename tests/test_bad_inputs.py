@@ -332,6 +332,12 @@ def _online_without_network(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(datasets, "load_dataset", no_network)
 
 
+def _hub_dataset_instead_of_files(e: Env) -> list[str]:
+    """The text recipe's arguments with a hub dataset id that no cache holds in place of the files."""
+    files = ("--train_file", str(e.train_csv), "--validation_file", str(e.validation_csv))
+    return [a for a in e.text() if a not in files] + ["--dataset_name", "no/such_set"]
+
+
 POS, NEG = ("good movie", "pos"), ("bad movie", "neg")
 
 CASES = [
@@ -959,27 +965,13 @@ CASES = [
     Case(
         "text-dataset-not-cached",
         "text",
-        lambda e: (
-            [
-                a
-                for a in e.text()
-                if a not in ("--train_file", str(e.train_csv), "--validation_file", str(e.validation_csv))
-            ]
-            + ["--dataset_name", "no/such_set"]
-        ),
+        _hub_dataset_instead_of_files,
         ("cannot load dataset 'no/such_set'", "offline (HF_HUB_OFFLINE=1) and not in the Hugging Face cache"),
     ),
     Case(
         "text-dataset-download-fails",
         "text",
-        lambda e: (
-            [
-                a
-                for a in e.text()
-                if a not in ("--train_file", str(e.train_csv), "--validation_file", str(e.validation_csv))
-            ]
-            + ["--dataset_name", "no/such_set"]
-        ),
+        _hub_dataset_instead_of_files,
         ("cannot load dataset 'no/such_set'", "could not be downloaded from the Hub (ConnectionError)", "network"),
         setup=_online_without_network,
     ),

@@ -4,7 +4,8 @@ Two processes of batch B see the same global batches as one process of batch 2B 
 r-th of each pair of batches of the same seeded permutation), so where nothing differs per process the runs must
 agree to float summation order: measured, train loss within 4e-8 and eval loss equal. That holds when every global
 batch is full (the training set a multiple of the global batch: accelerate pads a short last batch with repeated
-examples) and no layer normalises per process (BatchNorm in training: see warmstart.training.batchnorm.warn_of_per_process_batchnorm).
+examples) and no layer normalises per process (BatchNorm in training: see
+warmstart.training.batchnorm.warn_of_per_process_batchnorm).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import onnxruntime
 import pytest
 import timm
 import torch
-from conftest import _sentences, _write_bert, trainer_flags, write_image_folder, write_text_csv
+from conftest import _sentences, _write_bert, tiny_text_argv, trainer_flags, write_image_folder, write_text_csv
 from safetensors.torch import load_file, save_file
 
 from warmstart import run_cli, validate_model_card
@@ -58,18 +58,7 @@ def _train_image(root: Path, model: str) -> Path:
 
 
 def _train_text(root: Path, *extra: str) -> Path:
-    text_classification.main(
-        [
-            "--model_name_or_path",
-            str(_write_bert(root / "bert")),
-            "--train_file",
-            str(write_text_csv(root / "train.csv", _sentences(48, 0))),
-            "--validation_file",
-            str(write_text_csv(root / "validation.csv", _sentences(16, 1))),
-            *trainer_flags(root / "out", "--max_steps", "8", "--disable_tqdm", "true"),
-            *extra,
-        ]
-    )
+    text_classification.main(tiny_text_argv(root, 48, 16, 8, *extra))
     return root / "out"
 
 

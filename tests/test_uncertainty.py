@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import _sentences, _write_bert, trainer_flags, write_text_csv
+from conftest import tiny_text_argv
 from statsmodels.stats.contingency_tables import mcnemar
 
 from warmstart.comparison import comparison_table, write_comparison
@@ -234,17 +234,7 @@ def test_bad_levels_and_preferences_are_one_line(tmp_path):
 
 def test_a_run_records_its_intervals_and_its_validation_predictions(tmp_path):
     out = tmp_path / "out"
-    text_classification.main(
-        [
-            "--model_name_or_path",
-            str(_write_bert(tmp_path / "bert")),
-            "--train_file",
-            str(write_text_csv(tmp_path / "train.csv", _sentences(24, 0))),
-            "--validation_file",
-            str(write_text_csv(tmp_path / "validation.csv", _sentences(20, 1))),
-            *trainer_flags(out, "--max_steps", "2", "--disable_tqdm", "true"),
-        ]
-    )
+    text_classification.main(tiny_text_argv(tmp_path, 24, 20, 2))
     results = json.loads((out / "all_results.json").read_text())
     correct = round(results["eval_accuracy"] * 20)
     assert (results["eval_accuracy_ci_low"], results["eval_accuracy_ci_high"]) == pytest.approx(
