@@ -20,8 +20,6 @@ from scipy import optimize
 from torch import nn
 
 from warmstart.errors import WarmstartError
-from warmstart.metrics import sigmoid, softmax
-from warmstart.models.heads import output_layer
 
 CALIBRATIONS = ("none", "temperature")
 ECE_BINS = 15
@@ -40,6 +38,7 @@ def check_calibration(calibration: str, problem_type: str | None = None) -> None
 
 def probabilities(logits: np.ndarray, problem_type: str, temperature: float = 1.0) -> np.ndarray:
     """Softmax (single-label) or per-label sigmoid (multi-label) of ``logits / temperature``."""
+    from warmstart.metrics import sigmoid, softmax  # here: the config imports this module, and --help stays light
     scaled = np.asarray(logits, dtype=np.float64) / temperature
     return sigmoid(scaled) if problem_type == "multi_label_classification" else softmax(scaled)
 
@@ -118,6 +117,8 @@ def fold_temperature(model: nn.Module, temperature: float, outputs: int) -> None
     Raises:
         WarmstartError: the model has no linear output layer of ``outputs`` outputs.
     """
+    from warmstart.models.heads import output_layer
+
     layer = output_layer(model, outputs)
     layer.weight.div_(temperature)
     if layer.bias is not None:
