@@ -12,7 +12,7 @@ The names follow the metric's: ``eval_accuracy_ci_low`` / ``eval_accuracy_ci_hig
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,7 +23,8 @@ from warmstart.errors import WarmstartError
 DEFAULT_LEVEL = 0.95
 RESAMPLES = 1000
 SEED = 0
-_CHUNK = 250  # resamples drawn at a time: memory stays resamples x examples / 4
+_CHUNK = 250  # resamples drawn at a time, at most
+_CHUNK_ELEMENTS = 10_000_000  # and at most this many draws at a time: a large split's memory stays bounded
 # the metrics an interval is given to, per label shape (each its shape's headline and its closest companion)
 INTERVAL_METRICS = {
     "single_label_classification": ("accuracy", "f1_macro"),
@@ -62,12 +63,24 @@ def exact_binomial_interval(successes: int, trials: int, level: float = DEFAULT_
 def resample_weights(examples: int, resamples: int = RESAMPLES, seed: int = SEED) -> np.ndarray:
     """``(resamples, examples)`` bootstrap weights: how often each example is drawn in each resample (each row sums
     to ``examples``); the same seed gives the same resamples, so two runs on the same examples are resampled alike."""
+    return np.concatenate(list(_weight_chunks(examples, resamples, seed)))
+
+
+def _weight_chunks(examples: int, resamples: int, seed: int) -> Iterator[np.ndarray]:
+    """:func:`resample_weights` a few hundred rows at a time (the same rows): a large validation split's resamples
+    are scored chunk by chunk, never all held at once."""
     rng = np.random.default_rng(seed)
-    chunks = []
-    for start in range(0, resamples, _CHUNK):
-        size = min(_CHUNK, resamples - start)
-        chunks.append(rng.multinomial(examples, np.full(examples, 1.0 / examples), size=size).astype(np.float32))
-    return np.concatenate(chunks)
+    chunk = max(1, min(_CHUNK, _CHUNK_ELEMENTS // max(examples, 1)))
+    for start in range(0, resamples, chunk):
+        size = min(chunk, resamples - start)
+        # each resample draws ``examples`` rows with replacement; its weights are how often each row was drawn
+        drawn = rng.integers(0, examples, size=(size, examples)) + (np.arange(size) * examples)[:, None]
+        yield np.bincount(drawn.ravel(), minlength=size * examples).reshape(size, examples).astype(np.float32)
+
+
+def _resampled(metric: Callable[[np.ndarray], np.ndarray], examples: int, resamples: int, seed: int) -> np.ndarray:
+    """``metric`` on each of the seeded resamples, chunk by chunk."""
+    return np.concatenate([metric(weights) for weights in _weight_chunks(examples, resamples, seed)])
 
 
 def weighted_metric(
@@ -163,7 +176,6 @@ def metric_intervals(
     if count < 2:
         return {}
     intervals: dict[str, float] = {}
-    weights = None
     for metric in INTERVAL_METRICS.get(problem_type, ()):
         if problem_type == "single_label_classification" and metric == "accuracy":
             right = int((np.asarray(outputs).argmax(axis=-1) == np.asarray(labels)).sum())
@@ -172,8 +184,7 @@ def metric_intervals(
             scored = weighted_metric(problem_type, metric, outputs, labels, thresholds)
             if scored is None:
                 continue
-            weights = resample_weights(count, resamples, seed) if weights is None else weights
-            low, high = np.quantile(scored(weights), [(1 - level) / 2, (1 + level) / 2])
+            low, high = np.quantile(_resampled(scored, count, resamples, seed), [(1 - level) / 2, (1 + level) / 2])
         intervals[f"{metric}_ci_low"], intervals[f"{metric}_ci_high"] = float(low), float(high)
     return intervals
 
@@ -205,8 +216,7 @@ def paired_bootstrap_p_value(
     one (+1 smoothing: never 0)."""
     ones = np.ones((1, examples), dtype=np.float32)
     observed = float(metric_a(ones)[0] - metric_b(ones)[0])
-    weights = resample_weights(examples, resamples, seed)
-    differences = metric_a(weights) - metric_b(weights)
+    differences = _resampled(lambda w: metric_a(w) - metric_b(w), examples, resamples, seed)
     extreme = np.abs(differences - differences.mean()) >= abs(observed) - 1e-12
     return float((1 + extreme.sum()) / (1 + resamples))
 
