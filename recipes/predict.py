@@ -15,9 +15,9 @@ than the weights.
 
 ``--input`` is an image folder (sub-folders allowed; ids are the paths relative to it), a csv / tsv / json / jsonl
 / parquet file (ids: ``--id_column``, else the row number; images from an image or image-path column), or a split
-of a dataset in the local Hugging Face cache, ``name[:config]:split``. When the input has true labels (the
-``--label_column_name`` column, or an image folder's class sub-folders) the task's headline metric is printed too:
-accuracy, micro F1 (multi-label) or RMSE (regression).
+of a hub dataset, ``name[:config]:split`` (downloaded, or from the cache with ``HF_HUB_OFFLINE=1``). When the
+input has true labels (the ``--label_column_name`` column, or an image folder's class sub-folders) the task's headline
+metric is printed too: accuracy, micro F1 (multi-label) or RMSE (regression).
 
 Several processes split the rows between them:
 
