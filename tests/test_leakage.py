@@ -15,7 +15,7 @@ import datasets
 import numpy as np
 import pytest
 import yaml
-from conftest import _sentences, trainer_flags, write_text_csv
+from conftest import _sentences, text_data_flags, trainer_flags, write_text_csv
 from datasets import ClassLabel, Dataset, DatasetDict
 from PIL import Image
 
@@ -340,14 +340,7 @@ def test_the_text_recipe_warns_about_a_planted_duplicate_and_drops_it_when_asked
         "train": write_text_csv(tmp_path / "train.csv", train),
         "validation": write_text_csv(tmp_path / "v.csv", validation),
     }
-    data = [
-        "--model_name_or_path",
-        str(tiny_bert),
-        "--train_file",
-        str(files["train"]),
-        "--validation_file",
-        str(files["validation"]),
-    ]
+    data = text_data_flags(tiny_bert, files)
     with caplog.at_level(logging.WARNING, logger="warmstart"):
         warned = text_classification.main([*data, *trainer_flags(tmp_path / "warn")])
     warning = "2 validation example(s) (2 exact, 0 near) are also in train (e.g. validation row 3 ("

@@ -243,26 +243,24 @@ def test_a_hybrid_of_convolutions_and_attention_is_not_quantized():
 # --- refusals: one line, non-zero exit, nothing written -------------------------------------------------------------
 
 
-def _export_error(argv: list[str], capfd) -> str:
+def _one_line_error(main, argv: list[str], capfd) -> str:
+    """Runs a recipe's ``main`` through ``run_cli``, expecting bad input: its one stderr line."""
     capfd.readouterr()
     with pytest.raises(SystemExit) as exited:
-        run_cli(export_recipe.main, argv)
+        run_cli(main, argv)
     assert exited.value.code == 2
     err = capfd.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
     assert "Traceback" not in err and len(lines) == 1 and lines[0].startswith("error: "), err
     return lines[0]
+
+
+def _export_error(argv: list[str], capfd) -> str:
+    return _one_line_error(export_recipe.main, argv, capfd)
 
 
 def _predict_error(argv: list[str], capfd) -> str:
-    capfd.readouterr()
-    with pytest.raises(SystemExit) as exited:
-        run_cli(predict_recipe.main, ["--disable_tqdm", "true", "--device", "cpu", *argv])
-    assert exited.value.code == 2
-    err = capfd.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert "Traceback" not in err and len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
+    return _one_line_error(predict_recipe.main, ["--disable_tqdm", "true", "--device", "cpu", *argv], capfd)
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
