@@ -14,6 +14,11 @@ with its head solved (L-BFGS on the cached features: the default unless --probe_
 false or image augmentation) needs no rate and runs once, as head_only-lbfgs; so lp_ft's probe needs no
 --probe_epochs there (with the Trainer's probe it gets half the epochs unless told).
 
+Soups: the runs that share an architecture and trainable set (a strategy at its three rates) are averaged into a
+greedy model soup (best first, each run added when the average is at least as good on validation), a row of its own,
+kept when best; --soup none turns it off. --prefer cheaper_if_tied keeps the cheapest run the best does not
+significantly beat.
+
 Writes comparison.csv, comparison.md and comparison.png (validation metric against training time, marker size:
 trainable parameters, the majority-class level as a line) and the best model (by --metric_for_best_model, default
 accuracy) into --output_dir, in hub format, with the comparison in its model card; every run stays in

@@ -572,6 +572,44 @@ CASES = [
         lambda e: e.text("--on_leakage", "ignore"),
         ("--on_leakage 'ignore' is not one of warn, drop, refuse",),
     ),
+    # ---- weight averaging (test_averaging.py checks the averages)
+    Case(
+        "text-ema-decay-one",
+        "text",
+        lambda e: e.text("--ema_decay", "1"),
+        ("--ema_decay", "in (0, 1), got 1"),
+        subprocess=True,
+    ),
+    Case("text-ema-decay-zero", "text", lambda e: e.text("--ema_decay", "0"), ("--ema_decay", "got 0")),
+    Case(
+        "text-average-with-another-architecture",
+        "text",
+        lambda e: e.text("--average_with", str(_one_layer_copy(e)), model=e.fixture("text_classifier")),
+        ("--average_with", "another architecture than", "bert.encoder.layer.1", "a soup averages runs of one"),
+        subprocess=True,
+    ),
+    Case(
+        "text-average-with-other-labels",
+        "text",
+        lambda e: e.text(
+            "--average_with",
+            str(e.fixture("text_classifier")),
+            "--label_column_name",
+            "tone",
+            train=e.csv("tone.csv", [("good movie", "warm"), ("bad movie", "cold")] * 4, ("text", "tone")),
+            validation="",
+            model=e.fixture("text_classifier"),
+        ),
+        ("--average_with", "has no trained head for this run's labels"),
+    ),
+    Case(
+        "text-evaluate-only-without-a-head",
+        "text",
+        lambda e: e.text("--evaluate_only"),
+        ("--evaluate_only", "has no trained head for these labels", "drop --evaluate_only"),
+    ),
+    Case("mlm-average-with", "mlm", lambda e: e.mlm("--average_with", "x"), ("--average_with averages classifiers",)),
+    Case("compare-soup-unknown", "compare", lambda e: e.compare("--soup", "uniform"), ("--soup must be one of",)),
     Case(
         "predict-empty-text-cells",
         "predict",
@@ -1512,6 +1550,15 @@ CASES = [
         ("--probe_solver lbfgs", "multi_label_classification"),
     ),
 ]
+
+
+def _one_layer_copy(env: Env) -> Path:
+    """The text classifier fixture with one encoder layer: the same labels, another architecture."""
+    target = env.tmp / "one_layer"
+    shutil.copytree(env.fixture("text_classifier"), target)
+    config = json.loads((target / "config.json").read_text())
+    (target / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 1}))
+    return target
 
 
 def _model_copy(env: Env, source: Path, *drop: str, truncate: bool = False) -> Path:

@@ -101,15 +101,17 @@ def test_resume_skips_a_checkpoint_killed_while_its_state_was_written(tmp_path):
         ["lp_ft", "--probe_epochs", "4", "--probe_solver", "trainer"],
         ["lp_ft"],
         ["gradual", "--unfreeze_every", "2"],
+        ["full", "--ema_decay", "0.95"],
     ],
-    ids=["full", "head_only", "lp_ft", "lp_ft_solved", "gradual"],
+    ids=["full", "head_only", "lp_ft", "lp_ft_solved", "gradual", "full_ema"],
 )
 def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(strategy, tiny_bert, text_files, tmp_path):
     """SIGKILL once a checkpoint is written, then --resume_from_checkpoint auto: the same final weights and
     metrics as a run that was never stopped (fp32 on the CPU: identical), for full fine-tuning, a head trained on
     cached features, LP-FT (killed in the probe on cached features at step 40 of 120, its fine-tuning phase from
     step 48 after the resume), LP-FT from the solved probe (solved again on the resume, then the checkpoint's weights
-    replace it) and gradual unfreezing (a block every 24 steps: killed between stages)."""
+    replace it), gradual unfreezing (a block every 24 steps: killed between stages) and full fine-tuning with a weight
+    average (the average resumed from the checkpoint's ema.safetensors equals the uninterrupted run's)."""
     import json
     import os
     import signal
@@ -149,6 +151,11 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(strategy, t
     assert expected.keys() == resumed.keys()
     for name, value in expected.items():
         assert torch.equal(value, resumed[name]), name
+    if "--ema_decay" in strategy:  # the average carried through the checkpoint: the same at the last step
+        expected, resumed = (load_file(d / "checkpoint-120" / "ema.safetensors") for d in (straight, killed))
+        assert expected.keys() == resumed.keys()
+        for name, value in expected.items():
+            assert torch.equal(value, resumed[name]), name
     reference = json.loads((straight / "eval_results.json").read_text())
     assert results["eval_loss"] == pytest.approx(reference["eval_loss"], abs=0)
     assert results["eval_accuracy"] == reference["eval_accuracy"]

@@ -39,6 +39,7 @@ def check_calibration(calibration: str, problem_type: str | None = None) -> None
 def probabilities(logits: np.ndarray, problem_type: str, temperature: float = 1.0) -> np.ndarray:
     """Softmax (single-label) or per-label sigmoid (multi-label) of ``logits / temperature``."""
     from warmstart.metrics import sigmoid, softmax  # here: the config imports this module, and --help stays light
+
     scaled = np.asarray(logits, dtype=np.float64) / temperature
     return sigmoid(scaled) if problem_type == "multi_label_classification" else softmax(scaled)
 

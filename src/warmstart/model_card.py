@@ -118,6 +118,8 @@ def write_model_card(output_dir: str | Path, card: dict[str, Any]) -> Path:
         )
         if card.get("probe"):
             sections.append(f"### Solved probe\n{card['probe']}")
+        if card.get("weights"):
+            sections.append(f"### Weights\n{card['weights']}")
     else:
         sections.append(f"## Objective\n{card['objective']}")
     sections.append(f"## Results\n{_metrics_table(card['metrics'])}")

@@ -19,6 +19,7 @@ from warmstart.comparison.results import (
     write_comparison,
 )
 from warmstart.comparison.running import run_comparison
+from warmstart.comparison.soup import make_soups
 from warmstart.config import (
     CliParser,
     RunConfig,
@@ -79,8 +80,9 @@ def parse_comparison(argv: Sequence[str]) -> tuple[ComparisonArguments, RunConfi
     own.add_argument("--strategies", nargs="+")
     own.add_argument("--learning_rates", nargs="+", type=float)
     own.add_argument("--prefer", default="best")
+    own.add_argument("--soup", default="greedy")
     parsed, rest = own.parse_known_args(argv)
-    comparison = ComparisonArguments(parsed.strategies, parsed.learning_rates, parsed.prefer)
+    comparison = ComparisonArguments(parsed.strategies, parsed.learning_rates, parsed.prefer, parsed.soup)
     given = argv_as_mapping(rest)
     if given.get("freeze_strategy"):
         raise WarmstartError("--freeze_strategy is chosen per run here: list the strategies with --strategies")
@@ -140,9 +142,11 @@ def compare_strategies(comparison: ComparisonArguments, config: RunConfig) -> li
         rows = run_comparison(runs, config, output_dir, feature_store=store, resume=resume)
     finally:
         close_feature_store(store)
+    # default: the headline metric of the runs' label shape (accuracy, f1_micro or rmse)
+    metric = (asked or headline_metric(rows)).removeprefix("eval_")
+    if comparison.soup == "greedy":
+        rows = [*rows, *make_soups(rows, runs, config, output_dir, metric)]
     if is_main_process():
-        # default: the headline metric of the runs' label shape (accuracy, f1_micro or rmse)
-        metric = (asked or headline_metric(rows)).removeprefix("eval_")
         level = getattr(config.evaluation, "confidence_level", DEFAULT_LEVEL)
         best, kept, verdict = write_comparison(rows, output_dir, metric, level=level, prefer=comparison.prefer)
         keep_best(kept, rows, output_dir, metric, verdict)

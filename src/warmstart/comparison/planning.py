@@ -24,6 +24,7 @@ from warmstart.problems import SINGLE_LABEL
 from warmstart.tasks.classification import feature_cache_refusal
 
 PREFERENCES = ("best", "cheaper_if_tied")
+SOUPS = ("greedy", "none")
 
 
 @dataclass
@@ -50,7 +51,18 @@ class ComparisonArguments:
         },
     )
 
+    soup: str = field(
+        default="greedy",
+        metadata={
+            "help": "greedy: average the weights of the runs that share an architecture and trainable set (a strategy "
+            "at several learning rates), best first, each kept when the average is at least as good on validation (a "
+            "greedy model soup); evaluated as a row of its own, kept when best. none: no soup."
+        },
+    )
+
     def __post_init__(self) -> None:
+        if self.soup not in SOUPS:
+            raise WarmstartError(f"--soup must be one of {', '.join(SOUPS)}, got {self.soup!r}")
         if self.prefer not in PREFERENCES:
             raise WarmstartError(f"--prefer must be one of {', '.join(PREFERENCES)}, got {self.prefer!r}")
         for spec in self.strategies or ():

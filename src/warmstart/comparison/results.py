@@ -207,13 +207,19 @@ def write_comparison(
             f"; always predicting it scores {key} {majority_level:.4f}.\n\n" if majority_level is not None else ".\n\n"
         )
     table = comparison_table(rows, kept)
+    soups = "".join(
+        f"{row['run']}: the greedy soup of {', '.join(row['soup_of'])} (their weights averaged; train s: theirs, "
+        "summed).\n\n"
+        for row in rows
+        if row.get("soup_of")
+    )
     tests = "McNemar's exact test" if key == "eval_accuracy" else "a paired bootstrap"
     significance = (
         f"Intervals: {100 * level:.0f} % over the validation examples; p vs best: {tests} on the same examples.\n\n"
     )
     (output_dir / "comparison.md").write_text(
         f"Best by {key}: **{best['run']}**\n\n{verdict + chr(10) * 2 if verdict else ''}{majority}{significance}"
-        f"{table}\n"
+        f"{soups}{table}\n"
     )
     write_comparison_plot(
         list(rows),

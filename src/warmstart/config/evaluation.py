@@ -43,6 +43,15 @@ class EvaluationArguments:
         },
     )
 
+    evaluate_only: bool = field(
+        default=False,
+        metadata={
+            "help": "Train nothing: evaluate --model_name_or_path (a warmstart output for these labels, or the "
+            "average of --average_with) on validation and test, and save it with its results, intervals, reports "
+            "and card."
+        },
+    )
+
     def __post_init__(self) -> None:
         check_level(self.confidence_level)
         check_calibration(self.calibration)

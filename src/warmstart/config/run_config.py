@@ -245,7 +245,11 @@ def check_config(config: RunConfig) -> None:
             raise WarmstartError(
                 "--reset_head is for the fine-tuning recipes: pretraining trains no classification head"
             )
+        if config.model.average_with:
+            raise WarmstartError("--average_with averages classifiers: it is for the fine-tuning recipes")
         return
+    if config.model.average_with and config.model.reset_head:
+        raise WarmstartError("--average_with averages trained heads, and --reset_head replaces them: drop one")
     asked = config.data.problem_type  # else inferred from the data, and checked again once it is loaded
     check_regularization(config.regularization, config.modality, asked, config.training)
     if asked and config.training.metric_for_best_model:

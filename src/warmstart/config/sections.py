@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from warmstart.averaging import check_ema_decay
 from warmstart.data.leakage import ON_LEAKAGE
 from warmstart.data.sources import check_encoding
 from warmstart.errors import WarmstartError
@@ -42,10 +43,20 @@ class ModelArguments:
             "labels; a head for other labels is always replaced."
         },
     )
+    average_with: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Classification: warmstart outputs of the same architecture and labels whose weights are averaged "
+            "uniformly with --model_name_or_path's before the run (a model soup; each one's fitted temperature is "
+            "taken out first). With --evaluate_only the average is evaluated and saved as it is."
+        },
+    )
 
     def __post_init__(self) -> None:
         if not self.model_name_or_path:
             raise WarmstartError("--model_name_or_path is required: a model directory, hub id or timm name")
+        if self.average_with is not None and self.random_init:
+            raise WarmstartError("--average_with averages trained models; --random_init trains from none: drop one")
 
     def describe(self) -> str:
         """The base model as given, for the model card (``resnet18 (random init)`` for an architecture alone)."""
@@ -278,6 +289,21 @@ class RegularizationArguments:
         default=None,
         metadata={"help": "Stop after this many evaluations without improvement of metric_for_best_model."},
     )
+    ema_decay: float | None = field(
+        default=None,
+        metadata={
+            "help": "Keep an exponential moving average of the trained weights with this decay, in (0, 1), e.g. 0.999 "
+            "(timm's --model-ema); after training it is evaluated on validation beside the raw weights, and the "
+            "better one is kept and saved (default: off)."
+        },
+    )
+    ema_warmup: bool = field(
+        default=True,
+        metadata={
+            "help": "Warm the average's decay up as timm's --model-ema-warmup does (1 - (1 + step) ** -2/3, capped at "
+            "--ema_decay), so that a run of a few hundred steps averages its recent weights, not its first ones."
+        },
+    )
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -289,6 +315,7 @@ class RegularizationArguments:
             raise WarmstartError(f"--random_erasing is a probability in [0, 1], got {self.random_erasing}")
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
             raise WarmstartError(f"--early_stopping_patience must be at least 1, got {self.early_stopping_patience}")
+        check_ema_decay(self.ema_decay)
 
     @property
     def mixes_labels(self) -> bool:

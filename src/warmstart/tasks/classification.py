@@ -15,16 +15,20 @@ from datasets import DatasetDict
 from torch import nn
 from transformers import TrainerCallback
 
+from warmstart.averaging import architecture_difference, average_state_dicts
+from warmstart.calibration import fold_temperature
 from warmstart.config import RunConfig
 from warmstart.errors import WarmstartError
 from warmstart.feature_cache import CacheSettings, default_cache_dir
 from warmstart.fine_tuning import prepare_fine_tuning
+from warmstart.lineage import model_display_name
 from warmstart.models import fold_target_scale
 from warmstart.plan import change_training
 from warmstart.policy import FreezePolicy, default_learning_rate
 from warmstart.precision import apply_device_settings
 from warmstart.problems import REGRESSION, SINGLE_LABEL, LabelSpace, greater_is_better
 from warmstart.regularization import check_regularization, prepare_regularization
+from warmstart.run_folder import read_run_config
 from warmstart.training import ProbeOptions, Run, start_run, train_classifier
 
 logger = logging.getLogger("warmstart")
@@ -106,6 +110,8 @@ def feature_cache_refusal(config: RunConfig) -> str | None:
     every epoch; the default flip is dropped from what the head sees instead). ``--cache_features false`` turns it
     off."""
     policy, data, reg = config.policy, config.data, config.regularization
+    if config.evaluation.evaluate_only:
+        return "nothing trains (--evaluate_only)"
     if not config.performance.cache_features:
         return "--cache_features false"
     if not policy.spec.probes:
@@ -205,6 +211,47 @@ def probe_policy(
     return dataclasses.replace(policy, probe_solver=solver)
 
 
+def average_in(
+    config: RunConfig, run: Run, model: nn.Module, load_model: Callable[[str], nn.Module], outputs: int
+) -> str:
+    """``--average_with``: sets the model's weights to the uniform average of its own and each listed warmstart
+    output's (a model soup), every one loaded as the run loads its model, for the same labels, and each one's fitted
+    temperature taken out of its head first (the average is of the weights as trained). Recorded as
+    ``weight_average``; returns the card's line ("" without ``--average_with``).
+
+    Raises:
+        WarmstartError: a model without a head for the run's labels, or of another architecture.
+    """
+    paths = list(config.model.average_with or ())
+    if not paths:
+        return ""
+    main = config.model.model_name_or_path
+    members = [(main, model), *((path, load_model(path)) for path in paths)]
+    states = []
+    for path, member in members:
+        if not getattr(member, "warmstart_head_kept", False):
+            raise WarmstartError(
+                f"--average_with: {path} has no trained head for this run's labels: a soup averages runs trained on "
+                "the same labels"
+            )
+        temperature = ((read_run_config(path) or {}).get("calibration") or {}).get("temperature")
+        if temperature:
+            fold_temperature(member, 1.0 / float(temperature), outputs)
+        states.append(member.state_dict())
+    for (path, _), state in zip(members[1:], states[1:], strict=True):
+        differ = architecture_difference(states[0], state)
+        if differ:
+            raise WarmstartError(
+                f"--average_with {path}: another architecture than {main} ({differ}): a soup averages runs of one "
+                "architecture"
+            )
+    model.load_state_dict(average_state_dicts(states))
+    names = [model_display_name(path) for path, _ in members]
+    run.plan.decide("weight_average", {"method": "uniform", "models": names})
+    logger.info("weights: the uniform average of %d models (%s)", len(members), ", ".join(names))
+    return f"The weights are the uniform average of {len(members)} models (a model soup): {', '.join(names)}."
+
+
 def train_loaded_classifier(
     config: RunConfig,
     run: Run,
@@ -216,13 +263,30 @@ def train_loaded_classifier(
     save_model: Callable[[nn.Module, Path], None],
     card: dict[str, Any],
     feature_cache: CacheSettings | None,
+    load_model: Callable[[str], nn.Module],
     processing_class: Any = None,
     callbacks: Sequence[TrainerCallback] = (),
 ) -> dict[str, Any]:
-    """The rest of a classification run once its model and splits are loaded: the probe decided, the policy applied
-    (:func:`~warmstart.fine_tuning.prepare_fine_tuning`), the regularization built, and
-    :func:`~warmstart.training.train_classifier` run."""
-    policy = probe_policy(config, run, feature_cache, labels.problem_type)
+    """The rest of a classification run once its model and splits are loaded: the models of ``--average_with``
+    averaged in (:func:`average_in`; ``load_model`` loads one as the run loaded its own), the probe decided, the
+    policy applied (:func:`~warmstart.fine_tuning.prepare_fine_tuning`), the regularization built, and
+    :func:`~warmstart.training.train_classifier` run.
+
+    Raises:
+        WarmstartError: ``--evaluate_only`` of a model without a trained head for the run's labels, or what
+            :func:`average_in` refuses.
+    """
+    evaluate_only = config.evaluation.evaluate_only
+    weights = average_in(config, run, model, load_model, labels.num_outputs)
+    if evaluate_only and not getattr(model, "warmstart_head_kept", False):
+        raise WarmstartError(
+            f"--evaluate_only: {config.model.model_name_or_path} has no trained head for these labels "
+            f"({', '.join(map(str, labels.names[:5]))}{' ...' * (len(labels.names) > 5)}): give a warmstart output "
+            "trained on them, or drop --evaluate_only to train one"
+        )
+    if evaluate_only:
+        weights = " ".join([weights, "Nothing was trained in this run (--evaluate_only)."]).strip()
+    policy = config.policy if evaluate_only else probe_policy(config, run, feature_cache, labels.problem_type)
     if labels.problem_type == REGRESSION and getattr(model, "warmstart_head_kept", False):
         # a saved regression head outputs the targets' units; it trains on standardised ones
         fold_target_scale(model, *labels.scale, inverse=True)
@@ -249,8 +313,12 @@ def train_loaded_classifier(
         extra_metrics=config.evaluation.extra_metrics or (),
         confidence_level=config.evaluation.confidence_level,
         calibration=config.evaluation.calibration,
+        evaluate_only=evaluate_only,
+        ema_decay=reg_args.ema_decay,
+        ema_warmup=reg_args.ema_warmup,
         save_model=save_model,
         card={
+            "weights": weights,
             "modality": config.modality,
             "name": str(run.output_dir),
             "base_model": config.model.describe(),

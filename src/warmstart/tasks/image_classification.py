@@ -44,14 +44,17 @@ def execute(
     image_column = resolve_image_column(splits, data_args.image_column_name)
     check_images(splits, image_column)
 
-    model = load_image_model(
-        config.model.model_name_or_path,
-        labels.names,
-        random_init=config.model.random_init,
-        image_size=data_args.image_size,
-        reset_head=config.model.reset_head,
-        problem_type=labels.problem_type,
-    )
+    def load(model_name_or_path: str, random_init: bool = False):
+        return load_image_model(
+            model_name_or_path,
+            labels.names,
+            random_init=random_init,
+            image_size=data_args.image_size,
+            reset_head=config.model.reset_head,
+            problem_type=labels.problem_type,
+        )
+
+    model = load(config.model.model_name_or_path, config.model.random_init)
     data_config, train_transform, eval_transform = image_transforms(
         model,
         data_args.image_size,
@@ -77,6 +80,7 @@ def execute(
         collate=image_collate,
         labels=labels,
         feature_cache=feature_cache,
+        load_model=load,
         callbacks=callbacks,
         save_model=lambda merged, output_dir: save_image_model(merged, output_dir, data_config),
         card={"data": data_args.describe(), "labels": labels.names},

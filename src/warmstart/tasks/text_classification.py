@@ -34,14 +34,17 @@ def execute(
     resolve_labels(config, run, labels)
     text_columns = resolve_text_columns(splits, data_args.text_column_names, data_args.label_column_name)
 
-    model, tokenizer = load_text_model(
-        config.model.model_name_or_path,
-        labels.names,
-        random_init=config.model.random_init,
-        trust_remote_code=config.model.trust_remote_code,
-        reset_head=config.model.reset_head,
-        problem_type=labels.problem_type,
-    )
+    def load(model_name_or_path: str, random_init: bool = False):
+        return load_text_model(
+            model_name_or_path,
+            labels.names,
+            random_init=random_init,
+            trust_remote_code=config.model.trust_remote_code,
+            reset_head=config.model.reset_head,
+            problem_type=labels.problem_type,
+        )
+
+    model, tokenizer = load(config.model.model_name_or_path, config.model.random_init)
     apply_devices(config, run, model)
     max_length = max_sequence_length(model, tokenizer, data_args.max_seq_length)
     with training_args.main_process_first(desc="tokenizing"):
@@ -63,6 +66,7 @@ def execute(
         labels=labels,
         processing_class=tokenizer,
         feature_cache=feature_cache_settings(config, run, collator, feature_store),
+        load_model=lambda path: load(path)[0],
         callbacks=callbacks,
         save_model=lambda merged, output_dir: save_text_model(merged, tokenizer, output_dir),
         card={

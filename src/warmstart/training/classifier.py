@@ -16,6 +16,7 @@ from datasets import DatasetDict
 from torch import nn
 from transformers import EvalPrediction, Trainer, TrainerCallback, TrainingArguments, default_data_collator
 
+from warmstart.averaging import WeightAverage, choose_average
 from warmstart.calibration import check_calibration
 from warmstart.distributed import broadcast_from_main, is_main_process
 from warmstart.errors import WarmstartError
@@ -31,12 +32,12 @@ from warmstart.feature_cache import (
 )
 from warmstart.fine_tuning import FineTuning, UnfreezeSchedule
 from warmstart.lora import merge_lora, save_lora_adapter
-from warmstart.metrics import load_extra_metrics, logits_of
+from warmstart.metrics import load_extra_metrics, logits_of, tune_thresholds
 from warmstart.models import fold_target_scale, newly_initialised
 from warmstart.plan import change_training
 from warmstart.policy import FreezePolicy
 from warmstart.probe import ProbeFit, ProbeUnsolvable, solve_head
-from warmstart.problems import SINGLE_LABEL, LabelSpace
+from warmstart.problems import SINGLE_LABEL, LabelSpace, greater_is_better
 from warmstart.training.batchnorm import avoid_single_sample_batches, warn_of_per_process_batchnorm
 from warmstart.training.callbacks import LogBeforeEvaluationAndAtTheEnd, StopOnNonFiniteLoss
 from warmstart.training.output import finish_output, staged_output, write_output
@@ -84,6 +85,9 @@ def train_classifier(
     extra_metrics: Sequence[str] = (),
     confidence_level: float = DEFAULT_LEVEL,
     calibration: str = "none",
+    evaluate_only: bool = False,
+    ema_decay: float | None = None,
+    ema_warmup: bool = True,
 ) -> dict[str, Any]:
     """Trains with the HF Trainer, evaluates on validation (and test), and saves in hub format with a model card.
 
@@ -119,6 +123,11 @@ def train_classifier(
             (``<split>_<metric>_ci_low`` / ``_ci_high``, :mod:`warmstart.uncertainty`).
         calibration: ``temperature``: fit a temperature on validation and fold it into the saved head
             (:mod:`warmstart.calibration`); ``none``. Every classification split reports its ``ece``.
+        evaluate_only: train nothing: the model as given is evaluated and saved.
+        ema_decay: keep an exponential moving average of the trained weights (:class:`warmstart.averaging.
+            WeightAverage`), evaluated on validation beside the raw weights after training; the better is kept and
+            saved (``ema_kept`` and both scores in the results, ``weight_average`` in the config).
+        ema_warmup: warm the average's decay up (:func:`warmstart.averaging.ema_decay_at`).
 
     Returns:
         All metrics, as in ``all_results.json``.
@@ -135,6 +144,18 @@ def train_classifier(
             labels, extra, thresholds=thresholds, world_size=training_args.world_size, loss_function=compute_loss_func
         )
 
+    # what the raw weights and their average are judged by on validation: the metric the run keeps its best by
+    judged_metric = (training_args.metric_for_best_model or problem.headline).removeprefix("eval_")
+
+    def judge(output: Any) -> float:
+        metrics = dict(output.metrics)
+        if problem.thresholds:  # each at its own tuned thresholds, as the kept one will be scored
+            chosen = [threshold] * labels.num_outputs if threshold is not None else None
+            chosen = chosen or tune_thresholds(logits_of(output), output.label_ids)
+            rescored = scoring(chosen)(EvalPrediction(output.predictions, output.label_ids))
+            metrics.update({f"eval_{k}": v for k, v in rescored.items() if k != "loss"})
+        return metrics[f"eval_{judged_metric}"]
+
     logger.info("policy %s; %s", policy.describe(), report.summary())
     if training_args.should_save:
         run.output_dir.mkdir(parents=True, exist_ok=True)
@@ -148,7 +169,7 @@ def train_classifier(
     trained = tuning.model
     cached = _cache_backbone_features(run, tuning.model, splits, feature_cache, training_args)
     fit = None
-    if policy.probe_solver == "lbfgs":
+    if policy.probe_solver == "lbfgs" and not evaluate_only:
         fit = _solved_probe(run, tuning.model, cached, policy, probe or ProbeOptions(), training_args.seed)
         if fit is None:  # head_only by default, on a head the solver cannot take: the Trainer trains it
             policy = dataclasses.replace(policy, probe_solver="trainer")
@@ -179,6 +200,8 @@ def train_classifier(
     # a NaN loss must show in the log, where the run stops on it
     change_training(training_args, "non-finite losses are shown", logging_nan_inf_filter=False)
     training_args = run.plan.resolve()  # every decision is made: the Trainer's arguments, built once
+    resume = None if evaluate_only or solved_only else resume_point(training_args)
+    average = _weight_average(run, tuning.model, ema_decay, ema_warmup, resume, evaluate_only or solved_only)
     trainer = Trainer(
         args=training_args,
         train_dataset=splits["train"],
@@ -190,38 +213,70 @@ def train_classifier(
         **{
             **tuning.trainer_kwargs(),
             "model": trained,
-            "callbacks": [*tuning.callbacks, *callbacks, StopOnNonFiniteLoss(), LogBeforeEvaluationAndAtTheEnd()],
+            "callbacks": [
+                *tuning.callbacks,
+                *callbacks,
+                StopOnNonFiniteLoss(),
+                LogBeforeEvaluationAndAtTheEnd(),
+                *([average] if average is not None else []),
+            ],
         },
     )
+    if average is not None and (trainer.is_fsdp_enabled or _zero3(training_args)):
+        raise WarmstartError(
+            "--ema_decay averages whole weights, and this launch shards them across processes (FSDP / ZeRO-3): "
+            "drop --ema_decay, or launch without sharding"
+        )
     run.plan.decide("param_groups", tuning.groups_as_dicts())
     try:
-        if solved_only:  # nothing left to train: the solve was the training
-            results: dict[str, Any] = {
+        if evaluate_only:
+            results: dict[str, Any] = {"evaluate_only": True}
+        elif solved_only:  # nothing left to train: the solve was the training
+            results = {
                 "train_runtime": fit.seconds,
                 "train_samples_per_second": round(fit.examples / max(fit.seconds, 1e-9), 3),
                 "train_loss": fit.train_loss,
             }
         else:
-            results = dict(trainer.train(resume_from_checkpoint=resume_point(training_args)).metrics)
+            results = dict(trainer.train(resume_from_checkpoint=resume).metrics)
         if fit is not None:
             results.update(probe_c=fit.c, probe_seconds=fit.seconds)
-        results.update(
-            train_samples=len(splits["train"]),
-            trainable_params=report.trainable_params,
-            total_params=report.total_params,
-        )
+        if not evaluate_only:
+            results["train_samples"] = len(splits["train"])
+        results.update(trainable_params=report.trainable_params, total_params=report.total_params)
         if cached is not None:  # before the Trainer's clock (train_runtime) started
             results["feature_cache_seconds"] = round(cached.seconds, 3)
-        trainer.log_metrics("train", results)
-        files = {"train": dict(results)}  # written with the model, when it is saved
+        files = {}
+        if not evaluate_only:
+            trainer.log_metrics("train", results)
+            files["train"] = dict(results)  # written with the model, when it is saved
 
-        predicted = {}
+        predicted, chosen = {}, None
+        if average is not None:
+            chosen, record = choose_average(
+                trainer, average, splits["validation"], judge, greater_is_better(judged_metric)
+            )
+            record["metric"] = f"eval_{judged_metric}"
+            run.plan.decide("weight_average", record)
+            results.update(
+                ema_kept=record["kept"] == "ema",
+                **{f"{kind}_eval_{judged_metric}": record[f"score_{kind}"] for kind in ("raw", "ema")},
+            )
+            card = {**card, "weights": " ".join(filter(None, [card.get("weights"), _average_markdown(record)]))}
+            logger.info(
+                "weight average (EMA, decay %g, %d updates): eval_%s %.4g vs %.4g raw: the %s weights are kept",
+                record["decay"], record["updates"], judged_metric, record["score_ema"], record["score_raw"],
+                "averaged" if record["kept"] == "ema" else "raw",
+            )  # fmt: skip
         for split in ("validation", "test"):
             if split not in splits:
                 continue
             prefix = "eval" if split == "validation" else "test"
             # predict, not evaluate: the same metrics, and the predictions for the report's plots
-            output = trainer.predict(splits[split], metric_key_prefix=prefix)
+            if split == "validation" and chosen is not None:
+                output = chosen  # predicted while the average was judged
+            else:
+                output = trainer.predict(splits[split], metric_key_prefix=prefix)
             metrics = dict(output.metrics)
             if problem.thresholds and split == "validation":
                 # decided on validation's predictions, then every split is scored at them (validation's F1 is then
@@ -282,6 +337,36 @@ def train_classifier(
             write_output(run, staging, model, save_model, card, results, files, trainer)
         finish_output(run)
     return results
+
+
+def _weight_average(
+    run: Run, model: nn.Module, decay: float | None, warmup: bool, resume: str | None, untrained: bool
+) -> WeightAverage | None:
+    """The run's weight average (``--ema_decay``), or ``None``: not asked for, or nothing trains step by step (a
+    solved head, ``--evaluate_only``; then the run says so)."""
+    if decay is None:
+        return None
+    if untrained:
+        reason = "nothing trains step by step (the head is solved, or --evaluate_only)"
+        logger.warning("--ema_decay %g is not used: %s", decay, reason)
+        run.plan.decide("weight_average", {"method": "ema", "used": False, "reason": reason})
+        return None
+    return WeightAverage(model, decay, warmup=warmup, resume_from=resume)
+
+
+def _zero3(training_args: TrainingArguments) -> bool:
+    config = getattr(training_args, "hf_deepspeed_config", None)
+    return bool(config is not None and config.is_zero3())
+
+
+def _average_markdown(record: dict[str, Any]) -> str:
+    kept = "the averaged weights" if record["kept"] == "ema" else "the raw weights (the average was not better)"
+    return (
+        f"An exponential moving average of the trained weights (decay {record['decay']:g}"
+        f"{', warmed up' if record['warmup'] else ''}, {record['updates']} updates) was evaluated beside the raw "
+        f"weights on validation: {record['metric']} {record['score_ema']:.4g} averaged vs {record['score_raw']:.4g} "
+        f"raw; saved: {kept}."
+    )
 
 
 def _cache_backbone_features(
