@@ -171,7 +171,18 @@ def test_a_strategy_comparison_runs_under_two_processes(tmp_path):
     assert done.stdout.count("strategy comparison (image): best by eval_accuracy") == 1  # printed once
     assert done.stdout.count("head_only-lbfgs: training ...") == 1
     rows = list(csv.DictReader((out / "comparison.csv").open()))
-    assert [r["run"] for r in rows] == ["head_only-lbfgs", "lp_ft-lr0.01", "full-lr0.01"]
+    # lp_ft and full train the same parameters from the same weights: their greedy soup is tried once, in both
+    # processes, and is a row when the average is at least as good as the better of them
+    assert done.stdout.count("soup-lp_ft+full: greedy soup of 2 runs") == 1
+    souped = "soup-lp_ft+full: 2 runs" in done.stdout
+    assert [r["run"] for r in rows] == [
+        "head_only-lbfgs",
+        "lp_ft-lr0.01",
+        "full-lr0.01",
+        *["soup-lp_ft+full"] * souped,
+    ]
+    assert (out / "runs" / "soup-lp_ft+full" / "model.safetensors").is_file() == souped
+    rows = rows[:3]
     for row in rows:
         run = out / "runs" / row["run"]
         results = json.loads((run / "all_results.json").read_text())

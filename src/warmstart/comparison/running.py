@@ -86,8 +86,9 @@ def row_from_results(run: PlannedRun, results: dict[str, Any], wall: float, memo
     }
     if memory.cuda_mb is not None:
         row["peak_cuda_mb"] = round(memory.cuda_mb, 1)
+    timing = ("_runtime", "_per_second", "_samples", "_preparation_time")
     for key, value in results.items():
-        if key.startswith(("eval_", "test_")) and not key.endswith(("_runtime", "_per_second", "_samples", "_preparation_time")):
+        if key.startswith(("eval_", "test_")) and not key.endswith(timing):
             row[key] = value
     return row
 

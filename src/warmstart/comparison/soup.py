@@ -138,6 +138,8 @@ def _greedy_soup(
             model_name_or_path=str(runs_dir / str(together[0]["run"])),
             average_with=[str(runs_dir / str(row["run"])) for row in together[1:]],
             evaluate_only=True,
+            random_init=False,  # the runs' weights, whatever the runs started from
+            reset_head=False,
             output_dir=str(candidate_dir),
             overwrite_output_dir=True,
             resume_from_checkpoint=None,
