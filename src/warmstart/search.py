@@ -41,6 +41,7 @@ from warmstart.distributed import (
 )
 from warmstart.errors import WarmstartError
 from warmstart.export import copy_run_output, markdown_table, refuse_foreign_model
+from warmstart.folder_lock import locked_folder
 from warmstart.problems import GREATER_IS_BETTER as GREATER
 from warmstart.problems import SINGLE_LABEL, greater_is_better, problem_named
 from warmstart.run_folder import checkpoint_step, checkpoints, is_complete_checkpoint
@@ -121,8 +122,14 @@ def run_search(config: RunConfig, *, runner: Callable[..., dict[str, Any]] = run
 
     Raises:
         WarmstartError: optuna is not installed, ``--resume_from_checkpoint`` names one checkpoint, the output
-            directory holds another model or a search with other settings, or no trial finished.
+            directory holds another model or a search with other settings or another run is writing into it, or no
+            trial finished.
     """
+    with locked_folder(config.training.output_dir, "a search", enabled=is_main_process()):
+        return _search(config, runner)
+
+
+def _search(config: RunConfig, runner: Callable[..., dict[str, Any]]) -> dict[str, Any]:
     output_dir = Path(config.training.output_dir)
     refuse_foreign_model(output_dir, "search.db", "a search", config.model.overwrite_output_dir)
     search, seed = config.search, config.training.seed

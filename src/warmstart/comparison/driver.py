@@ -33,6 +33,7 @@ from warmstart.config import (
 from warmstart.distributed import barrier, ensure_process_group, is_main_process
 from warmstart.errors import WarmstartError
 from warmstart.export import refuse_foreign_model
+from warmstart.folder_lock import locked_folder
 from warmstart.uncertainty import DEFAULT_LEVEL
 
 
@@ -128,8 +129,14 @@ def compare_strategies(comparison: ComparisonArguments, config: RunConfig) -> li
         One row per run.
 
     Raises:
-        WarmstartError: the output folder holds another model, or a run fails with a one-line error.
+        WarmstartError: the output folder holds another model or another run is writing into it, or a run fails with
+            a one-line error.
     """
+    with locked_folder(config.training.output_dir, "a comparison", enabled=is_main_process()):
+        return _compare(comparison, config)
+
+
+def _compare(comparison: ComparisonArguments, config: RunConfig) -> list[dict[str, Any]]:
     strategies = comparison.strategies or default_strategies()
     runs = plan_comparison(strategies, comparison.learning_rates, config)
     output_dir = Path(config.training.output_dir)

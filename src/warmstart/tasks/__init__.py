@@ -11,6 +11,8 @@ from typing import Any
 from transformers import TrainerCallback
 
 from warmstart.config import TASKS, RunConfig
+from warmstart.distributed import is_main_process
+from warmstart.folder_lock import locked_folder
 from warmstart.tasks import image_autoencoder, image_classification, masked_lm, text_classification
 
 # each task of the table (warmstart.config.tasks.TASKS) and the function that executes it
@@ -43,7 +45,10 @@ def run(
         All metrics, as in ``all_results.json``.
 
     Raises:
-        WarmstartError: bad data, a model that cannot be used, an output folder that holds another model, a run
-            that diverges; each with one line saying what to change.
+        WarmstartError: bad data, a model that cannot be used, an output folder that holds another model or that
+            another run is writing into (:mod:`warmstart.folder_lock`), a run that diverges; each with one line
+            saying what to change.
     """
-    return EXECUTIONS[config.task](config.copy(), callbacks=callbacks, feature_store=feature_store)
+    # one run per folder: a second run into it refuses while this one works (the main process writes; it locks)
+    with locked_folder(config.training.output_dir, enabled=is_main_process()):
+        return EXECUTIONS[config.task](config.copy(), callbacks=callbacks, feature_store=feature_store)
