@@ -65,15 +65,17 @@ def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] 
         argv: arguments to pass on.
 
     Raises:
-        SystemExit: with status 2 when ``main`` raised :class:`WarmstartError`.
+        SystemExit: with status 2 when ``main`` raised :class:`WarmstartError` (a preempted run: its
+            ``--preempt_exit_code``, 75 by default).
     """
     try:
         main(argv)
     except WarmstartError as err:
         _close_progress_bars()
         message = " ".join(str(err).split())
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(2) from None
+        # a preempted run's line and status are its own (warmstart.preemption.Preempted)
+        print(f"{getattr(err, 'label', 'error')}: {message}", file=sys.stderr)
+        raise SystemExit(getattr(err, "exit_code", 2)) from None
     finally:
         _leave_process_group()
 

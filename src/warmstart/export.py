@@ -39,6 +39,7 @@ _VOLATILE_KEYS = (
     "run_name",
     "feature_cache_memory_mb",  # where cached features live, not what they are
     "precision_evidence",  # the measurement behind an automatic precision choice
+    "preempt_exit_code",  # how a stop is reported, not what is trained
 )
 
 

@@ -42,6 +42,7 @@ from warmstart.distributed import (
 from warmstart.errors import WarmstartError
 from warmstart.export import copy_run_output, markdown_table, refuse_foreign_model
 from warmstart.folder_lock import locked_folder
+from warmstart.preemption import Preempted, preemptible
 from warmstart.problems import GREATER_IS_BETTER as GREATER
 from warmstart.problems import SINGLE_LABEL, greater_is_better, problem_named
 from warmstart.run_folder import checkpoint_step, checkpoints, is_complete_checkpoint
@@ -125,7 +126,12 @@ def run_search(config: RunConfig, *, runner: Callable[..., dict[str, Any]] = run
             directory holds another model or a search with other settings or another run is writing into it, or no
             trial finished.
     """
-    with locked_folder(config.training.output_dir, "a search", enabled=is_main_process()):
+    output_dir, writes = config.training.output_dir, is_main_process()
+    # between its runs a signal stops it at once (a run stops after its step, with a checkpoint)
+    with (
+        locked_folder(output_dir, "a search", enabled=writes),
+        preemptible(output_dir, config.performance.preempt_exit_code, writes=writes),
+    ):
         return _search(config, runner)
 
 
@@ -314,6 +320,8 @@ def _run_trial(
     failed = optuna.trial.TrialState.FAIL
     try:
         results = runner(config.with_values(**changes), callbacks=[pruning])
+    except Preempted:  # the trial stays running, for the next run to resume (--resume_from_checkpoint auto)
+        raise
     except WarmstartError as err:  # these values do not work here (e.g. more blocks than the model has)
         if trial is not None:
             print(f"[trial {number}] {_shown(values)}: failed: {err}")

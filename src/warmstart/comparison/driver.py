@@ -34,6 +34,7 @@ from warmstart.distributed import barrier, ensure_process_group, is_main_process
 from warmstart.errors import WarmstartError
 from warmstart.export import refuse_foreign_model
 from warmstart.folder_lock import locked_folder
+from warmstart.preemption import preemptible
 from warmstart.uncertainty import DEFAULT_LEVEL
 
 
@@ -132,7 +133,12 @@ def compare_strategies(comparison: ComparisonArguments, config: RunConfig) -> li
         WarmstartError: the output folder holds another model or another run is writing into it, or a run fails with
             a one-line error.
     """
-    with locked_folder(config.training.output_dir, "a comparison", enabled=is_main_process()):
+    output_dir, writes = config.training.output_dir, is_main_process()
+    # between its runs a signal stops it at once (a run stops after its step, with a checkpoint)
+    with (
+        locked_folder(output_dir, "a comparison", enabled=writes),
+        preemptible(output_dir, config.performance.preempt_exit_code, writes=writes),
+    ):
         return _compare(comparison, config)
 
 

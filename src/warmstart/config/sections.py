@@ -14,6 +14,7 @@ from warmstart.averaging import check_ema_decay
 from warmstart.data.leakage import ON_LEAKAGE
 from warmstart.data.sources import check_encoding
 from warmstart.errors import WarmstartError
+from warmstart.preemption import DEFAULT_EXIT_CODE, check_exit_code
 
 _DATASET_NAME_HELP = "Hub dataset id (downloaded, or from the Hugging Face cache with HF_HUB_OFFLINE=1)."
 
@@ -340,6 +341,13 @@ class PerformanceArguments:
             "split and train the head on them; false: run the backbone every step."
         },
     )
+    preempt_exit_code: int = field(
+        default=DEFAULT_EXIT_CODE,
+        metadata={
+            "help": "The exit status of a run stopped by SIGTERM or SIGUSR1 (a preemption: it finishes its step and "
+            "writes a checkpoint first), for a scheduler to requeue it on; 75 is EX_TEMPFAIL."
+        },
+    )
     feature_cache_memory_mb: float = field(
         default=2048.0,
         metadata={"help": "Cached features larger than this many MiB are written to a memory-mapped file instead."},
@@ -360,6 +368,7 @@ class PerformanceArguments:
     def __post_init__(self) -> None:
         if self.feature_cache_memory_mb < 0:
             raise WarmstartError(f"--feature_cache_memory_mb must not be negative, got {self.feature_cache_memory_mb}")
+        check_exit_code(self.preempt_exit_code)
 
 
 SEARCHABLE = ("learning_rate", "per_device_train_batch_size", "unfreeze_top_k", "layer_lr_decay", "weight_decay")

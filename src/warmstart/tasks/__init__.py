@@ -13,6 +13,7 @@ from transformers import TrainerCallback
 from warmstart.config import TASKS, RunConfig
 from warmstart.distributed import is_main_process
 from warmstart.folder_lock import locked_folder
+from warmstart.preemption import preemptible
 from warmstart.tasks import image_autoencoder, image_classification, masked_lm, text_classification
 
 # each task of the table (warmstart.config.tasks.TASKS) and the function that executes it
@@ -48,7 +49,13 @@ def run(
         WarmstartError: bad data, a model that cannot be used, an output folder that holds another model or that
             another run is writing into (:mod:`warmstart.folder_lock`), a run that diverges; each with one line
             saying what to change.
+        Preempted: SIGTERM or SIGUSR1 stopped it; a checkpoint was written where training had started.
     """
-    # one run per folder: a second run into it refuses while this one works (the main process writes; it locks)
-    with locked_folder(config.training.output_dir, enabled=is_main_process()):
-        return EXECUTIONS[config.task](config.copy(), callbacks=callbacks, feature_store=feature_store)
+    output_dir, writes = config.training.output_dir, is_main_process()
+    # one run per folder: a second run into it refuses while this one works (the main process writes; it locks);
+    # SIGTERM / SIGUSR1 stop it after a step, with a checkpoint (warmstart.preemption)
+    with (
+        locked_folder(output_dir, enabled=writes),
+        preemptible(output_dir, config.performance.preempt_exit_code, writes=writes) as preemption,
+    ):
+        return EXECUTIONS[config.task](config.copy(), callbacks=[*callbacks, preemption], feature_store=feature_store)
