@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import tiny_text_argv
+from conftest import tiny_text_argv, trainer_flags
 from safetensors.torch import load_file
 from torch import nn
 from transformers import TrainerCallback
@@ -24,8 +24,10 @@ from warmstart.averaging import (
     WeightAverage,
     architecture_difference,
     average_state_dicts,
+    batchnorm_layers_that_differ,
     choose_average,
     ema_decay_at,
+    recompute_batchnorm,
 )
 from warmstart.comparison.planning import PlannedRun
 from warmstart.comparison.soup import make_soups, soup_groups
@@ -283,3 +285,52 @@ def test_a_comparison_soups_a_strategy_across_its_learning_rates(tmp_path):
          "--output_dir", str(tmp_path / "plain")]
     )  # fmt: skip
     assert not any(row["run"].startswith("soup-") for row in none)
+
+
+def test_batchnorm_statistics_that_differ_are_recomputed_on_the_data_and_the_others_kept():
+    """Two models whose second BatchNorm was trained apart: averaging leaves its statistics fitting neither; they
+    are recomputed from the batches (a cumulative average: the data's mean, and the mean of the batch variances),
+    while the first BatchNorm, shared, keeps its statistics."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Linear(6, 5), nn.BatchNorm1d(5))
+    with torch.no_grad():
+        model[1].running_mean.fill_(3.0)
+    a = {k: v.clone() for k, v in model.state_dict().items()}
+    b = {k: v.clone() for k, v in a.items()}
+    b["3.running_mean"] += 1.0
+    assert batchnorm_layers_that_differ(model, [a, b]) == ["3"]
+    model.load_state_dict(average_state_dicts([a, b]))
+    data = [torch.randn(64, 4) * 2 + 1 for _ in range(3)]
+    seen = recompute_batchnorm(model, ["3"], ({"input": x} for x in data), max_batches=2)
+    assert seen == 2 and model.training and model[3].momentum == 0.1  # the mode and the momentum as they were
+    with torch.no_grad():
+        inner = [model[2](model[1].eval()(model[0](x))) for x in data[:2]]
+    torch.testing.assert_close(model[3].running_mean, torch.stack([h.mean(0) for h in inner]).mean(0))
+    torch.testing.assert_close(model[3].running_var, torch.stack([h.var(0) for h in inner]).mean(0))
+    assert torch.equal(model[1].running_mean, torch.full((6,), 3.0))
+
+
+def test_an_image_soup_recomputes_its_batchnorm_statistics(tmp_path):
+    import image_classification
+    from conftest import write_image_folder
+
+    train, validation = write_image_folder(tmp_path / "train", 6, 0), write_image_folder(tmp_path / "val", 2, 1)
+    base = ["--model_name_or_path", "test_resnet", "--random_init", "--image_size", "32", "--train_dir", str(train),
+            "--validation_dir", str(validation), "--precision", "fp32"]  # fmt: skip
+    outs = []
+    for lr in ("1e-2", "3e-2"):
+        out = tmp_path / f"run-{lr}"
+        image_classification.main([*base, *trainer_flags(out, "--max_steps", "4", "--learning_rate", lr)])
+        outs.append(out)
+    soup = tmp_path / "soup"
+    argv = [*base[2:], *trainer_flags(soup), "--model_name_or_path", str(outs[0]), "--average_with", str(outs[1])]
+    argv.remove("--random_init")
+    results = image_classification.main([*argv, "--evaluate_only"])
+    record = yaml.safe_load((soup / "warmstart_config.yaml").read_text())["weight_average"]
+    assert record["batchnorm_recomputed"]["layers"] > 0 and record["batchnorm_recomputed"]["batches"] >= 1
+    first, second, saved = (load_file(p / "model.safetensors") for p in (*outs, soup))
+    name = next(k for k in saved if k.endswith("running_mean") and not torch.equal(first[k], second[k]))
+    assert not torch.allclose(saved[name], (first[name] + second[name]) / 2)  # recomputed, not averaged
+    weight = name.replace("running_mean", "weight")
+    torch.testing.assert_close(saved[weight], (first[weight] + second[weight]) / 2)
+    assert "eval_accuracy" in results

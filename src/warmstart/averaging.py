@@ -258,3 +258,50 @@ def choose_average(
     }
     average.release()
     return (ema if better else raw), record
+
+
+def batchnorm_layers_that_differ(model: nn.Module, states: Sequence[dict[str, torch.Tensor]]) -> list[str]:
+    """The BatchNorm layers of ``model`` whose running statistics differ between the averaged ``states``: averaged
+    weights give their layers other activations than any one model's, so the averaged statistics fit none (a
+    soup of two EfficientNet-Lite0 fine-tunes scored 10 % on digits with them, 99.2 % with them recomputed). Layers
+    whose statistics every model shares (frozen, or never trained) are left alone."""
+    names = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+            key = f"{name}.running_mean" if name else "running_mean"
+            if key in states[0] and any(not torch.equal(states[0][key], state[key]) for state in states[1:]):
+                names.append(name)
+    return names
+
+
+@torch.no_grad()
+def recompute_batchnorm(model: nn.Module, layers: Sequence[str], batches: Any, max_batches: int = 200) -> int:
+    """Recomputes the running statistics of the named BatchNorm layers from ``batches`` (dicts of model inputs, the
+    training data), as SWA's ``update_bn`` does: reset, then a cumulative average over up to ``max_batches``
+    forward passes in train mode; every other layer and the model's mode are left as they were.
+
+    Returns:
+        The number of batches seen.
+    """
+    modules = dict(model.named_modules())
+    chosen = [modules[name] for name in layers]
+    momenta = [m.momentum for m in chosen]
+    for module in chosen:
+        module.reset_running_stats()
+        module.momentum = None  # a cumulative average over the batches
+    was_training = model.training
+    model.eval()
+    for module in chosen:
+        module.train()
+    device = next(model.parameters()).device
+    seen = 0
+    for batch in batches:
+        if seen >= max_batches:
+            break
+        inputs = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "labels"}
+        model(**inputs)
+        seen += 1
+    for module, momentum in zip(chosen, momenta, strict=True):
+        module.momentum = momentum
+    model.train(was_training)
+    return seen

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +15,15 @@ from datasets import DatasetDict
 from torch import nn
 from transformers import TrainerCallback
 
-from warmstart.averaging import architecture_difference, average_state_dicts
+from warmstart.averaging import (
+    architecture_difference,
+    average_state_dicts,
+    batchnorm_layers_that_differ,
+    recompute_batchnorm,
+)
 from warmstart.calibration import fold_temperature
 from warmstart.config import RunConfig
+from warmstart.distributed import broadcast_from_main
 from warmstart.errors import WarmstartError
 from warmstart.feature_cache import CacheSettings, default_cache_dir
 from warmstart.fine_tuning import prepare_fine_tuning
@@ -212,12 +218,19 @@ def probe_policy(
 
 
 def average_in(
-    config: RunConfig, run: Run, model: nn.Module, load_model: Callable[[str], nn.Module], outputs: int
+    config: RunConfig,
+    run: Run,
+    model: nn.Module,
+    load_model: Callable[[str], nn.Module],
+    outputs: int,
+    train_batches: Callable[[], Iterable[dict[str, Any]]],
 ) -> str:
     """``--average_with``: sets the model's weights to the uniform average of its own and each listed warmstart
     output's (a model soup), every one loaded as the run loads its model, for the same labels, and each one's fitted
-    temperature taken out of its head first (the average is of the weights as trained). Recorded as
-    ``weight_average``; returns the card's line ("" without ``--average_with``).
+    temperature taken out of its head first (the average is of the weights as trained). BatchNorm layers whose
+    statistics differ between the models get theirs recomputed on the training data (``train_batches``), as SWA
+    does: averaged statistics fit no averaged weights. Recorded as ``weight_average``; returns the card's line (""
+    without ``--average_with``).
 
     Raises:
         WarmstartError: a model without a head for the run's labels, or of another architecture.
@@ -247,9 +260,20 @@ def average_in(
             )
     model.load_state_dict(average_state_dicts(states))
     names = [model_display_name(path) for path, _ in members]
-    run.plan.decide("weight_average", {"method": "uniform", "models": names})
+    record: dict[str, Any] = {"method": "uniform", "models": names}
+    line = f"The weights are the uniform average of {len(members)} models (a model soup): {', '.join(names)}."
+    layers = batchnorm_layers_that_differ(model, states)
+    if layers:
+        model.to(config.training.device)
+        seen = recompute_batchnorm(model, layers, train_batches())
+        recomputed = {k: v.cpu() for k, v in model.state_dict().items() if k.rsplit(".", 1)[0] in set(layers)}
+        model.load_state_dict(broadcast_from_main(recomputed), strict=False)  # the main process's, everywhere
+        record["batchnorm_recomputed"] = {"layers": len(layers), "batches": seen}
+        line += f" The statistics of its {len(layers)} BatchNorm layers were recomputed on {seen} training batches."
+        logger.info("BatchNorm statistics of %d layers recomputed on %d training batches", len(layers), seen)
+    run.plan.decide("weight_average", record)
     logger.info("weights: the uniform average of %d models (%s)", len(members), ", ".join(names))
-    return f"The weights are the uniform average of {len(members)} models (a model soup): {', '.join(names)}."
+    return line
 
 
 def train_loaded_classifier(
@@ -266,9 +290,12 @@ def train_loaded_classifier(
     load_model: Callable[[str], nn.Module],
     processing_class: Any = None,
     callbacks: Sequence[TrainerCallback] = (),
+    plain_train: Any = None,
 ) -> dict[str, Any]:
     """The rest of a classification run once its model and splits are loaded: the models of ``--average_with``
-    averaged in (:func:`average_in`; ``load_model`` loads one as the run loaded its own), the probe decided, the
+    averaged in (:func:`average_in`; ``load_model`` loads one as the run loaded its own; BatchNorm statistics
+    recomputed on ``plain_train``, the training examples without augmentation, else on ``splits["train"]``), the
+    probe decided, the
     policy applied (:func:`~warmstart.fine_tuning.prepare_fine_tuning`), the regularization built, and
     :func:`~warmstart.training.train_classifier` run.
 
@@ -277,7 +304,14 @@ def train_loaded_classifier(
             :func:`average_in` refuses.
     """
     evaluate_only = config.evaluation.evaluate_only
-    weights = average_in(config, run, model, load_model, labels.num_outputs)
+
+    def train_batches() -> Iterable[dict[str, Any]]:
+        # batches of at least 64: the statistics average per-batch variances, which small batches underestimate
+        size = max(config.training.per_device_eval_batch_size, config.training.per_device_train_batch_size, 64)
+        examples = plain_train if plain_train is not None else splits["train"]
+        return torch.utils.data.DataLoader(examples, batch_size=size, collate_fn=collate)
+
+    weights = average_in(config, run, model, load_model, labels.num_outputs, train_batches)
     if evaluate_only and not getattr(model, "warmstart_head_kept", False):
         raise WarmstartError(
             f"--evaluate_only: {config.model.model_name_or_path} has no trained head for these labels "

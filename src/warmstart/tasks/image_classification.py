@@ -65,9 +65,10 @@ def execute(
     )
     apply_devices(config, run, model, input_size=data_config["input_size"])
     feature_cache = feature_cache_settings(config, run, image_collate, feature_store)  # in the precision chosen
+    # every split as evaluation sees it, train too: what cached features and recomputed BatchNorm statistics are of
+    plain = attach_image_transforms(DatasetDict(splits), image_column, eval_transform, eval_transform)
     if feature_cache:  # features are computed once, so from the evaluation transform: one augmented view would stick
-        raw = DatasetDict(splits)
-        feature_cache.source_splits = attach_image_transforms(raw, image_column, eval_transform, eval_transform)
+        feature_cache.source_splits = plain
     splits = attach_image_transforms(
         splits, image_column, train_transform, eval_transform, mark_train=reg_args.mixes_labels
     )
@@ -81,6 +82,7 @@ def execute(
         labels=labels,
         feature_cache=feature_cache,
         load_model=load,
+        plain_train=plain["train"],
         callbacks=callbacks,
         save_model=lambda merged, output_dir: save_image_model(merged, output_dir, data_config),
         card={"data": data_args.describe(), "labels": labels.names},
