@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import socket
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from warmstart.disk_space import is_out_of_space, out_of_space
 from warmstart.distributed import active as distributed_active
 from warmstart.distributed import gathered_blocks
 from warmstart.errors import WarmstartError
@@ -107,7 +109,21 @@ def allocate(
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"{split}.npy"
     logger.info("the %s features take %.0f MiB: memory-mapped at %s", split, size_mb, path)
-    return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, *shape))
+    try:
+        array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, *shape))
+        # the file's blocks reserved now: a memory map that runs out of space mid-write kills the process (SIGBUS)
+        with path.open("r+b") as f:
+            os.posix_fallocate(f.fileno(), 0, path.stat().st_size)
+    except OSError as err:
+        if not is_out_of_space(err):
+            raise
+        path.unlink(missing_ok=True)
+        raise out_of_space(
+            cache_dir, f"the {split} features", int(size_mb * 2**20),
+            "the partial file was removed: free space, raise --feature_cache_memory_mb to keep them in memory, or "
+            "--cache_features false",
+        ) from None  # fmt: skip
+    return array
 
 
 def default_cache_dir(output_dir: Path, rank: int = 0) -> Path:

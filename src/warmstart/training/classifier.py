@@ -18,6 +18,7 @@ from transformers import EvalPrediction, Trainer, TrainerCallback, TrainingArgum
 
 from warmstart.averaging import WeightAverage, choose_average
 from warmstart.calibration import check_calibration
+from warmstart.disk_space import checkpoint_bytes, guard_checkpoints
 from warmstart.distributed import broadcast_from_main, is_main_process
 from warmstart.errors import WarmstartError
 from warmstart.feature_cache import (
@@ -222,6 +223,7 @@ def train_classifier(
             ],
         },
     )
+    guard_checkpoints(trainer, checkpoint_bytes(tuning.model))
     if average is not None and (trainer.is_fsdp_enabled or _zero3(training_args)):
         raise WarmstartError(
             "--ema_decay averages whole weights, and this launch shards them across processes (FSDP / ZeRO-3): "
@@ -309,7 +311,7 @@ def train_classifier(
                 {"step": step, "stage": stage, "training": groups} for step, stage, groups in schedule.history
             ]
         files["all"] = {**results, "freeze_policy": policy.to_dict(), **report.to_dict()}
-        with staged_output(run.output_dir) as staging:
+        with staged_output(run.output_dir, tuning.model) as staging:
             model = tuning.model
             if policy.spec.wraps_model:
                 if save_adapter:

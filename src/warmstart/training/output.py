@@ -16,6 +16,7 @@ from torch import nn
 from transformers import Trainer
 
 from warmstart.config import to_plain
+from warmstart.disk_space import folder_bytes, is_out_of_space, out_of_space
 from warmstart.export import hub_upload_operations, write_resolved_config
 from warmstart.lineage import finish_lineage
 from warmstart.model_card import write_model_card
@@ -37,11 +38,12 @@ STAGING_DIR = ".warmstart_saving"
 
 
 @contextmanager
-def staged_output(output_dir: Path) -> Iterator[Path]:
+def staged_output(output_dir: Path, model: nn.Module | None = None) -> Iterator[Path]:
     """A folder inside ``output_dir`` to write a run's output into; when the block ends without an error, every
     file in it replaces its namesake in ``output_dir`` (one rename each, after everything is written), and the
     folder goes. A failure while writing leaves ``output_dir`` as it was: an earlier model stays whole and
-    loadable, and nothing half-written is left behind."""
+    loadable, and nothing half-written is left behind. Out of space, the run stops with one line saying how much
+    the output needs (what was written, or the weights of ``model`` if more) and where."""
     staging = output_dir / STAGING_DIR
     shutil.rmtree(staging, ignore_errors=True)  # left by a process killed mid-save
     staging.mkdir(parents=True)
@@ -52,6 +54,15 @@ def staged_output(output_dir: Path) -> Iterator[Path]:
             if item.is_dir() and target.exists():
                 shutil.rmtree(target)
             os.replace(item, target)
+    except Exception as err:
+        if not is_out_of_space(err, output_dir):
+            raise
+        weights = sum(p.numel() * p.element_size() for p in model.parameters()) if model is not None else 0
+        raise out_of_space(
+            output_dir, "the run's output", max(folder_bytes(staging), weights),
+            f"nothing in {output_dir} was replaced (an earlier model there is whole) and the checkpoints are kept: "
+            "free space and rerun with --resume_from_checkpoint auto",
+        ) from None  # fmt: skip
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -11,6 +11,7 @@ from datasets import DatasetDict
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from warmstart.disk_space import checkpoint_bytes, guard_checkpoints
 from warmstart.plan import change_training
 from warmstart.training.callbacks import LogBeforeEvaluationAndAtTheEnd, StopOnNonFiniteLoss
 from warmstart.training.output import finish_output, staged_output, write_output
@@ -70,6 +71,7 @@ def train_self_supervised(
         processing_class=processing_class,
         callbacks=[*callbacks, StopOnNonFiniteLoss(), LogBeforeEvaluationAndAtTheEnd()],
     )
+    guard_checkpoints(trainer, checkpoint_bytes(model))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     train_result = trainer.train(resume_from_checkpoint=resume_point(training_args))
     results: dict[str, Any] = dict(train_result.metrics)
@@ -89,7 +91,7 @@ def train_self_supervised(
     results.update(metrics)
     files["all"] = dict(results)
     if trainer.is_world_process_zero():
-        with staged_output(run.output_dir) as staging:
+        with staged_output(run.output_dir, model) as staging:
             images = after_training(model, staging) if after_training is not None else []
             write_output(run, staging, model, save_model, {**card, "images": images}, results, files, trainer)
         finish_output(run)
