@@ -600,10 +600,11 @@ def scenario_enospc(work: Path, data: TextData) -> dict[str, Any]:
 
 def scenario_two_runs_one_folder(work: Path, data: TextData) -> dict[str, Any]:
     out = work / "out"
-    command = text_command(data, out, "--max_steps", "300", *CHECKPOINTED)
+    # long enough that the second (its imports take seconds) reaches the folder while the first still trains
+    command = text_command(data, out, "--max_steps", "1500", *CHECKPOINTED)
     # one thread each: two runs of torch's default threads on the same cores spend their time spinning
     first = start(command, work, "first", OMP_NUM_THREADS="1")
-    wait_for(lambda: out.is_dir() and any(out.iterdir()), first, timeout=180)
+    wait_for(lambda: (out / "checkpoint-50" / "trainer_state.json").is_file(), first, timeout=180)
     written, step = sorted(listing(out)), newest_step(out)
     second = start(command, work, "second", OMP_NUM_THREADS="1")
     lag = second.started - first.started
