@@ -305,3 +305,37 @@ def recompute_batchnorm(model: nn.Module, layers: Sequence[str], batches: Any, m
         module.momentum = momentum
     model.train(was_training)
     return seen
+
+
+def weight_average(
+    plan: Any, model: nn.Module, decay: float | None, warmup: bool, resume: str | None, untrained: bool
+) -> WeightAverage | None:
+    """A run's weight average (``--ema_decay``), or ``None``: not asked for, or nothing trains step by step (a solved
+    head, ``--evaluate_only``; then the run says so and records it in ``plan``, its :class:`~warmstart.plan.RunPlan`).
+    """
+    if decay is None:
+        return None
+    if untrained:
+        reason = "nothing trains step by step (the head is solved, or --evaluate_only)"
+        logger.warning("--ema_decay %g is not used: %s", decay, reason)
+        plan.decide("weight_average", {"method": "ema", "used": False, "reason": reason})
+        return None
+    return WeightAverage(model, decay, warmup=warmup, resume_from=resume)
+
+
+def shards_weights(trainer: Any) -> bool:
+    """Whether the Trainer's launch shards the weights across processes (FSDP, DeepSpeed ZeRO-3): an average of
+    whole weights cannot be kept there."""
+    deepspeed = getattr(trainer.args, "hf_deepspeed_config", None)
+    return bool(trainer.is_fsdp_enabled or (deepspeed is not None and deepspeed.is_zero3()))
+
+
+def average_markdown(record: dict[str, Any]) -> str:
+    """The card's line on an exponential moving average: its settings, both scores, which weights were saved."""
+    kept = "the averaged weights" if record["kept"] == "ema" else "the raw weights (the average was not better)"
+    return (
+        f"An exponential moving average of the trained weights (decay {record['decay']:g}"
+        f"{', warmed up' if record['warmup'] else ''}, {record['updates']} updates) was evaluated beside the raw "
+        f"weights on validation: {record['metric']} {record['score_ema']:.4g} averaged vs {record['score_raw']:.4g} "
+        f"raw; saved: {kept}."
+    )

@@ -16,7 +16,7 @@ from datasets import DatasetDict
 from torch import nn
 from transformers import EvalPrediction, Trainer, TrainerCallback, TrainingArguments, default_data_collator
 
-from warmstart.averaging import WeightAverage, choose_average
+from warmstart.averaging import average_markdown, choose_average, shards_weights, weight_average
 from warmstart.calibration import check_calibration
 from warmstart.disk_space import checkpoint_bytes, guard_checkpoints
 from warmstart.distributed import broadcast_from_main, is_main_process
@@ -202,7 +202,7 @@ def train_classifier(
     change_training(training_args, "non-finite losses are shown", logging_nan_inf_filter=False)
     training_args = run.plan.resolve()  # every decision is made: the Trainer's arguments, built once
     resume = None if evaluate_only or solved_only else resume_point(training_args)
-    average = _weight_average(run, tuning.model, ema_decay, ema_warmup, resume, evaluate_only or solved_only)
+    average = weight_average(run.plan, tuning.model, ema_decay, ema_warmup, resume, evaluate_only or solved_only)
     trainer = Trainer(
         args=training_args,
         train_dataset=splits["train"],
@@ -224,7 +224,7 @@ def train_classifier(
         },
     )
     guard_checkpoints(trainer, checkpoint_bytes(tuning.model))
-    if average is not None and (trainer.is_fsdp_enabled or _zero3(training_args)):
+    if average is not None and shards_weights(trainer):
         raise WarmstartError(
             "--ema_decay averages whole weights, and this launch shards them across processes (FSDP / ZeRO-3): "
             "drop --ema_decay, or launch without sharding"
@@ -259,12 +259,13 @@ def train_classifier(
                 trainer, average, splits["validation"], judge, greater_is_better(judged_metric)
             )
             record["metric"] = f"eval_{judged_metric}"
-            run.plan.decide("weight_average", record)
+            souped = run.plan.decisions.get("weight_average")  # --average_with, trained on: both are recorded
+            run.plan.decide("weight_average", {**record, "started_from": souped} if souped else record)
             results.update(
                 ema_kept=record["kept"] == "ema",
                 **{f"{kind}_eval_{judged_metric}": record[f"score_{kind}"] for kind in ("raw", "ema")},
             )
-            card = {**card, "weights": " ".join(filter(None, [card.get("weights"), _average_markdown(record)]))}
+            card = {**card, "weights": " ".join(filter(None, [card.get("weights"), average_markdown(record)]))}
             logger.info(
                 "weight average (EMA, decay %g, %d updates): eval_%s %.4g vs %.4g raw: the %s weights are kept",
                 record["decay"], record["updates"], judged_metric, record["score_ema"], record["score_raw"],
@@ -339,36 +340,6 @@ def train_classifier(
             write_output(run, staging, model, save_model, card, results, files, trainer)
         finish_output(run)
     return results
-
-
-def _weight_average(
-    run: Run, model: nn.Module, decay: float | None, warmup: bool, resume: str | None, untrained: bool
-) -> WeightAverage | None:
-    """The run's weight average (``--ema_decay``), or ``None``: not asked for, or nothing trains step by step (a
-    solved head, ``--evaluate_only``; then the run says so)."""
-    if decay is None:
-        return None
-    if untrained:
-        reason = "nothing trains step by step (the head is solved, or --evaluate_only)"
-        logger.warning("--ema_decay %g is not used: %s", decay, reason)
-        run.plan.decide("weight_average", {"method": "ema", "used": False, "reason": reason})
-        return None
-    return WeightAverage(model, decay, warmup=warmup, resume_from=resume)
-
-
-def _zero3(training_args: TrainingArguments) -> bool:
-    config = getattr(training_args, "hf_deepspeed_config", None)
-    return bool(config is not None and config.is_zero3())
-
-
-def _average_markdown(record: dict[str, Any]) -> str:
-    kept = "the averaged weights" if record["kept"] == "ema" else "the raw weights (the average was not better)"
-    return (
-        f"An exponential moving average of the trained weights (decay {record['decay']:g}"
-        f"{', warmed up' if record['warmup'] else ''}, {record['updates']} updates) was evaluated beside the raw "
-        f"weights on validation: {record['metric']} {record['score_ema']:.4g} averaged vs {record['score_raw']:.4g} "
-        f"raw; saved: {kept}."
-    )
 
 
 def _cache_backbone_features(
