@@ -572,6 +572,24 @@ CASES = [
         lambda e: e.text("--on_leakage", "ignore"),
         ("--on_leakage 'ignore' is not one of warn, drop, refuse",),
     ),
+    Case(
+        "image-on-bad-example-unknown",
+        "image",
+        lambda e: e.image("--on_bad_example", "drop"),
+        ("--on_bad_example 'drop' is not one of fail, skip",),
+    ),
+    Case(
+        "text-max-bad-fraction-above-one",
+        "text",
+        lambda e: e.text("--on_bad_example", "skip", "--max_bad_fraction", "5"),
+        ("--max_bad_fraction is a share of a split in [0, 1]", "got 5.0"),
+    ),
+    Case(
+        "image-skip-more-bad-than-allowed",
+        "image",
+        lambda e: e.image("--on_bad_example", "skip", train=e.bad_image(b"not an image at all\n" * 20)),
+        ("1 of 13 train examples (7.7%) cannot be used", "--max_bad_fraction 0.01", "bad.png"),
+    ),
     # ---- weight averaging (test_averaging.py checks the averages)
     Case(
         "text-ema-decay-one",
@@ -637,7 +655,7 @@ CASES = [
         lambda e: e.image(train=e.bad_image(e.truncated_png())),
         ("bad.png", "cannot be read"),
     ),
-    # passes the header check, fails when decoded in the first training step (see also the test with progress bars)
+    # passes the header check, fails when decoded: by the data checks, which decode every image before training
     Case(
         "image-png-with-corrupt-pixel-data",
         "image",
@@ -1674,17 +1692,33 @@ def test_bad_input_is_refused_by_the_script(case: Case, env: Env):
 
 
 def test_error_mid_training_starts_its_own_line(env: Env, capfd):
-    """A file that breaks in the first step: the Trainer's progress bar is open and its line has no newline yet."""
-    argv = env.image(train=env.bad_image(png_with_bad_pixels()))
+    """Files that break after the first step (every image checked before training decoded): the Trainer's progress
+    bar is open and its line has no newline yet when the error is printed."""
+    from transformers import TrainerCallback
+
+    from warmstart.config import parse_config
+    from warmstart.tasks import run as run_task
+
+    train = env.image_folder("train_breaking")
+
+    class BreakFiles(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            for path in train.rglob("*.png"):
+                path.write_bytes(png_with_bad_pixels())
+
+    argv = env.image(train=train)
     before = snapshot(env.out)
-    code, stderr = run_in_process("image", argv, capfd)
-    assert code == 2
+    capfd.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        run_cli(lambda a: run_task(parse_config(a, "image_classification"), callbacks=[BreakFiles()]), argv)
+    stderr = capfd.readouterr().err
+    assert exited.value.code == 2
     assert snapshot(env.out) == before
     assert "Traceback" not in stderr, stderr
     assert "%|" in stderr  # the bar did show
     terminal_lines = [line for line in stderr.split("\n") if line.strip()]
     assert terminal_lines[-1].startswith("error: image "), stderr
-    assert "bad.png cannot be read" in terminal_lines[-1]
+    assert "cannot be read during training" in terminal_lines[-1]
     assert sum("error:" in line for line in terminal_lines) == 1
 
 

@@ -72,12 +72,23 @@ def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] 
         main(argv)
     except WarmstartError as err:
         _close_progress_bars()
-        message = " ".join(str(err).split())
+        message = " ".join(own_message(err).split())
         # a preempted run's line and status are its own (warmstart.preemption.Preempted)
         print(f"{getattr(err, 'label', 'error')}: {message}", file=sys.stderr)
         raise SystemExit(getattr(err, "exit_code", 2)) from None
     finally:
         _leave_process_group()
+
+
+def own_message(err: WarmstartError) -> str:
+    """The error's own message: a DataLoader worker's error reaches the main process re-raised with the worker's
+    traceback as its message ("Caught WarmstartError in DataLoader worker process 0. Original Traceback ..."), which
+    ends with the line raised."""
+    text = str(err)
+    marker = f"{type(err).__name__}: "
+    if text.startswith("Caught ") and "Original Traceback" in text and marker in text:
+        return text.rsplit(marker, 1)[1].strip()
+    return text
 
 
 def _leave_process_group() -> None:

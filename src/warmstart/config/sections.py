@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from warmstart.averaging import check_ema_decay
+from warmstart.data.bad_examples import check_bad_example_options
 from warmstart.data.leakage import ON_LEAKAGE
 from warmstart.data.sources import check_encoding
 from warmstart.errors import WarmstartError
@@ -140,11 +141,24 @@ class DataArguments:
             "count), drop (remove them from validation / test, never from train) or refuse (stop before training)."
         },
     )
+    on_bad_example: str = field(
+        default="fail",
+        metadata={
+            "help": "An example that cannot be read or used (an image that does not decode, an empty text, text that "
+            "fails to tokenize): fail (stop with one line naming it) or skip (drop it, count it per split, list it "
+            "in bad_examples.json; during training a readable example takes its place in the batch)."
+        },
+    )
+    max_bad_fraction: float = field(
+        default=0.01,
+        metadata={"help": "With --on_bad_example skip: stop once more than this share of a split is bad (0.01: 1 %)."},
+    )
 
     def __post_init__(self) -> None:
         check_data_values(self, ("max_train_samples", "max_eval_samples", "max_seq_length", "image_size"))
         if self.on_leakage not in ON_LEAKAGE:
             raise WarmstartError(f"--on_leakage {self.on_leakage!r} is not one of {', '.join(ON_LEAKAGE)}: pick one")
+        check_bad_example_options(self.on_bad_example, self.max_bad_fraction)
         if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
             raise WarmstartError(f"--pad_to_multiple_of must be a positive integer, got {self.pad_to_multiple_of}")
         if self.dataset_name and (self.train_file or self.train_dir):

@@ -29,6 +29,8 @@ BACKGROUND = (255, 255, 255)  # what transparent pixels are composited on
 _ORIENTATION_TAG = 0x0112
 _DEEP_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+# what Pillow raises for a file it cannot read: not an image, truncated, a broken plugin stream, a decompression bomb
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, TypeError, AttributeError, Image.DecompressionBombError)
 
 
 def load_image(source: str | Path | bytes | dict[str, Any], channels: int = 3) -> Image.Image:
@@ -45,6 +47,22 @@ def load_image(source: str | Path | bytes | dict[str, Any], channels: int = 3) -
         image.seek(0)  # the first frame of an animation or a multi-page file
         image.load()  # first: a PNG's EXIF may follow its pixels, and a broken pixel stream must raise here
         return to_channels(exif_upright(image), channels)
+
+
+def decode_error(source: str | Path | bytes | dict[str, Any] | None) -> str | None:
+    """Why an image cannot be decoded, in a few words (``None``: it decodes)."""
+    if source is None or (isinstance(source, dict) and not source.get("bytes") and not source.get("path")):
+        return "no image"
+    try:
+        load_image(source)
+    except DECODE_ERRORS as err:
+        return describe_error(err)
+    return None
+
+
+def describe_error(err: BaseException) -> str:
+    """An exception's message on one line (its type where it has none)."""
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 def image_file(source: str | Path | bytes | dict[str, Any]) -> Any:

@@ -11,7 +11,7 @@ import numpy as np
 from datasets import DatasetDict
 from PIL import Image
 
-from warmstart.data.decoding import load_image
+from warmstart.data.decoding import DECODE_ERRORS, load_image
 
 HASH_RADIUS = 4  # difference-hash bits two near-duplicate images may differ in
 RADIUS_PAIRS_BUDGET = 5_000_000  # hash comparisons the radius search may make
@@ -21,8 +21,8 @@ def image_keys(
     splits: DatasetDict, column: str
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Each split's exact keys (pixel hashes) and near keys (difference hashes) as ids shared across splits (-1: an
-    image that cannot be read, which :func:`~warmstart.data.vision.check_images` names later; for near keys also a
-    flat image), and the difference hashes themselves (``uint64``; 0 where there is none)."""
+    image that cannot be read, which :func:`~warmstart.data.leakage.check_splits` reports as ``unreadable``; for near
+    keys also a flat image), and the difference hashes themselves (``uint64``; 0 where there is none)."""
     exact, near, valid, flat = {}, {}, {}, {}
     for name, data in splits.items():
         raw = data.select_columns([column]).cast_column(column, datasets.Image(decode=False))
@@ -34,7 +34,7 @@ def image_keys(
                 row = start + offset
                 try:
                     image = load_image(value)
-                except (OSError, SyntaxError, ValueError, TypeError, AttributeError):
+                except DECODE_ERRORS:
                     readable[row] = False
                     continue
                 digest = hashlib.blake2b(f"{image.size}".encode() + image.tobytes(), digest_size=8).digest()

@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import DatasetDict
 
+from warmstart.data.decoding import decode_error
 from warmstart.data.image_hashes import HASH_RADIUS, RADIUS_PAIRS_BUDGET, hamming_matches, image_keys
 from warmstart.data.label_shift import arrow_column, label_shift, label_values, log_shift
 from warmstart.errors import WarmstartError
@@ -60,13 +61,15 @@ def check_splits(
     on_leakage: str = "warn",
     held_out: Mapping[str, str] | None = None,
     hash_radius: int = HASH_RADIUS,
+    keep_row_numbers: bool = False,
 ) -> tuple[DatasetDict, dict[str, Any]]:
     """Checks every split other than train for examples also in train, every split for inputs with different labels,
     and the label distributions against train's; logs what it finds and acts on leaked examples.
 
     Args:
         splits: the labelled splits (``train`` and the evaluation splits, labels encoded in ``labels``). A split with
-            a ``ROW_COLUMN`` (:func:`number_rows`) is named by those rows; the column is dropped from what is returned.
+            a ``ROW_COLUMN`` (:func:`number_rows`) is named by those rows; the column is dropped from what is returned
+            unless ``keep_row_numbers``.
         labels: the run's label space (the shape, and the names for messages).
         text_columns: the text column, or the two of a pair; or
         image_column: the image column.
@@ -74,6 +77,7 @@ def check_splits(
         held_out: splits whose rows are another split's (``{"validation": "train"}``: held out of train), for
             messages.
         hash_radius: difference-hash bits two near-duplicate images may differ in (0: identical hashes only).
+        keep_row_numbers: leave ``ROW_COLUMN`` in the splits returned.
 
     Returns:
         The splits (leaked rows dropped with ``drop``) and the report: plain data, rows counted from 1 (a held-out
@@ -88,6 +92,10 @@ def check_splits(
              "label_shift": {"validation": {"total_variation": 0.31, "expected_from_sampling": 0.1,
                                             "shifted": True, "rare_in_train": [...]}}}
 
+        Images that cannot be decoded (never counted as duplicates) are listed under ``unreadable``, each as a
+        :class:`~warmstart.data.bad_examples.BadExample`'s fields (``split``, ``row``, ``error``, ``file``,
+        ``rows_of``), for the caller to act on as ``--on_bad_example`` says.
+
     Raises:
         WarmstartError: ``on_leakage`` is not one of :data:`ON_LEAKAGE`; ``refuse`` and leaked examples; ``drop``
             leaving an evaluation split empty.
@@ -96,10 +104,14 @@ def check_splits(
         raise WarmstartError(f"--on_leakage {on_leakage!r} is not one of {', '.join(ON_LEAKAGE)}: pick one")
     if bool(text_columns) == bool(image_column) or "train" not in splits or not 0 <= hash_radius < 32:
         raise ValueError("check_splits takes a train split, text_columns or image_column, and 0 <= hash_radius < 32")
-    rows, splits = _take_row_numbers(splits)
+    rows, stripped = _take_row_numbers(splits)
+    splits = DatasetDict(splits) if keep_row_numbers else stripped
     names = list(splits)
+    place = _Places(rows, held_out or {})
+    report: dict[str, Any] = {}
     if image_column:
         exact, near, hashes = image_keys(splits, image_column)
+        report["unreadable"] = _unreadable(splits, image_column, exact, place)
         inputs = "images"
         # a flat image has no difference hash: its pixels say which images are one input
         offset = 1 + max((int(k.max()) for k in near.values() if len(k)), default=0)
@@ -109,8 +121,7 @@ def check_splits(
     else:
         exact, near = _text_keys(splits, text_columns)
         hashes, inputs, same_input = None, "text pairs" if len(text_columns) == 2 else "text", near
-    report: dict[str, Any] = {"inputs": inputs, "on_leakage": on_leakage}
-    place = _Places(rows, held_out or {})
+    report = {"inputs": inputs, "on_leakage": on_leakage, **report}
     label_ids = _label_ids(splits)
 
     leaked: dict[str, np.ndarray] = {}
@@ -148,6 +159,27 @@ def check_splits(
     splits = _act(splits, leaked, report, on_leakage, example)
     _log_findings(report)
     return splits, report
+
+
+def _unreadable(
+    splits: DatasetDict, column: str, exact: dict[str, np.ndarray], place: _Places
+) -> list[dict[str, Any]]:
+    """The images :func:`~warmstart.data.image_hashes.image_keys` could not decode (an exact key of -1), each with
+    its file and why (decoded once more: there are few)."""
+    out = []
+    for name, data in splits.items():
+        bad = np.flatnonzero(exact[name] < 0)
+        if not len(bad):
+            continue
+        raw = data.select_columns([column]).cast_column(column, datasets.Image(decode=False)).select(bad)
+        for i, value in zip(bad, raw[column]):
+            example = {"split": name, "row": place.row(name, int(i)), "error": decode_error(value) or "unreadable"}
+            if (value or {}).get("path"):
+                example["file"] = value["path"]
+            if name in place.held_out:
+                example["rows_of"] = place.held_out[name]
+            out.append(example)
+    return out
 
 
 class _Places:

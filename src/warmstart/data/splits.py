@@ -11,8 +11,9 @@ from typing import Any
 import datasets
 from datasets import ClassLabel, DatasetDict
 
+from warmstart.data.bad_examples import BadExample, BadExamples
 from warmstart.data.columns import LABEL_COLUMN
-from warmstart.data.leakage import check_splits, number_rows
+from warmstart.data.leakage import ROW_COLUMN, check_splits, number_rows
 from warmstart.data.sources import (
     CORPUS_BUILDERS,
     LOAD_ERRORS,
@@ -22,7 +23,13 @@ from warmstart.data.sources import (
     root_cause,
 )
 from warmstart.data.targets import encode_targets, target_scale
-from warmstart.data.text import check_text_cells, has_text, resolve_corpus_text_column, resolve_text_columns
+from warmstart.data.text import (
+    check_text_cells,
+    empty_text_cells,
+    has_text,
+    resolve_corpus_text_column,
+    resolve_text_columns,
+)
 from warmstart.data.vision import resolve_image_column
 from warmstart.errors import WarmstartError, hub_unavailable
 from warmstart.problems import REGRESSION, LabelSpace
@@ -83,15 +90,30 @@ def load_labeled_splits(data_args: Any, seed: int, modality: str = "text") -> tu
 
 
 def load_checked_splits(
-    data_args: Any, seed: int, modality: str = "text"
+    data_args: Any,
+    seed: int,
+    modality: str = "text",
+    *,
+    bad_examples: BadExamples | None = None,
+    keep_row_numbers: bool = False,
 ) -> tuple[DatasetDict, LabelSpace, dict[str, Any]]:
     """Loads the splits a recipe's :class:`~warmstart.arguments.DataArguments` name, encodes their labels, makes a
     validation split when there is none, applies the sample limits and checks the final splits for leakage
-    (:func:`~warmstart.data.leakage.check_splits`, acting as ``--on_leakage`` says).
+    (:func:`~warmstart.data.leakage.check_splits`, acting as ``--on_leakage`` says) and for examples that cannot be
+    used (acting as ``--on_bad_example`` says: :class:`~warmstart.data.bad_examples.BadExamples`).
 
     Before any split is made (so that row numbers in messages are the file's): images get their image column
     resolved (paths in a table relative to the table's folder, :func:`resolve_image_column`); texts get their text
-    columns checked for empty cells (:func:`check_text_cells`).
+    columns checked for empty cells (:func:`check_text_cells`). Every image is decoded once, by the leakage check:
+    one that does not decode stops the run (``fail``) or is dropped from its split (``skip``), as is an empty text.
+
+    Args:
+        data_args: the data arguments.
+        seed: seeds the validation split made from train, and the sample limits.
+        modality: ``text`` or ``image``.
+        bad_examples: the run's policy for bad examples, which records those dropped here (default: from
+            ``data_args``, recording nowhere).
+        keep_row_numbers: leave each example's row as read (from 0) in ``ROW_COLUMN``, for later messages.
 
     Returns:
         The splits (``train``, ``validation``, maybe ``test``; labels in ``labels``), their
@@ -100,8 +122,10 @@ def load_checked_splits(
 
     Raises:
         WarmstartError: see :func:`load_raw_splits`, :func:`~warmstart.data.targets.encode_targets` and
-            :func:`~warmstart.data.leakage.check_splits` (``--on_leakage refuse``).
+            :func:`~warmstart.data.leakage.check_splits` (``--on_leakage refuse``); an example that cannot be used
+            (``--on_bad_example fail``), or too many (``skip``).
     """
+    bad_examples = bad_examples or BadExamples.for_run(data_args, None)
     splits = load_raw_splits(
         dataset_name=data_args.dataset_name,
         dataset_config_name=data_args.dataset_config_name,
@@ -110,15 +134,19 @@ def load_checked_splits(
         encoding=getattr(data_args, "encoding", None),
     )
     check_not_empty(splits)
-    image_column, text_columns = None, []
+    image_column, text_columns, empty = None, [], []
     if modality == "image":
         image_column = resolve_image_column(splits, data_args.image_column_name, base_dirs=table_dirs(data_args))
     labels = encode_targets(splits, data_args)
     if modality == "text":
         text_columns = resolve_text_columns(splits, data_args.text_column_names, data_args.label_column_name)
-        check_text_cells(splits, text_columns)
+        if bad_examples.skips:
+            empty = empty_text_cells(splits, text_columns)
+        else:
+            check_text_cells(splits, text_columns)
     held_out = {} if "validation" in splits else {"validation": "train"}
-    splits = number_rows(splits)
+    bad_examples.held_out.update(held_out)
+    splits = bad_examples.drop(number_rows(splits), empty, ROW_COLUMN)
     splits = make_validation_split(splits, data_args.train_val_split, seed)
     splits = limit_samples(splits, data_args.max_train_samples, data_args.max_eval_samples, seed)
     check_not_empty(splits)
@@ -129,7 +157,12 @@ def load_checked_splits(
         image_column=image_column,
         on_leakage=getattr(data_args, "on_leakage", "warn"),
         held_out=held_out,
+        keep_row_numbers=True,
     )
+    unreadable = [BadExample(**example) for example in report.pop("unreadable", [])]
+    splits = bad_examples.drop(splits, unreadable, ROW_COLUMN)
+    if not keep_row_numbers:
+        splits = DatasetDict({name: data.remove_columns(ROW_COLUMN) for name, data in splits.items()})
     if labels.problem_type == REGRESSION:
         labels.target_mean, labels.target_std = target_scale(splits["train"], labels.names)
     return splits, labels, report

@@ -13,8 +13,10 @@ import torch
 from datasets import DatasetDict
 from PIL import Image, UnidentifiedImageError
 
+from warmstart.data.bad_examples import RETRIES, BadExample, BadExamples
 from warmstart.data.columns import LABEL_COLUMN, require_column
-from warmstart.data.decoding import image_file, load_image
+from warmstart.data.decoding import DECODE_ERRORS, describe_error, image_file, load_image
+from warmstart.data.leakage import ROW_COLUMN
 from warmstart.data.sources import (
     is_path_column,
     resolve_image_paths,
@@ -108,10 +110,13 @@ def attach_image_transforms(
     eval_transform: Callable[[Image.Image], torch.Tensor],
     *,
     mark_train: bool = False,
+    bad_examples: BadExamples | None = None,
 ) -> DatasetDict:
     """Transforms images lazily (``set_transform``): train augmentation for train, the eval transform elsewhere.
 
-    Images are decoded here rather than by ``datasets``, so that a file that breaks mid-epoch is named.
+    Images are decoded here rather than by ``datasets``, so that a file that breaks mid-epoch is named: by its file
+    and its row as read, where the split carries ``ROW_COLUMN``
+    (:func:`~warmstart.data.splits.load_checked_splits` with ``keep_row_numbers``).
 
     Args:
         splits: the splits, labels (if any) in ``labels``.
@@ -122,23 +127,31 @@ def attach_image_transforms(
             so that one collator can tell training batches from evaluation ones (the Trainer uses the same
             ``data_collator`` for both): :class:`warmstart.regularization.MixupCollator` mixes marked batches only.
             Needs ``remove_unused_columns=False`` (the recipes set it), or the Trainer drops the key.
+        bad_examples: what to do with an image that does not decode (default: stop with one line): with ``skip``,
+            the next readable example of the split takes its place (:class:`~warmstart.data.bad_examples.BadExamples`).
     """
     marker = TRAIN_MARKER if mark_train else None
+    bad_examples = bad_examples or BadExamples()
 
-    def make(transform: Callable, split: str) -> Callable[[dict[str, list]], dict[str, list]]:
+    def make(transform: Callable, split: str, raw: datasets.Dataset) -> Callable[[dict[str, list]], dict[str, list]]:
+        replacements = _Replacements(raw, image_column, split, bad_examples)
+
         def apply(batch: dict[str, list]) -> dict[str, list]:
-            pixels = []
-            for value in batch[image_column]:
+            pixels, labels = [], list(batch[LABEL_COLUMN]) if LABEL_COLUMN in batch else None
+            rows = batch.get(ROW_COLUMN)
+            for i, value in enumerate(batch[image_column]):
                 try:
                     image = load_image(value)  # upright, first frame, RGB: warmstart.data.decoding
-                except (UnidentifiedImageError, OSError, ValueError) as err:
-                    raise WarmstartError(
-                        f"image {value.get('path') or 'in ' + split} cannot be read ({err})"
-                    ) from None
+                except DECODE_ERRORS as err:
+                    row = None if rows is None else int(rows[i])
+                    bad_examples.meet(_bad_image(value, split, row, err, bad_examples))
+                    image, label = replacements.after(value, row)  # skip: the next readable example
+                    if labels is not None:
+                        labels[i] = label
                 pixels.append(transform(image))
             out = {"pixel_values": pixels}
-            if LABEL_COLUMN in batch:  # unlabeled images (pretraining) have none
-                out[LABEL_COLUMN] = batch[LABEL_COLUMN]
+            if labels is not None:  # unlabeled images (pretraining) have none
+                out[LABEL_COLUMN] = labels
             if marker is not None and split == "train":
                 out[marker] = [True] * len(pixels)
             return out
@@ -146,10 +159,62 @@ def attach_image_transforms(
         return apply
 
     for split in list(splits):
-        data = splits[split].cast_column(image_column, datasets.Image(decode=False))
-        data.set_transform(make(train_transform if split == "train" else eval_transform, split))
+        raw = splits[split].cast_column(image_column, datasets.Image(decode=False))
+        data = raw.with_transform(make(train_transform if split == "train" else eval_transform, split, raw))
         splits[split] = data
     return splits
+
+
+def _bad_image(
+    value: dict[str, Any] | None, split: str, row: int | None, err: BaseException, bad_examples: BadExamples
+) -> BadExample:
+    return BadExample(
+        split,
+        0 if row is None else row + 1,
+        describe_error(err),
+        file=(value or {}).get("path") or None,
+        rows_of=bad_examples.held_out.get(split),
+        when="during training",
+    )
+
+
+class _Replacements:
+    """The readable example that takes a bad one's place (``--on_bad_example skip``): the next rows of the split,
+    as timm's ``ImageDataset`` does, up to :data:`~warmstart.data.bad_examples.RETRIES` of them."""
+
+    def __init__(self, raw: datasets.Dataset, column: str, split: str, bad_examples: BadExamples) -> None:
+        self.raw, self.column, self.split, self.bad_examples = raw, column, split, bad_examples
+        self._positions: dict[int, int] | None = None
+
+    def after(self, value: dict[str, Any] | None, row: int | None) -> tuple[Image.Image, Any]:
+        n = len(self.raw)
+        start = self._position(value, row)
+        for step in range(1, RETRIES + 1):
+            example = self.raw[(start + step) % n]
+            candidate = example.get(ROW_COLUMN)
+            if candidate is not None and (self.split, int(candidate) + 1) in self.bad_examples.found:
+                continue
+            try:
+                return load_image(example[self.column]), example.get(LABEL_COLUMN)
+            except DECODE_ERRORS as err:
+                self.bad_examples.meet(_bad_image(example[self.column], self.split, candidate, err, self.bad_examples))
+        raise WarmstartError(
+            f"{RETRIES} examples of the {self.split} split after row {row} cannot be read either: the data is "
+            "broken there; fix or remove it"
+        )
+
+    def _position(self, value: dict[str, Any] | None, row: int | None) -> int:
+        """The bad example's position in the split: found by its row number; else its file; else 0."""
+        if row is not None and ROW_COLUMN in self.raw.column_names:
+            if self._positions is None:
+                self._positions = {int(r): i for i, r in enumerate(self.raw.with_format("numpy")[ROW_COLUMN])}
+            return self._positions.get(row, 0)
+        path = (value or {}).get("path")
+        if path:
+            paths = [(v or {}).get("path") for v in self.raw[self.column]]
+            if path in paths:
+                return paths.index(path)
+        return 0
 
 
 def image_transforms(

@@ -23,6 +23,7 @@ from warmstart.averaging import (
 )
 from warmstart.calibration import fold_temperature
 from warmstart.config import RunConfig
+from warmstart.data.bad_examples import BadExamples
 from warmstart.distributed import broadcast_from_main
 from warmstart.errors import WarmstartError
 from warmstart.feature_cache import CacheSettings, default_cache_dir
@@ -59,6 +60,15 @@ def start_classification(config: RunConfig) -> Run:
     run.plan.decide("learning_rate", {"value": rate, "source": source})
     logger.info("learning rate %g (%s)", rate, source)
     return run
+
+
+def bad_examples_of(config: RunConfig) -> BadExamples:
+    """The run's policy for examples that cannot be used (``--on_bad_example``), recording into its output folder;
+    record files a previous run's processes left there are removed (by the main process)."""
+    bad_examples = BadExamples.for_run(config.data, config.training.output_dir)
+    if config.training.process_index == 0:
+        bad_examples.clear_stale()
+    return bad_examples
 
 
 def resolve_labels(config: RunConfig, run: Run, labels: LabelSpace) -> None:

@@ -11,7 +11,6 @@ from transformers import TrainerCallback
 from warmstart.config import RunConfig
 from warmstart.data import (
     attach_image_transforms,
-    check_images,
     image_collate,
     image_transforms,
     load_checked_splits,
@@ -22,6 +21,7 @@ from warmstart.models import load_image_model
 from warmstart.plan import change_training
 from warmstart.tasks.classification import (
     apply_devices,
+    bad_examples_of,
     feature_cache_settings,
     resolve_labels,
     start_classification,
@@ -38,11 +38,14 @@ def execute(
     # the image column is decoded by our transform, so the Trainer must not drop it as "unused"
     change_training(training_args, "the image column is decoded by our transform", remove_unused_columns=False)
 
-    splits, labels, data_checks = load_checked_splits(data_args, seed=training_args.seed, modality="image")
+    run.bad_examples = bad_examples = bad_examples_of(config)
+    # every image is decoded once here (the leakage check): one that does not is refused or skipped
+    splits, labels, data_checks = load_checked_splits(
+        data_args, seed=training_args.seed, modality="image", bad_examples=bad_examples, keep_row_numbers=True
+    )
     run.plan.decide("data_checks", data_checks)
     resolve_labels(config, run, labels)
     image_column = resolve_image_column(splits, data_args.image_column_name)
-    check_images(splits, image_column)
 
     def load(model_name_or_path: str, random_init: bool = False):
         return load_image_model(
@@ -66,11 +69,18 @@ def execute(
     apply_devices(config, run, model, input_size=data_config["input_size"])
     feature_cache = feature_cache_settings(config, run, image_collate, feature_store)  # in the precision chosen
     # every split as evaluation sees it, train too: what cached features and recomputed BatchNorm statistics are of
-    plain = attach_image_transforms(DatasetDict(splits), image_column, eval_transform, eval_transform)
+    plain = attach_image_transforms(
+        DatasetDict(splits), image_column, eval_transform, eval_transform, bad_examples=bad_examples
+    )
     if feature_cache:  # features are computed once, so from the evaluation transform: one augmented view would stick
         feature_cache.source_splits = plain
     splits = attach_image_transforms(
-        splits, image_column, train_transform, eval_transform, mark_train=reg_args.mixes_labels
+        splits,
+        image_column,
+        train_transform,
+        eval_transform,
+        mark_train=reg_args.mixes_labels,
+        bad_examples=bad_examples,
     )
     run.config.update(labels=labels.names, image_data_config=dict(data_config))
     return train_loaded_classifier(

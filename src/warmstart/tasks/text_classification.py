@@ -15,6 +15,7 @@ from warmstart.models import load_text_model, max_sequence_length
 from warmstart.plan import change_training
 from warmstart.tasks.classification import (
     apply_devices,
+    bad_examples_of,
     feature_cache_settings,
     resolve_labels,
     start_classification,
@@ -29,7 +30,10 @@ def execute(
     run = start_classification(config)
     data_args, training_args = config.data, config.training
 
-    splits, labels, data_checks = load_checked_splits(data_args, seed=training_args.seed)
+    run.bad_examples = bad_examples = bad_examples_of(config)
+    splits, labels, data_checks = load_checked_splits(
+        data_args, seed=training_args.seed, bad_examples=bad_examples, keep_row_numbers=True
+    )
     run.plan.decide("data_checks", data_checks)
     resolve_labels(config, run, labels)
     text_columns = resolve_text_columns(splits, data_args.text_column_names, data_args.label_column_name)
@@ -48,7 +52,7 @@ def execute(
     apply_devices(config, run, model)
     max_length = max_sequence_length(model, tokenizer, data_args.max_seq_length)
     with training_args.main_process_first(desc="tokenizing"):
-        splits = tokenize_splits(splits, tokenizer, text_columns, max_length)
+        splits = tokenize_splits(splits, tokenizer, text_columns, max_length, bad_examples)
     # the token counts made at tokenization drive length-grouped batches; the collator drops them before the model
     change_training(training_args, "the collator drops the token counts", remove_unused_columns=False)
     if data_args.group_by_length and training_args.train_sampling_strategy == "random":

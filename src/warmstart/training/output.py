@@ -79,6 +79,12 @@ def write_output(
 ) -> None:
     """Everything a run leaves, into ``staging``: the model files, the results (``<split>_results.json``,
     ``all_results.json``) and ``trainer_state.json``, the resolved config with the run's lineage, and the card."""
+    bad = run.bad_examples
+    if bad is not None and bad.skips:  # the counts in the record, every example in bad_examples.json
+        run.plan.decide("bad_examples", bad.summary())
+        skipped = bad.write(staging)
+        if skipped:
+            logger.warning("%d example(s) could not be used and were skipped: listed in bad_examples.json", skipped)
     # the plan's decisions, and what it changed in the training arguments beside what was asked for (which stays as
     # given, so that a rerun of the same command is recognised)
     run.config.update(run.plan.record())
@@ -100,6 +106,8 @@ def write_output(
 
 def finish_output(run: Run) -> None:
     logger.info("model saved to %s", run.output_dir.resolve())
+    if run.bad_examples is not None:  # its record files are merged into the output now
+        run.bad_examples.close()
     if run.push_to_hub:
         push_output_dir(run)
 

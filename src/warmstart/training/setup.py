@@ -15,6 +15,7 @@ from transformers import TrainingArguments
 
 import warmstart
 from warmstart.config import RunConfig, to_plain
+from warmstart.data.bad_examples import BadExamples
 from warmstart.export import check_output_dir
 from warmstart.lineage import start_lineage
 from warmstart.plan import RunPlan, change_training
@@ -35,6 +36,7 @@ class Run:
     hub_model_id: str | None = None
     hub_token: str | None = field(default=None, repr=False)
     hub_private_repo: bool | None = None
+    bad_examples: BadExamples | None = None  # examples that could not be used (--on_bad_example), written at the end
 
 
 def start_run(config: RunConfig, *, overwrite_output_dir: bool | None = None) -> Run:
