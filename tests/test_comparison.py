@@ -159,6 +159,9 @@ def test_frozen_backbone_runs_share_one_feature_cache(image_dirs, tmp_path):
             "2",
             "--probe_solver",
             "trainer",
+            # one precision for both runs: auto times the model, and under load two runs may choose differently
+            "--precision",
+            "fp32",
             *[a for a in trainer_flags(out) if a not in ("--max_steps", "3")],
         ]
     )

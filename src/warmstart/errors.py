@@ -66,7 +66,9 @@ def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] 
 
     Raises:
         SystemExit: with status 2 when ``main`` raised :class:`WarmstartError` (a preempted run: its
-            ``--preempt_exit_code``, 75 by default).
+            ``--preempt_exit_code``, 75 by default). When another process of a multi-process run failed, the
+            process ends at once with status 76 instead (:mod:`warmstart.peers`: one line naming it and the last
+            complete checkpoint, from the lowest rank left).
     """
     try:
         main(argv)
@@ -76,6 +78,22 @@ def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] 
         # a preempted run's line and status are its own (warmstart.preemption.Preempted)
         print(f"{getattr(err, 'label', 'error')}: {message}", file=sys.stderr)
         raise SystemExit(getattr(err, "exit_code", 2)) from None
+    except Exception as err:
+        from warmstart.peers import PEER_LOST_EXIT_CODE, peer_failure_line
+
+        line = peer_failure_line(err)  # another process of the run failed: this one's error is only the echo
+        if line is None:
+            raise
+        _close_progress_bars()
+        if line:
+            print(line, file=sys.stderr)
+        # now, not through the interpreter's shutdown: it puts the default signal handlers back, and the launcher's
+        # SIGTERM to the ranks left would end this one by a signal instead of its status; and the group's teardown
+        # may wait on the dead peer
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(PEER_LOST_EXIT_CODE)
     finally:
         _leave_process_group()
 

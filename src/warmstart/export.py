@@ -40,7 +40,8 @@ _VOLATILE_KEYS = (
     "feature_cache_memory_mb",  # where cached features live, not what they are
     "precision_evidence",  # the measurement behind an automatic precision choice
     "preempt_exit_code",  # how a stop is reported, not what is trained
-    "max_bad_fraction",  # when a run with bad examples stops, not what it trains on
+    "max_bad_fraction",
+    "peer_timeout",  # when a lost rank is given up on  # when a run with bad examples stops, not what it trains on
 )
 
 

@@ -71,6 +71,7 @@ class Preemption(TrainerCallback):
         self.phase = "before"  # before / training / after the training loop
         self.stopped_at: int | None = None
         self._previous: dict[int, Any] = {}
+        self._held = False
 
     # -- the signal handlers ---------------------------------------------------------------------------------------
     def install(self) -> None:
@@ -83,10 +84,20 @@ class Preemption(TrainerCallback):
                 self._previous[number] = signal.signal(number, self._handle)
 
     def uninstall(self) -> None:
-        """Puts the handlers that were there back."""
+        """Puts the handlers that were there back (unless :meth:`hold` asked to keep the signals off)."""
+        if self._held:
+            return
         for number, handler in self._previous.items():
             signal.signal(number, handler)
         self._previous.clear()
+
+    def hold(self) -> None:
+        """From now on the preemption signals are noted and ignored, to the end of the process."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        self._held = True
+        for name in PREEMPT_SIGNALS:
+            signal.signal(getattr(signal, name), _noted)
 
     def _handle(self, number: int, frame: Any) -> None:
         name = signal.Signals(number).name
@@ -135,6 +146,10 @@ class Preemption(TrainerCallback):
         )
 
 
+def _noted(number: int, frame: Any) -> None:
+    logger.info("%s received while the run ends with an error: ignored", signal.Signals(number).name)
+
+
 def _agreed(stop: bool) -> bool:
     """Whether any process of the run was told to stop (every process calls this after the same steps)."""
     import torch.distributed as dist
@@ -162,5 +177,15 @@ def preemptible(
         yield preemption
         if writes and preemption.stopped_at is None:
             (Path(output_dir) / STOPPED_FILE).unlink(missing_ok=True)
+    except WarmstartError:  # a refusal, or this preemption: a driver may go on (a search's next trial)
+        raise
+    except BaseException:
+        from warmstart.distributed import launched_processes
+
+        if launched_processes() > 1:
+            # on its way out with an error, maybe because another rank died: the launcher's SIGTERM to the others
+            # must not cut short the line that says so (warmstart.peers)
+            preemption.hold()
+        raise
     finally:
         preemption.uninstall()

@@ -42,6 +42,7 @@ from warmstart.distributed import (
 from warmstart.errors import WarmstartError
 from warmstart.export import copy_run_output, markdown_table, refuse_foreign_model
 from warmstart.folder_lock import locked_folder
+from warmstart.peers import watched_peers
 from warmstart.preemption import Preempted, preemptible
 from warmstart.problems import GREATER_IS_BETTER as GREATER
 from warmstart.problems import SINGLE_LABEL, greater_is_better, problem_named
@@ -131,6 +132,7 @@ def run_search(config: RunConfig, *, runner: Callable[..., dict[str, Any]] = run
     with (
         locked_folder(output_dir, "a search", enabled=writes),
         preemptible(output_dir, config.performance.preempt_exit_code, writes=writes),
+        watched_peers(output_dir, config.performance.peer_timeout),
     ):
         return _search(config, runner)
 

@@ -34,6 +34,7 @@ from warmstart.distributed import barrier, ensure_process_group, is_main_process
 from warmstart.errors import WarmstartError
 from warmstart.export import refuse_foreign_model
 from warmstart.folder_lock import locked_folder
+from warmstart.peers import watched_peers
 from warmstart.preemption import preemptible
 from warmstart.uncertainty import DEFAULT_LEVEL
 
@@ -138,6 +139,7 @@ def compare_strategies(comparison: ComparisonArguments, config: RunConfig) -> li
     with (
         locked_folder(output_dir, "a comparison", enabled=writes),
         preemptible(output_dir, config.performance.preempt_exit_code, writes=writes),
+        watched_peers(output_dir, config.performance.peer_timeout),
     ):
         return _compare(comparison, config)
 

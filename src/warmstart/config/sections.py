@@ -15,6 +15,7 @@ from warmstart.data.bad_examples import check_bad_example_options
 from warmstart.data.leakage import ON_LEAKAGE
 from warmstart.data.sources import check_encoding
 from warmstart.errors import WarmstartError
+from warmstart.peers import DEFAULT_PEER_TIMEOUT_S, check_peer_timeout
 from warmstart.preemption import DEFAULT_EXIT_CODE, check_exit_code
 
 _DATASET_NAME_HELP = "Hub dataset id (downloaded, or from the Hugging Face cache with HF_HUB_OFFLINE=1)."
@@ -151,7 +152,7 @@ class DataArguments:
     )
     max_bad_fraction: float = field(
         default=0.01,
-        metadata={"help": "With --on_bad_example skip: stop once more than this share of a split is bad (0.01: 1 %)."},
+        metadata={"help": "With --on_bad_example skip: stop once more than this share of a split is bad (0.01: one example in 100)."},
     )
 
     def __post_init__(self) -> None:
@@ -362,6 +363,14 @@ class PerformanceArguments:
             "writes a checkpoint first), for a scheduler to requeue it on; 75 is EX_TEMPFAIL."
         },
     )
+    peer_timeout: float = field(
+        default=DEFAULT_PEER_TIMEOUT_S,
+        metadata={
+            "help": "Seconds a rank may go without a sign of life (its watcher's beat) before the other ranks stop "
+            "with one line naming it and the last complete checkpoint; a rank on the same host whose process is "
+            "gone is noticed within a second."
+        },
+    )
     feature_cache_memory_mb: float = field(
         default=2048.0,
         metadata={"help": "Cached features larger than this many MiB are written to a memory-mapped file instead."},
@@ -383,6 +392,7 @@ class PerformanceArguments:
         if self.feature_cache_memory_mb < 0:
             raise WarmstartError(f"--feature_cache_memory_mb must not be negative, got {self.feature_cache_memory_mb}")
         check_exit_code(self.preempt_exit_code)
+        check_peer_timeout(self.peer_timeout)
 
 
 SEARCHABLE = ("learning_rate", "per_device_train_batch_size", "unfreeze_top_k", "layer_lr_decay", "weight_decay")

@@ -13,6 +13,7 @@ from transformers import TrainerCallback
 from warmstart.config import TASKS, RunConfig
 from warmstart.distributed import is_main_process
 from warmstart.folder_lock import locked_folder
+from warmstart.peers import watched_peers
 from warmstart.preemption import preemptible
 from warmstart.tasks import image_autoencoder, image_classification, masked_lm, text_classification
 
@@ -54,8 +55,11 @@ def run(
     output_dir, writes = config.training.output_dir, is_main_process()
     # one run per folder: a second run into it refuses while this one works (the main process writes; it locks);
     # SIGTERM / SIGUSR1 stop it after a step, with a checkpoint (warmstart.preemption)
+    # a rank that dies stops the others with one line, never a hang (warmstart.peers)
     with (
         locked_folder(output_dir, enabled=writes),
         preemptible(output_dir, config.performance.preempt_exit_code, writes=writes) as preemption,
+        watched_peers(output_dir, config.performance.peer_timeout) as peers,
     ):
-        return EXECUTIONS[config.task](config.copy(), callbacks=[*callbacks, preemption], feature_store=feature_store)
+        run_callbacks = [*callbacks, preemption, peers]
+        return EXECUTIONS[config.task](config.copy(), callbacks=run_callbacks, feature_store=feature_store)
