@@ -57,6 +57,30 @@ def hub_unavailable(what: str, err: BaseException) -> str:
     )
 
 
+Explainer = Callable[[BaseException], "tuple[str, int] | None"]
+_explainers: list[Explainer] = []
+
+
+def explain_failures_with(explainer: Explainer) -> None:
+    """Lets a module that can tell why an unexpected error happened turn it into one line and an exit status at the
+    command-line boundary (:func:`run_cli`), without this module importing it.
+
+    Args:
+        explainer: takes the error; returns ``(line, status)`` (``line`` empty: end silently, another process says
+            it) or ``None`` when the error is none of its business (a traceback follows, as for any bug).
+    """
+    if explainer not in _explainers:
+        _explainers.append(explainer)
+
+
+def _explain(err: BaseException) -> tuple[str, int] | None:
+    for explainer in _explainers:
+        explained = explainer(err)
+        if explained is not None:
+            return explained
+    return None
+
+
 def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> None:
     """Runs a recipe's ``main`` and reports bad input as one line instead of a traceback.
 
@@ -66,9 +90,10 @@ def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] 
 
     Raises:
         SystemExit: with status 2 when ``main`` raised :class:`WarmstartError` (a preempted run: its
-            ``--preempt_exit_code``, 75 by default). When another process of a multi-process run failed, the
-            process ends at once with status 76 instead (:mod:`warmstart.peers`: one line naming it and the last
-            complete checkpoint, from the lowest rank left).
+            ``--preempt_exit_code``, 75 by default). When an explainer (:func:`explain_failures_with`) knows the
+            cause of another error, the process prints its line and ends at once with its status: another process of
+            a multi-process run failed, status 76 (:mod:`warmstart.peers`: one line naming it and the last complete
+            checkpoint, from the lowest rank left).
     """
     try:
         main(argv)
@@ -79,11 +104,10 @@ def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] 
         print(f"{getattr(err, 'label', 'error')}: {message}", file=sys.stderr)
         raise SystemExit(getattr(err, "exit_code", 2)) from None
     except Exception as err:
-        from warmstart.peers import PEER_LOST_EXIT_CODE, peer_failure_line
-
-        line = peer_failure_line(err)  # another process of the run failed: this one's error is only the echo
-        if line is None:
+        explained = _explain(err)
+        if explained is None:
             raise
+        line, status = explained
         _close_progress_bars()
         if line:
             print(line, file=sys.stderr)
@@ -93,7 +117,7 @@ def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] 
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
-        os._exit(PEER_LOST_EXIT_CODE)
+        os._exit(status)
     finally:
         _leave_process_group()
 

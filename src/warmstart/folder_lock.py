@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from warmstart.errors import WarmstartError
+from warmstart.processes import process_alive
 
 logger = logging.getLogger("warmstart")
 
@@ -49,16 +50,6 @@ def _describe(holder: dict[str, Any]) -> str:
     where = f"process {holder.get('pid', '?')} on {holder.get('host', '?')}, started {holder.get('started', '?')}"
     command = f": {holder['command']}" if holder.get("command") else ""
     return f"{holder.get('what', 'a warmstart run')}, {where}{command}"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class FolderLock:
@@ -138,7 +129,7 @@ class FolderLock:
         if not holder:
             return True
         if holder.get("host") == socket.gethostname():
-            return not _pid_alive(int(holder.get("pid", -1)))
+            return not process_alive(int(holder.get("pid", -1)))
         self._refuse(holder, live=False)
         return False  # not reached
 

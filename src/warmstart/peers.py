@@ -5,7 +5,8 @@ instead of waiting in a collective.
 How a loss is noticed:
 
 * A collective with a dead peer fails at once on gloo ("Connection reset by peer"): the run's error is turned into
-  the line by :func:`warmstart.run_cli` (:func:`peer_failure_line`), which names the peer that is gone.
+  the line by :func:`warmstart.run_cli` (through :func:`peer_failure_line`, registered with
+  :func:`warmstart.errors.explain_failures_with`), which names the peer that is gone.
 * A watcher thread (:class:`PeerWatch`) checks every second that the processes of the other ranks on this host are
   alive, and that every other rank still beats (a counter each rank's watcher adds to in the launch's rendezvous store
   every second). A peer whose process is gone, or whose beat has not moved for ``--peer_timeout`` seconds (on another
@@ -39,7 +40,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from warmstart.errors import WarmstartError
+from warmstart.errors import WarmstartError, explain_failures_with
+from warmstart.processes import process_alive
 
 logger = logging.getLogger("warmstart")
 
@@ -152,7 +154,7 @@ class PeerWatch(TrainerCallback):
         for peer in self.peers:
             if peer.rank == self.rank:
                 continue
-            if peer.host == host and not _alive(peer.pid):
+            if peer.host == host and not process_alive(peer.pid):
                 self.lost = Lost(peer, "its process is gone")
                 return self.lost
             if self._store is None:
@@ -236,6 +238,14 @@ def peer_failure_line(err: BaseException) -> str | None:
     return watch.line(cause) if watch.prints() else ""
 
 
+def _explain(err: BaseException) -> tuple[str, int] | None:
+    line = peer_failure_line(err)
+    return None if line is None else (line, PEER_LOST_EXIT_CODE)
+
+
+explain_failures_with(_explain)  # run_cli turns a peer's failure, echoed here as an error, into the line and status 76
+
+
 def _is_collective_error(err: BaseException) -> bool:
     text = f"{type(err).__name__} {err}"
     return any(
@@ -248,16 +258,3 @@ def _write_line(line: str) -> None:
     with contextlib.suppress(Exception):
         sys.stderr.write(line + "\n")
         sys.stderr.flush()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie (ended, not yet reaped by its launcher) is gone too
-    with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    return True

@@ -152,7 +152,10 @@ class DataArguments:
     )
     max_bad_fraction: float = field(
         default=0.01,
-        metadata={"help": "With --on_bad_example skip: stop once more than this share of a split is bad (0.01: one example in 100)."},
+        metadata={
+            "help": "With --on_bad_example skip: stop once more than this share of a split is bad (0.01: one "
+            "example in 100)."
+        },
     )
 
     def __post_init__(self) -> None:

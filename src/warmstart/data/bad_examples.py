@@ -32,6 +32,7 @@ import numpy as np
 from datasets import Dataset, DatasetDict
 
 from warmstart.errors import WarmstartError
+from warmstart.processes import process_alive
 
 logger = logging.getLogger(__name__)
 
@@ -256,7 +257,7 @@ class BadExamples:
         host = socket.gethostname()
         for path in self.registry.glob("*.jsonl"):
             name, _, pid = path.stem.rpartition("-")
-            if name == host and pid.isdigit() and not _alive(int(pid)):
+            if name == host and pid.isdigit() and not process_alive(int(pid)):
                 path.unlink(missing_ok=True)
 
     def summary(self) -> dict[str, Any]:
@@ -317,13 +318,3 @@ def _keep(data: Dataset, keep: np.ndarray, bad: list[BadExample], split: str) ->
     if not len(keep):
         raise WarmstartError(f"no example of the {split} split can be used ({_examples(bad, split)})")
     return data.select(keep)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
