@@ -17,8 +17,9 @@ Scenarios (``--only NAME``):
   folder that already holds a finished model, rerun with ``--overwrite_output_dir``: (a) checkpoints every 5 steps
   fill the disk; (b) 128 KiB are left free and the rerun's model is 5x larger, so its final save fails.
 - ``two_runs_one_folder``: a second identical run started into the folder a first one is writing.
-- ``truncated_image``: an image folder with one truncated PNG (its first 40 % of bytes), and, separately, with one PNG
-  whose chunks are valid but whose pixel data is garbage.
+- ``truncated_image``: an image folder with one truncated PNG (its first 40 % of bytes); separately, with one PNG
+  whose chunks are valid but whose pixel data is garbage; with one JPEG cut at 70 % (its header whole, so Pillow's
+  ``verify`` passes it); and, where the recipe offers ``--on_bad_example``, that JPEG with ``skip``.
 - ``memory_over_epochs``: the resident set (``VmRSS``, ``VmHWM`` from ``/proc/<pid>/status``, every 0.2 s) of a text
   run of 20 short epochs, and of a ``head_only`` run on cached features (``--probe_solver trainer``).
 
@@ -353,7 +354,7 @@ def new_help_flags() -> list[str]:
     with tempfile.TemporaryDirectory() as folder:
         child = run([sys.executable, str(TEXT_RECIPE), "--help"], Path(folder), "help", timeout=120)
         text = child.text()
-    return [flag for flag in ("--preempt_exit_code",) if flag in text]
+    return [flag for flag in ("--preempt_exit_code", "--peer_timeout", "--on_bad_example") if flag in text]
 
 
 def _signal_scenario(name: str, work: Path, data: TextData, sent: signal.Signals, resume: bool) -> dict[str, Any]:
@@ -648,49 +649,84 @@ def png_with_bad_pixels(width: int = 24, height: int = 24) -> bytes:
     )
 
 
+def _cut_jpeg(_: bytes) -> bytes:
+    """A JPEG of noise cut at 70 %: the header is whole (Pillow's ``verify`` passes it), the pixel data is not."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    data = buffer.getvalue()
+    return data[: int(len(data) * 0.7)]
+
+
 def scenario_truncated_image(work: Path, data: TextData) -> dict[str, Any]:
     validation = write_image_folder(work / "validation", 3, 1)
     cases = []
-    for label, broken, make in (
-        ("truncated", "red/3.png", lambda png: png[: int(len(png) * 0.4)]),
-        ("bad pixels", "green/2.png", lambda png: png_with_bad_pixels()),
+    skip = "--on_bad_example" in new_help_flags()
+    for label, broken, make, extra in (
+        ("truncated", "red/3.png", lambda png: png[: int(len(png) * 0.4)], ()),
+        ("bad pixels", "green/2.png", lambda png: png_with_bad_pixels(), ()),
+        ("cut jpeg", "blue/cut.jpg", _cut_jpeg, ()),
+        # 1 bad of 25 is 4 %: allowed at 5 %
+        *(
+            [("cut jpeg, skip", "blue/cut.jpg", _cut_jpeg, ("--on_bad_example", "skip", "--max_bad_fraction", "0.05"))]
+            if skip
+            else []
+        ),
     ):
-        train = write_image_folder(work / label.replace(" ", "_") / "train", 8, 0)
+        folder = work / re.sub(r"\W+", "_", label)
+        train = write_image_folder(folder / "train", 8, 0)
         target = train / broken
-        target.write_bytes(make(target.read_bytes()))
-        out = work / label.replace(" ", "_") / "out"
+        target.write_bytes(make(target.read_bytes() if target.exists() else b""))
+        out = folder / "out"
         command = [
             sys.executable,
             str(IMAGE_RECIPE),
             *("--model_name_or_path", "test_resnet", "--random_init", "--image_size", "32"),
             *("--train_dir", str(train), "--validation_dir", str(validation)),
             *trainer_flags(out, "--disable_tqdm", "true", "--precision", "fp32", "--max_steps", "-1"),
-            *("--num_train_epochs", "2", "--logging_steps", "1"),
+            *("--num_train_epochs", "2", "--logging_steps", "1", *extra),
         ]
-        child = run(command, work, label.replace(" ", "_"))
+        child = run(command, work, re.sub(r"\W+", "_", label))
         last = child.last_line()
         trained = bool(checkpoints(out)[0]) or bool(re.search(r"'loss'|\"loss\"", child.text()))
+        listed = out / "bad_examples.json"
         cases.append(
             {
                 "case": label,
                 "file": broken,
                 "exit": child.process.returncode,
                 "seconds": time.monotonic() - child.started,
-                "error": last,
+                "error": last if child.process.returncode else "",
                 "names_the_file": Path(broken).name in last,
                 "training_started": trained,
+                "model_saved": (out / "model.safetensors").is_file(),
+                "bad_examples_listed": json.loads(listed.read_text())["splits"] if listed.is_file() else None,
             }
         )
+
+    def outcome(c: dict[str, Any]) -> str:
+        if c["exit"] == 0:
+            return f"{c['case']}: model saved, skipped {c['bad_examples_listed']}"
+        return f"{c['case']}: {c['error']}"
+
     return row(
-        "truncated_image (a: first 40 % of a PNG, b: valid chunks, garbage pixels)",
+        "bad_image (a: first 40 % of a PNG, b: valid chunks, garbage pixels, c: a JPEG cut at 70 %, d: c with skip)",
         " / ".join(f"{c['case']}: {exit_status(c['exit'])}" for c in cases),
         " / ".join(f"{c['case']}: {c['seconds']:.1f}" for c in cases),
         " / ".join(
-            f"{c['case']}: training started before failing: {'yes' if c['training_started'] else 'no'}" for c in cases
+            f"{c['case']}: training started before failing: {'yes' if c['training_started'] else 'no'}"
+            for c in cases
+            if c["exit"]
         ),
-        " / ".join(f"{c['case']}: {c['error']}" for c in cases),
+        " / ".join(outcome(c) for c in cases),
         note=" / ".join(
-            f"{c['case']}: last line names {c['file']}: {'yes' if c['names_the_file'] else 'no'}" for c in cases
+            f"{c['case']}: last line names {c['file']}: {'yes' if c['names_the_file'] else 'no'}"
+            for c in cases
+            if c["exit"]
         ),
         cases=cases,
     )
