@@ -13,6 +13,9 @@ Scenarios (``--only NAME``):
 - ``sigusr1``: the same with SIGUSR1 (SLURM's warning before the end of a job's time), without the resume.
 - ``dead_rank``: a 2-process torchrun; rank 1's worker is SIGKILLed once ``checkpoint-50`` is complete. How long
   until torchrun exits (capped at 240 s: "hung"), and whether rank 0 went by itself or was stopped by torchrun.
+- ``frozen_rank``: the same with SIGSTOP (a rank alive but frozen: neither torchrun nor gloo notices), with
+  ``--peer_timeout 3`` where the recipe offers it; capped at 120 s. Rank 1 is SIGKILLed once rank 0 is gone (else
+  torchrun waits 30 s for it to take its SIGTERM).
 - ``enospc``: a disk that fills up, on a 6 MiB tmpfs (needs root and ``mount``; else "not measurable here"), over a
   folder that already holds a finished model, rerun with ``--overwrite_output_dir``: (a) checkpoints every 5 steps
   fill the disk; (b) 128 KiB are left free and the rerun's model is 5x larger, so its final save fails.
@@ -74,6 +77,7 @@ from conftest import (  # noqa: E402
 
 SIGNAL_WAIT_S = 120  # a signalled run that has not exited by then is reported as hung
 DEAD_RANK_WAIT_S = 240
+FROZEN_RANK_WAIT_S = 120  # the collective alone waits --ddp_timeout, 1800 s
 PROGRESS_BAR = re.compile(r"\d+%\||(it|examples)/s\]|^Writing model shards")
 
 
@@ -418,8 +422,19 @@ def scenario_sigusr1(work: Path, data: TextData) -> dict[str, Any]:
 
 
 def scenario_dead_rank(work: Path, data: TextData) -> dict[str, Any]:
+    return _rank_fault("dead_rank", work, data, signal.SIGKILL, (), DEAD_RANK_WAIT_S)
+
+
+def scenario_frozen_rank(work: Path, data: TextData) -> dict[str, Any]:
+    extra = ("--peer_timeout", "3") if "--peer_timeout" in new_help_flags() else ()
+    return _rank_fault("frozen_rank", work, data, signal.SIGSTOP, extra, FROZEN_RANK_WAIT_S)
+
+
+def _rank_fault(
+    name: str, work: Path, data: TextData, sent: signal.Signals, extra: Sequence[str], wait_s: float
+) -> dict[str, Any]:
     out = work / "out"
-    command = torchrun_command(TEXT_RECIPE, *text_args(data, out, "--max_steps", "2000", *CHECKPOINTED))
+    command = torchrun_command(TEXT_RECIPE, *text_args(data, out, "--max_steps", "2000", *CHECKPOINTED, *extra))
     child = start(command, work, "torchrun", OMP_NUM_THREADS="1")
     ready = wait_for(lambda: (out / "checkpoint-50" / "trainer_state.json").is_file(), child, timeout=240)
     workers = {environment_of(p).get("RANK"): p for p in descendants(child.pid) if "RANK" in environment_of(p)}
@@ -430,7 +445,7 @@ def scenario_dead_rank(work: Path, data: TextData) -> dict[str, Any]:
         kill_tree(child.pid)
         child.wait(30)
         return row(
-            "dead_rank",
+            name,
             child.process.returncode,
             None,
             describe_checkpoints(out),
@@ -439,12 +454,17 @@ def scenario_dead_rank(work: Path, data: TextData) -> dict[str, Any]:
         )
     rank0, rank1 = workers["0"], workers["1"]
     killed = time.monotonic()
-    os.kill(rank1, signal.SIGKILL)
+    os.kill(rank1, sent)
     rank0_gone = None
-    deadline = killed + DEAD_RANK_WAIT_S
-    while child.process.poll() is None and time.monotonic() < deadline:
+    deadline = killed + wait_s
+    while time.monotonic() < deadline:
         if rank0_gone is None and not _alive(rank0):
             rank0_gone = time.monotonic() - killed
+            if sent == signal.SIGSTOP:  # torchrun would wait 30 s for the stopped rank to take its SIGTERM
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(rank1, signal.SIGKILL)
+        if child.process.poll() is not None:
+            break
         time.sleep(0.05)
     hung = child.process.poll() is None
     seconds = time.monotonic() - killed
@@ -462,19 +482,19 @@ def scenario_dead_rank(work: Path, data: TextData) -> dict[str, Any]:
     ]
     stopped_by_torchrun = any(str(rank0) in line and "signal" in line.lower() for line in stderr)
     if hung:
-        rank0_note = f"rank 0 still running after {DEAD_RANK_WAIT_S} s"
+        rank0_note = f"rank 0 still running after {wait_s:g} s"
     elif stopped_by_torchrun:
         rank0_note = f"rank 0 stopped by torchrun (a closing signal to its pid), gone after {rank0_gone:.1f} s"
     else:
         rank0_note = f"rank 0 exited on its own after {rank0_gone:.1f} s" if rank0_gone is not None else "rank 0 ?"
     disk = f"{describe_checkpoints(out)}; final model: {'yes' if (out / 'model.safetensors').is_file() else 'no'}"
     return row(
-        "dead_rank",
+        name,
         "hung" if hung else child.process.returncode,
         None if hung else seconds,
         disk,
         " / ".join(failure[-3:])[-400:],
-        note=(f"hung > {DEAD_RANK_WAIT_S} s; " if hung else "") + rank0_note,
+        note=(f"hung > {wait_s:g} s; " if hung else "") + rank0_note + (f" ({' '.join(extra)})" if extra else ""),
         hung=hung,
         rank0_gone_s=rank0_gone,
         rank0_stopped_by_torchrun=stopped_by_torchrun,
@@ -841,6 +861,7 @@ SCENARIOS: dict[str, Callable[[Path, TextData], dict[str, Any]]] = {
     "sigterm": scenario_sigterm,
     "sigusr1": scenario_sigusr1,
     "dead_rank": scenario_dead_rank,
+    "frozen_rank": scenario_frozen_rank,
     "enospc": scenario_enospc,
     "two_runs_one_folder": scenario_two_runs_one_folder,
     "truncated_image": scenario_truncated_image,
