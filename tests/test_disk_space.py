@@ -13,9 +13,11 @@ import torch
 from conftest import tiny_text_argv
 from transformers import TrainerCallback
 
+import warmstart.disk_space
 import warmstart.training.output
 from warmstart import run
 from warmstart.config import parse_config
+from warmstart.disk_space import is_out_of_space
 from warmstart.errors import WarmstartError
 from warmstart.training import STAGING_DIR
 
@@ -59,7 +61,7 @@ def test_a_full_disk_at_a_checkpoint_removes_it_and_keeps_the_one_before(tmp_pat
     out = tmp_path / "out"
     message = str(stopped.value)
     assert message.startswith(f"no space left on the device of {out} while writing checkpoint-4: it needs about ")
-    assert "MiB are free" in message and f"{out / 'checkpoint-2'} is complete and whole" in message
+    assert "MiB were free" in message and f"{out / 'checkpoint-2'} is complete and whole" in message
     assert "the partial checkpoint-4 was removed" in message and "--resume_from_checkpoint auto" in message
     assert not (out / "checkpoint-4").exists()
     assert _hashes(out / "checkpoint-2") == snapshot.saved["checkpoint-2"]
@@ -94,3 +96,16 @@ def test_a_full_disk_at_the_final_save_keeps_the_previous_model_whole(tmp_path, 
     assert "nothing in" in message and "was replaced" in message
     assert not (out / STAGING_DIR).exists()
     assert _hashes(out) == before
+
+
+@pytest.mark.parametrize("size", [10, 10**6])  # a small object fails in torch's C++ stream, a larger in its zip writer
+def test_torch_s_own_write_errors_count_as_a_full_disk_only_when_the_disk_is_full(tmp_path, monkeypatch, size):
+    with pytest.raises(RuntimeError) as failed:
+        torch.save({"weights": torch.zeros(size)}, "/dev/full")  # every write: ENOSPC, which torch.save does not say
+    assert "No space left" not in str(failed.value)  # the case: errno is lost
+    monkeypatch.setattr(warmstart.disk_space, "free_bytes", lambda where: 4096)
+    assert is_out_of_space(failed.value, tmp_path)
+    monkeypatch.setattr(warmstart.disk_space, "free_bytes", lambda where: 2**30)
+    assert not is_out_of_space(failed.value, tmp_path)  # the same error with space free is some other failure
+    assert not is_out_of_space(RuntimeError("CUDA out of memory"), tmp_path)
+    assert is_out_of_space(OSError(errno.ENOSPC, "No space left on device"))

@@ -15,18 +15,23 @@ from warmstart.run_folder import checkpoints
 
 logger = logging.getLogger("warmstart")
 
-_MESSAGES = ("No space left on device", "os error 28", "unexpected pos")  # torch.save's zip writer hides errno
+_MESSAGES = ("No space left on device", "os error 28")
+# torch.save to a path hides errno: a small object fails in the C++ stream ("basic_ios::clear: iostream error"), a
+# larger one in the zip writer ("unexpected pos 704 vs 598", "PytorchStreamWriter failed writing file")
+_TORCH_WRITE_FAILURES = ("unexpected pos", "basic_ios::clear", "PytorchStreamWriter failed", "file write failed")
+_NEARLY_FULL = 2**20
 
 
 def is_out_of_space(err: BaseException, where: str | Path | None = None) -> bool:
-    """Whether ``err`` is a write that ran out of space (an ``OSError`` with ``ENOSPC``, or a library's error that
-    says so; torch's "unexpected pos" only when ``where``'s device is indeed nearly full)."""
+    """Whether ``err`` is a write that ran out of space: an ``OSError`` with ``ENOSPC`` / ``EDQUOT``, a library's
+    error that says so, or torch's write failures that do not say why, when ``where``'s device is indeed nearly full
+    (under 1 MiB free to this user)."""
     if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
     text = str(err)
-    if any(message in text for message in _MESSAGES[:2]):
+    if any(message in text for message in _MESSAGES):
         return True
-    return _MESSAGES[2] in text and where is not None and free_bytes(where) < 2**20
+    return any(m in text for m in _TORCH_WRITE_FAILURES) and where is not None and free_bytes(where) < _NEARLY_FULL
 
 
 def free_bytes(where: str | Path) -> int:
@@ -46,13 +51,16 @@ def _mib(size: int) -> str:
     return f"{size / 2**20:,.1f} MiB"
 
 
-def out_of_space(where: str | Path, what: str, needed: int | None, then: str) -> WarmstartError:
-    """The one-line error: what could not be written where, the space it needs and the space free, what is whole,
-    and what to do."""
+def out_of_space(
+    where: str | Path, what: str, needed: int | None, then: str, free: int | None = None
+) -> WarmstartError:
+    """The one-line error: what could not be written where, the space it needs and the space free (``free``: as
+    measured when the write failed, before its partial files were removed; else now), what is whole, and what to
+    do."""
     need = f"it needs about {_mib(needed)}, " if needed else ""
+    free = free_bytes(where) if free is None else free
     return WarmstartError(
-        f"no space left on the device of {where} while writing {what}: {need}{_mib(free_bytes(where))} are free; "
-        f"{then}"
+        f"no space left on the device of {where} while writing {what}: {need}{_mib(free)} were free; {then}"
     )
 
 
@@ -80,6 +88,7 @@ def guard_checkpoints(trainer: Any, model_bytes: int) -> None:
         except Exception as err:
             if not is_out_of_space(err, output_dir):
                 raise
+            free = free_bytes(output_dir)  # with the partial checkpoint still there: what the write met
             if not existed:
                 shutil.rmtree(folder, ignore_errors=True)
             last = f"{earlier[-1]} is complete and whole" if earlier else "no earlier checkpoint was complete"
@@ -88,6 +97,7 @@ def guard_checkpoints(trainer: Any, model_bytes: int) -> None:
                 output_dir, folder.name, needed,
                 f"the partial {folder.name} was removed, {last}: free space (or give another --output_dir, or a "
                 "larger --save_steps) and rerun with --resume_from_checkpoint auto",
+                free,
             ) from None  # fmt: skip
 
     trainer._save_checkpoint = guarded

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from warmstart.disk_space import is_out_of_space, out_of_space
+from warmstart.disk_space import free_bytes, is_out_of_space, out_of_space
 from warmstart.distributed import active as distributed_active
 from warmstart.distributed import gathered_blocks
 from warmstart.errors import WarmstartError
@@ -117,11 +117,13 @@ def allocate(
     except OSError as err:
         if not is_out_of_space(err):
             raise
+        free = free_bytes(cache_dir)
         path.unlink(missing_ok=True)
         raise out_of_space(
             cache_dir, f"the {split} features", int(size_mb * 2**20),
             "the partial file was removed: free space, raise --feature_cache_memory_mb to keep them in memory, or "
             "--cache_features false",
+            free,
         ) from None  # fmt: skip
     return array
 
