@@ -24,6 +24,7 @@ from warmstart.comparison import (
     best_row,
     comparison_table,
     majority_class_level,
+    modality_of,
     parse_strategy,
     plan_comparison,
     plan_runs,
@@ -629,3 +630,30 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_when_asked(tiny_bert, te
     run_comparison(runs, shared, out, progress=lines.append, runner=recording)
     assert calls[0].model.overwrite_output_dir and calls[0].training.resume_from_checkpoint is None
     assert "full-lr0.01: interrupted earlier, trained again from the start" in lines[-3]
+
+
+def test_the_modality_of_a_hub_model_comes_from_its_config_downloaded_when_not_cached(tmp_path, monkeypatch):
+    """Online, a hub id that was never downloaded is asked for its config.json (as the loaders would), instead of
+    being taken for a text model; offline it is not asked."""
+    import huggingface_hub
+
+    configs = {"someone/vit": {"architecture": "vit_tiny_patch16_224"}, "someone/bert": {"model_type": "bert"}}
+    asked = []
+
+    def download(repo, filename):
+        asked.append(repo)
+        path = tmp_path / repo.replace("/", "--") / filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(configs[repo]))
+        return str(path)
+
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, filename: None)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    monkeypatch.setattr("warmstart.comparison.driver.hub_offline", lambda: False)
+    assert modality_of("someone/vit") == "image"
+    assert modality_of("hf-hub:someone/bert") == "text"
+    assert modality_of("timm/resnet18.a1_in1k") == "image"  # the timm organisation: no download needed
+    assert asked == ["someone/vit", "someone/bert"]
+    monkeypatch.setattr("warmstart.comparison.driver.hub_offline", lambda: True)
+    assert modality_of("someone/vit") == "text"  # offline and not cached: the text loader says it cannot load it
+    assert asked == ["someone/vit", "someone/bert"]

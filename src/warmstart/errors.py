@@ -16,7 +16,7 @@ class WarmstartError(ValueError):
     """
 
 
-def _hub_offline() -> bool:
+def hub_offline() -> bool:
     """Whether the Hugging Face Hub is switched off: ``HF_HUB_OFFLINE`` set now, or ``huggingface_hub`` having read it
     when it was imported (its ``constants.HF_HUB_OFFLINE``, which ``TRANSFORMERS_OFFLINE`` sets too)."""
     from huggingface_hub import constants  # here, not above: a bare ``import warmstart.errors`` stays light
@@ -46,7 +46,7 @@ def hub_unavailable(what: str, err: BaseException) -> str:
         (ConnectionError): check the name and the network, or set HF_HUB_OFFLINE=1 to use the cache; or give local
         files``.
     """
-    if _hub_offline():
+    if hub_offline():
         return (
             f"cannot load {what}: offline (HF_HUB_OFFLINE=1) and not in the Hugging Face cache: run once online or "
             "unset HF_HUB_OFFLINE"

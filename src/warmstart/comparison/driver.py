@@ -31,7 +31,7 @@ from warmstart.config import (
     underscored,
 )
 from warmstart.distributed import barrier, ensure_process_group, is_main_process
-from warmstart.errors import WarmstartError
+from warmstart.errors import WarmstartError, hub_offline
 from warmstart.export import refuse_foreign_model
 from warmstart.folder_lock import locked_folder
 from warmstart.peers import watched_peers
@@ -40,8 +40,9 @@ from warmstart.uncertainty import DEFAULT_LEVEL
 
 
 def modality_of(model_name_or_path: str, image_folders: bool = False) -> str:
-    """``image`` or ``text``: from the data (image folders), else from the model (its config.json, a timm name,
-    or the config of a hub id in the local cache)."""
+    """``image`` or ``text``: from the data (image folders), else from the model: its config.json (a local directory,
+    or a hub id's, from the cache or, online, downloaded as the loaders would), a timm name or the timm organisation
+    on the Hub. Where none says, ``text``: the text recipe's loader then says what it could not load."""
     if image_folders:
         return "image"
     from warmstart.models import is_image_model_config, read_model_config
@@ -51,13 +52,19 @@ def modality_of(model_name_or_path: str, image_folders: bool = False) -> str:
         return "image" if is_image_model_config(local) else "text"
     import timm
 
-    if timm.is_model(model_name_or_path.removeprefix("hf-hub:")):
+    repo = model_name_or_path.removeprefix("hf-hub:")
+    if timm.is_model(repo) or repo.startswith("timm/"):
         return "image"
-    from huggingface_hub import try_to_load_from_cache
+    import huggingface_hub
 
-    cached = try_to_load_from_cache(model_name_or_path.removeprefix("hf-hub:"), "config.json")
-    if isinstance(cached, str):
-        return "image" if is_image_model_config(json.loads(Path(cached).read_text())) else "text"
+    config = huggingface_hub.try_to_load_from_cache(repo, "config.json")
+    if not isinstance(config, str) and not hub_offline():
+        try:
+            config = huggingface_hub.hf_hub_download(repo, "config.json")
+        except Exception:  # noqa: BLE001 - no such repo, no network: the loader reports it with its own line
+            config = None
+    if isinstance(config, str):
+        return "image" if is_image_model_config(json.loads(Path(config).read_text())) else "text"
     return "text"
 
 
