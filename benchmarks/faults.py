@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -355,12 +356,13 @@ def leftovers(folder: Path) -> list[str]:
 # ----------------------------------------------------------------------------------------------------- scenarios
 
 
-def new_help_flags() -> list[str]:
-    """The fault-handling flags this checkout's text recipe offers (from its ``--help``)."""
+@functools.cache
+def new_help_flags() -> tuple[str, ...]:
+    """The fault-handling flags this checkout's text recipe offers (from its ``--help``, read once)."""
     with tempfile.TemporaryDirectory() as folder:
         child = run([sys.executable, str(TEXT_RECIPE), "--help"], Path(folder), "help", timeout=120)
         text = child.text()
-    return [flag for flag in ("--preempt_exit_code", "--peer_timeout", "--on_bad_example") if flag in text]
+    return tuple(flag for flag in ("--preempt_exit_code", "--peer_timeout", "--on_bad_example") if flag in text)
 
 
 def _signal_scenario(name: str, work: Path, data: TextData, sent: signal.Signals, resume: bool) -> dict[str, Any]:
